@@ -1,0 +1,209 @@
+"""Typed configuration schemas.
+
+Hydra composes a recipe from `pipelines/` over these dataclasses, so a misspelt key or a value of the wrong
+type is refused by OmegaConf before any work starts; `validate` then checks what types cannot express.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Stage(str, Enum):
+    ingest = "ingest"
+    license = "license"
+    fetch = "fetch"
+    detect = "detect"
+    dedup = "dedup"
+    review = "review"
+    release = "release"
+    all = "all"
+
+
+class Source(str, Enum):
+    yfcc = "yfcc"
+    flickr = "flickr"
+    urls = "urls"
+    folder = "folder"
+    pass_release = "pass_release"
+
+
+@dataclass
+class RunConfig:
+    # Where every stage reads and writes; relative paths are taken from the current directory.
+    dir: str = "runs/sample"
+    # Print the per-stage progress bars (turn off in batch logs).
+    progress: bool = True
+
+
+@dataclass
+class DaskConfig:
+    # tcp://HOST:PORT of a running `dask scheduler`; empty means start a LocalCluster.
+    address: str = ""
+    # LocalCluster size; 0 means one worker process per core.
+    n_workers: int = 0
+    # False runs the LocalCluster's workers as threads of this process (quick for small runs and tests).
+    processes: bool = True
+
+
+@dataclass
+class FlickrQuery:
+    text: str = ""
+    tags: str = ""
+    # Flickr licence ids to ask the API for (4 = CC BY 2.0, 11 = CC BY 4.0).
+    license_ids: list[int] = field(default_factory=lambda: [4, 11])
+    min_upload_date: str = ""
+    max_upload_date: str = ""
+    per_page: int = 500
+    max_pages: int = 1
+    # Only for tests and proxies: the REST endpoint the flickrapi client talks to.
+    endpoint: str = ""
+    timeout_s: float = 30.0
+
+
+@dataclass
+class IngestConfig:
+    source: Source = Source.yfcc
+    # A file, a glob, or a folder (for source=folder); several YFCC files may be given as a glob.
+    path: str = ""
+    # Fixed here for the whole run: every later stage keeps shard N as part N.
+    num_shards: int = 4
+    # Read at most this many candidates per input file (0 = all); handy for trial runs.
+    limit: int = 0
+    # For URL lists: which column holds the URL and, optionally, a stable id.
+    url_column: str = "url"
+    id_column: str = ""
+    # Licence code applied to candidates that carry none (url lists, folders); empty = unknown.
+    assume_license: str = ""
+    flickr: FlickrQuery = field(default_factory=FlickrQuery)
+
+
+@dataclass
+class LicenseConfig:
+    # Canonical licence codes to keep (see curate/licenses.py); PASS kept CC BY only.
+    allow: list[str] = field(default_factory=lambda: ["cc-by"])
+    # Keep candidates whose licence is unknown (only sensible for your own folders).
+    keep_unknown: bool = False
+
+
+@dataclass
+class FetchConfig:
+    # Downloads in flight per shard task.
+    concurrency: int = 64
+    per_host_concurrency: int = 16
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    # Wall-clock cap for one download, body included (defeats slow-drip servers).
+    total_timeout_s: float = 30.0
+    retries: int = 3
+    backoff_s: float = 0.5
+    max_redirects: int = 5
+    max_bytes: int = 20_000_000
+    min_side: int = 64
+    max_aspect_ratio: float = 5.0
+    max_pixels: int = 50_000_000
+    allowed_formats: list[str] = field(default_factory=lambda: ["jpeg", "png", "webp"])
+    # Remove EXIF/XMP/IPTC (GPS positions are personal data) without touching the pixel data.
+    strip_metadata: bool = True
+    # Root under which file: URLs may be read (and against which relative file: URLs resolve).
+    file_root: str = ""
+    user_agent: str = "curate/0.1 (dataset research; +https://github.com/curate)"
+    # Re-try only the rows of finished shards that failed for a transient reason.
+    retry_failed: bool = False
+
+
+@dataclass
+class ReleaseConfig:
+    version: str = "v1"
+    name: str = "PASS-rebuild"
+    # Where the generated data card is also written (besides the release folder); empty = run.dir/data_cards.
+    data_card_dir: str = ""
+
+
+@dataclass
+class CurateConfig:
+    stage: Stage = Stage.all
+    pipeline: str = "sample"
+    run: RunConfig = field(default_factory=RunConfig)
+    dask: DaskConfig = field(default_factory=DaskConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    license: LicenseConfig = field(default_factory=LicenseConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; raised before any work starts."""
+
+
+FLICKR_KEY_ENV = "FLICKR_API_KEY"
+FLICKR_SECRET_ENV = "FLICKR_API_SECRET"
+
+
+def validate(cfg: CurateConfig) -> None:
+    """Check what the types cannot; every message names the key to change."""
+    from curate.licenses import KNOWN_CODES
+
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    need(cfg.ingest.num_shards >= 1, "ingest.num_shards must be >= 1")
+    need(cfg.ingest.limit >= 0, "ingest.limit must be >= 0 (0 = no limit)")
+    unknown = [code for code in cfg.license.allow if code not in KNOWN_CODES]
+    need(not unknown, f"license.allow has unknown codes {unknown}; known: {sorted(KNOWN_CODES)}")
+    need(
+        not cfg.ingest.assume_license or cfg.ingest.assume_license in KNOWN_CODES,
+        f"ingest.assume_license={cfg.ingest.assume_license!r} is not a known code; known: {sorted(KNOWN_CODES)}",
+    )
+    f = cfg.fetch
+    need(f.concurrency >= 1, "fetch.concurrency must be >= 1")
+    need(f.per_host_concurrency >= 1, "fetch.per_host_concurrency must be >= 1")
+    need(f.retries >= 0, "fetch.retries must be >= 0")
+    need(f.max_bytes > 0, "fetch.max_bytes must be > 0")
+    need(f.max_aspect_ratio >= 1.0, "fetch.max_aspect_ratio must be >= 1")
+    need(
+        all(t > 0 for t in (f.connect_timeout_s, f.read_timeout_s, f.total_timeout_s)),
+        "fetch.*_timeout_s must be > 0",
+    )
+    bad_formats = [x for x in f.allowed_formats if x not in ("jpeg", "png", "webp")]
+    need(not bad_formats, f"fetch.allowed_formats has {bad_formats}; choose from jpeg, png, webp")
+    need(
+        bool(cfg.release.version) and all(c.isalnum() or c in "-_" for c in cfg.release.version),
+        f"release.version={cfg.release.version!r} must be non-empty letters, digits, '-' or '_' (e.g. v2)",
+    )
+    need(cfg.dask.n_workers >= 0, "dask.n_workers must be >= 0 (0 = one per core)")
+    need(
+        not cfg.dask.address or cfg.dask.address.startswith(("tcp://", "tls://", "inproc://", "ucx://")),
+        f"dask.address={cfg.dask.address!r} must look like tcp://HOST:PORT",
+    )
+
+    if cfg.stage in (Stage.ingest, Stage.all):
+        _validate_ingest_source(cfg.ingest, need)
+
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _validate_ingest_source(ing: IngestConfig, need: Any) -> None:
+    if ing.source == Source.flickr:
+        need(
+            bool(os.environ.get(FLICKR_KEY_ENV)) and bool(os.environ.get(FLICKR_SECRET_ENV)),
+            f"ingest.source=flickr needs the environment variables {FLICKR_KEY_ENV} and {FLICKR_SECRET_ENV}",
+        )
+        need(ing.flickr.per_page >= 1 and ing.flickr.per_page <= 500, "ingest.flickr.per_page must be 1..500")
+        need(ing.flickr.max_pages >= 1, "ingest.flickr.max_pages must be >= 1")
+        return
+    need(bool(ing.path), f"ingest.path must be set for ingest.source={ing.source.value}")
+    if ing.path:
+        from curate.sources import expand_inputs
+
+        try:
+            expand_inputs(ing)
+        except FileNotFoundError as err:
+            need(False, f"ingest.path: {err}")

@@ -1,0 +1,191 @@
+"""Entry point: `python -m curate.run [pipeline=NAME] [stage=STAGE] [key=value ...]`.
+
+Composes the recipe with Hydra, checks it, opens a Dask client only if some shard has work, runs the stage(s)
+and prints a summary. No pipeline logic lives here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from curate.config import ConfigError, CurateConfig, Stage, validate
+from curate.runner import Runner, StageReport
+
+log = logging.getLogger("curate")
+
+PIPELINES_ENV = "CURATE_PIPELINES_DIR"
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
+IMPLEMENTED = ["ingest", "license", "fetch", "release"]
+PLANNED = {"detect": "issue #3", "dedup": "issue #4", "review": "issue #5"}
+ORDER = ["ingest", "license", "fetch", "detect", "dedup", "review", "release"]
+
+
+def pipelines_dir() -> Path:
+    return Path(os.environ.get(PIPELINES_ENV) or Path(__file__).resolve().parents[1] / "pipelines")
+
+
+def _register() -> None:
+    ConfigStore.instance().store(name="curate_schema", node=CurateConfig)
+    if not OmegaConf.has_resolver("curate_sample"):
+        OmegaConf.register_new_resolver("curate_sample", lambda: str(SAMPLE_DIR))
+
+
+def _hint(message: str) -> str:
+    """Add a did-you-mean for misspelt keys."""
+    keys = _all_keys(OmegaConf.structured(CurateConfig))
+    for word in message.replace("'", " ").replace('"', " ").split():
+        if "." in word and word not in keys:
+            close = difflib.get_close_matches(word, keys, n=1)
+            if close:
+                return f"{message}\n  did you mean {close[0]}?"
+    return message
+
+
+def _all_keys(node: object, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in OmegaConf.to_container(node, resolve=False).items():  # type: ignore[union-attr]
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, dict):
+            keys += _all_keys(OmegaConf.create(value), full + ".")
+    return keys
+
+
+def load_config(argv: list[str]) -> CurateConfig:
+    """Compose `pipeline=NAME` (a recipe in pipelines/ or a path to a .yaml) with the overrides."""
+    _register()
+    pipeline = "sample"
+    overrides = []
+    for arg in argv:
+        if arg.startswith("pipeline="):
+            pipeline = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    if pipeline.endswith(".yaml"):
+        config_dir, name = Path(pipeline).resolve().parent, Path(pipeline).stem
+    else:
+        config_dir, name = pipelines_dir(), pipeline
+    if not (config_dir / f"{name}.yaml").exists():
+        known = sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
+        raise ConfigError(f"pipeline={pipeline!r} not found; choose one of {known} or give a path to a .yaml")
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            composed = compose(config_name=name, overrides=overrides)
+        composed.pipeline = pipeline
+        cfg = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_hint(str(err).strip())) from err
+    assert isinstance(cfg, CurateConfig)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: CurateConfig) -> None:
+    root = Path(cfg.run.dir)
+    (root / "invocations").mkdir(parents=True, exist_ok=True)
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    number = len(list((root / "invocations").glob("*.yaml")))
+    (root / "invocations" / f"{number:04d}-{cfg.stage.value}.yaml").write_text(text)
+    (root / "config.yaml").write_text(text)
+
+
+def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
+    from distributed import Client, LocalCluster
+
+    if cfg.dask.address:
+        return Client(cfg.dask.address, timeout="30s", set_as_default=False)
+    cluster = LocalCluster(
+        n_workers=cfg.dask.n_workers or os.cpu_count() or 1,
+        threads_per_worker=1,
+        processes=cfg.dask.processes,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    return Client(cluster, set_as_default=False)
+
+
+def stages_for(stage: Stage) -> list[str]:
+    if stage == Stage.all:
+        return ORDER
+    return [stage.value]
+
+
+def run(cfg: CurateConfig) -> list[StageReport]:
+    from curate.stages.fetch import FetchStage
+    from curate.stages.ingest import run_ingest
+    from curate.stages.license import LicenseStage
+    from curate.stages.release import RELEASE_INPUTS, ReleaseStage
+
+    shard_stages = {
+        "license": (LicenseStage, ["ingest"]),
+        "fetch": (FetchStage, ["ingest", "license"]),
+        "release": (ReleaseStage, RELEASE_INPUTS),
+    }
+    reports: list[StageReport] = []
+    runner = Runner(cfg, lambda: open_client(cfg))
+    try:
+        for name in stages_for(cfg.stage):
+            if name in PLANNED:
+                log.warning("stage %s is not implemented yet (%s): skipped", name, PLANNED[name])
+                continue
+            if name == "ingest":
+                report = run_ingest(runner)
+            else:
+                stage_cls, upstream = shard_stages[name]
+                report = runner.run_stage(stage_cls(cfg), upstream)
+            reports.append(report)
+            if report.failures:
+                break
+    finally:
+        runner.close()
+    return reports
+
+
+def summary(reports: list[StageReport]) -> str:
+    lines = [f"{'stage':<9} {'shards run':>10} {'skipped':>8} {'rows':>8} {'ok':>8} {'wall s':>8}  top reasons"]
+    for r in reports:
+        ok = sum(n for k, n in r.counts.items() if k.startswith("ok/"))
+        top = sorted(((n, k) for k, n in r.counts.items() if not k.startswith("ok/")), reverse=True)[:4]
+        reasons = ", ".join(f"{k}={n}" for n, k in top) or "-"
+        lines.append(f"{r.stage:<9} {r.done:>10} {r.skipped:>8} {r.rows:>8} {ok:>8} {r.wall_s:>8.2f}  {reasons}")
+    for r in reports:
+        lines += [f"FAILED {line}" for line in r.failures]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("distributed", "flickrapi", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        cfg = load_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as err:
+        print(f"curate: {err}", file=sys.stderr)
+        return 2
+    if cfg.stage.value in PLANNED:
+        print(
+            f"curate: stage={cfg.stage.value} is not implemented yet ({PLANNED[cfg.stage.value]}); "
+            f"available now: {', '.join(IMPLEMENTED)}, all",
+            file=sys.stderr,
+        )
+        return 2
+    save_config(cfg)
+    reports = run(cfg)
+    print(summary(reports))
+    if cfg.stage in (Stage.release, Stage.all) and not any(r.failures for r in reports):
+        print(f"release: {Path(cfg.run.dir) / 'release' / cfg.release.version}")
+    return 1 if any(r.failures for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

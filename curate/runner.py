@@ -1,0 +1,176 @@
+"""Shards, fingerprints, skip-completed, Dask submission, atomic parts, per-shard stats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from distributed import Client, as_completed
+from tqdm import tqdm
+
+from curate import __version__
+from curate.config import CurateConfig
+from curate.io.atomic import sha256_file, write_json, write_parquet
+from curate.rundir import RunDir
+from curate.stages.base import ShardStage
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def count_outcomes(frame: pd.DataFrame, stage: str) -> dict[str, int]:
+    """'status/reason' → rows; rows the stage never saw count as 'not_reached'."""
+    status = frame[f"{stage}_status"].fillna("not_reached").astype(str)
+    reason = frame[f"{stage}_reason"].fillna("-").astype(str)
+    keys = (status + "/" + reason).where(status != "not_reached", "not_reached")
+    return {str(k): int(v) for k, v in sorted(keys.value_counts().items())}
+
+
+@dataclass
+class StageReport:
+    stage: str
+    shards: int
+    done: int = 0
+    skipped: int = 0
+    wall_s: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def add(self, marker: dict[str, Any]) -> None:
+        for key, value in marker["counts"].items():
+            self.counts[key] = self.counts.get(key, 0) + value
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+
+def write_marker(
+    run: RunDir, stage: str, shard: int, fp: str, frame: pd.DataFrame, started: float, extra: dict[str, Any]
+) -> dict[str, Any]:
+    wall = time.perf_counter() - started
+    processed = int(frame[f"{stage}_status"].notna().sum())
+    marker = {
+        "stage": stage,
+        "shard": shard,
+        "fingerprint": fp,
+        "curate_version": __version__,
+        "rows": len(frame),
+        "counts": count_outcomes(frame, stage),
+        "wall_s": round(wall, 4),
+        "images_per_s": round(processed / wall, 2) if wall > 0 else None,
+        "output_sha256": sha256_file(run.part(stage, shard)),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        **extra,
+    }
+    write_json(run.marker(stage, shard), marker)  # last: this is the completion marker
+    return marker
+
+
+def run_shard(stage: ShardStage, upstream: list[str], shard: int, fp: str) -> dict[str, Any]:
+    """One task: read the shard, run the stage on its live rows, write part then marker."""
+    started = time.perf_counter()
+    run = RunDir(Path(stage.cfg.run.dir))
+    rows = run.load_joined(shard, upstream)
+    live = pd.Series(True, index=rows.index)
+    if not stage.sees_all_rows:
+        for name in upstream:
+            live &= rows[f"{name}_status"] == "ok"
+    added = stage.process(rows[live].reset_index(drop=True), shard, run)
+    if len(added) != int(live.sum()):
+        raise RuntimeError(f"stage {stage.name} returned {len(added)} rows for {int(live.sum())}")
+    added.index = rows.index[live]
+    frame = added.reindex(rows.index)
+    write_parquet(run.part(stage.name, shard), frame)
+    return write_marker(run, stage.name, shard, fp, frame, started, {})
+
+
+def shard_fingerprint(stage: ShardStage, run: RunDir, upstream: list[str], shard: int) -> str:
+    inputs = {}
+    for name in upstream:
+        marker = run.read_marker(name, shard)
+        if marker is None:
+            raise RuntimeError(f"stage {name} has not finished shard {shard}: run stage={name} first")
+        inputs[name] = marker["output_sha256"]
+    return fingerprint(
+        {"stage": stage.name, "version": stage.version, "config": stage.fingerprint_config(), "inputs": inputs}
+    )
+
+
+class Runner:
+    """Runs stages over the run directory's shards on a Dask client that is opened only when needed."""
+
+    def __init__(self, cfg: CurateConfig, client_factory: Callable[[], Client]) -> None:
+        self.cfg = cfg
+        self.run = RunDir(Path(cfg.run.dir))
+        self._client_factory = client_factory
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def progress(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="shard", disable=not self.cfg.run.progress, leave=True)
+
+    def gather(self, futures: dict[Any, Any], report: StageReport, desc: str) -> Iterator[tuple[Any, Any]]:
+        """Yield (tag, result) as tasks finish; a failing shard is recorded, the others go on."""
+        by_future = {future: tag for tag, future in futures.items()}
+        with self.progress(len(futures), desc) as bar:
+            for future in as_completed(list(by_future), loop=self.client.loop):
+                tag = by_future[future]
+                try:
+                    result = future.result()
+                except Exception as err:  # noqa: BLE001 - reported per shard, re-raised after the rest
+                    report.failures.append(f"{desc} {tag}: {type(err).__name__}: {err}")
+                    log.error("%s %s failed: %s", desc, tag, err)
+                else:
+                    yield tag, result
+                bar.update(1)
+
+    def run_stage(self, stage: ShardStage, upstream: list[str]) -> StageReport:
+        started = time.perf_counter()
+        num_shards = self.run.num_shards()
+        report = StageReport(stage.name, num_shards)
+        todo: dict[int, str] = {}
+        for shard in range(num_shards):
+            fp = shard_fingerprint(stage, self.run, upstream, shard)
+            marker = self.run.read_marker(stage.name, shard)
+            if marker is not None and marker["fingerprint"] == fp and not stage.wants_rerun(self.run, shard):
+                report.skipped += 1
+                report.add(marker)
+            else:
+                todo[shard] = fp
+        if todo:
+            futures = {
+                shard: self.client.submit(run_shard, stage, upstream, shard, fp, key=f"{stage.name}-{shard}-{fp[:12]}")
+                for shard, fp in todo.items()
+            }
+            for _, marker in self.gather(futures, report, stage.name):
+                report.done += 1
+                report.add(marker)
+        if not report.failures and (todo or not stage.is_finished(self.run)):
+            stage.finish(self.run, num_shards)
+        report.wall_s = time.perf_counter() - started
+        return report

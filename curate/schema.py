@@ -1,0 +1,92 @@
+"""The contract between stages: candidate columns, statuses and the closed set of reason codes."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+import pyarrow as pa
+
+
+class Status(str, Enum):
+    ok = "ok"  # the row goes on to the next stage
+    rejected = "rejected"  # a policy said no (licence, size, video, ...): final
+    failed = "failed"  # something went wrong (network, corrupt bytes); may be retried if transient
+
+
+# Every reason a stage may write, per stage. Free text goes to `<stage>_error`, never into a reason.
+REASONS: dict[str, frozenset[str]] = {
+    "ingest": frozenset(
+        {
+            "ok",
+            "bad_date",  # kept; the date could not be parsed and is left empty
+            "bad_encoding",  # kept; non-UTF-8 bytes were replaced
+            "video",
+            "short_row",
+            "missing_url",
+            "duplicate_id",
+        }
+    ),
+    "license": frozenset({"ok", "unknown_kept", "not_allowed", "unknown_license"}),
+    "fetch": frozenset(
+        {
+            "ok",
+            "bad_url",
+            "url_outside_root",
+            "not_found",
+            "http_client_error",
+            "http_server_error",
+            "timeout",
+            "connection_error",
+            "redirect_loop",
+            "too_large",
+            "truncated",
+            "not_an_image",
+            "unsupported_format",
+            "corrupt",
+            "single_colour",
+            "too_small",
+            "extreme_aspect",
+            "decompression_bomb",
+        }
+    ),
+    "release": frozenset({"ok"}),
+}
+
+# Fetch failures worth another try later (`fetch.retry_failed=true`).
+TRANSIENT_FETCH_REASONS = frozenset(
+    {"http_server_error", "timeout", "connection_error", "truncated"}
+)
+
+# What every source yields; every later stage adds `<stage>_*` columns beside these.
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("source", pa.string()),
+        ("source_ref", pa.string()),  # file:line, api page:index, ... — where the row came from
+        ("photo_id", pa.string()),
+        ("photo_hash", pa.string()),
+        ("owner_nsid", pa.string()),
+        ("owner_name", pa.string()),
+        ("title", pa.string()),
+        ("date_taken", pa.string()),  # %Y-%m-%d %H:%M:%S.%f as PASS writes it, or null
+        ("latitude", pa.float64()),
+        ("longitude", pa.float64()),
+        ("page_url", pa.string()),
+        ("image_url", pa.string()),
+        ("license_id", pa.string()),
+        ("license_name", pa.string()),
+        ("license_url", pa.string()),
+        ("ingest_status", pa.string()),
+        ("ingest_reason", pa.string()),
+        ("ingest_error", pa.string()),
+    ]
+)
+CANDIDATE_COLUMNS = CANDIDATE_SCHEMA.names
+
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def safe_id(raw: str) -> str:
+    """A dot-free, slash-free id (WebDataset splits keys at the first dot)."""
+    return _ID_UNSAFE.sub("-", raw)

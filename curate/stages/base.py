@@ -1,0 +1,53 @@
+"""The one small interface a per-shard stage implements; the runner does the chores."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from curate.config import CurateConfig
+from curate.rundir import RunDir
+
+
+class ShardStage(ABC):
+    """A stage gets a shard's rows (with every earlier stage's columns) and returns the columns it adds.
+
+    The returned frame has the same length and order as `rows`, and must hold `<name>_status` and
+    `<name>_reason` (see `curate.schema.REASONS`). Rows an earlier stage stopped are not passed in: the
+    runner fills their columns with nulls ("not reached").
+    """
+
+    name: ClassVar[str]
+    # Bump when the output for the same input and config changes: finished shards are then redone.
+    version: ClassVar[str]
+    # Config keys that change speed but not output; they stay out of the fingerprint.
+    runtime_keys: ClassVar[frozenset[str]] = frozenset()
+    # Whether rows stopped by an earlier stage are passed in too (release needs every row).
+    sees_all_rows: ClassVar[bool] = False
+
+    def __init__(self, cfg: CurateConfig) -> None:
+        self.cfg = cfg
+
+    def stage_config(self) -> Any:
+        return getattr(self.cfg, self.name)
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self.stage_config())
+        return {k: v for k, v in values.items() if k not in self.runtime_keys}
+
+    @abstractmethod
+    def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame: ...
+
+    def wants_rerun(self, run: RunDir, shard: int) -> bool:
+        """Whether a finished shard must run again although its fingerprint matches (e.g. retries)."""
+        return False
+
+    def finish(self, run: RunDir, num_shards: int) -> None:
+        """Runs once in the client after every shard is done (release assembles its files here)."""
+
+    def is_finished(self, run: RunDir) -> bool:
+        """Whether `finish` has completed for the current shards (checked when no shard had work)."""
+        return True

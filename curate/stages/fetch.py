@@ -1,0 +1,133 @@
+"""fetch: download, validate and clean every live candidate of a shard; image bytes go into one tar per shard.
+
+Downloads run in a thread pool (I/O bound; Pillow releases the GIL while decoding). Members are spooled and
+written sorted, so the tar is byte-identical whatever order downloads finish in.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+import pandas as pd
+
+from curate.fetching.download import HostLimiter, download, make_session
+from curate.fetching.imagecheck import EXTENSIONS, check_image
+from curate.io.atomic import read_parquet
+from curate.io.tars import SortedTarWriter, read_members
+from curate.rundir import RunDir
+from curate.schema import TRANSIENT_FETCH_REASONS
+from curate.stages.base import ShardStage
+
+COLUMNS = [
+    "fetch_status",
+    "fetch_reason",
+    "fetch_error",
+    "fetch_attempts",
+    "http_status",
+    "sha256",
+    "width",
+    "height",
+    "bytes",
+    "format",
+    "mode",
+    "exif_orientation",
+    "tar_member",
+]
+
+
+class FetchStage(ShardStage):
+    name = "fetch"
+    version = "1"
+    runtime_keys = frozenset(
+        {"concurrency", "per_host_concurrency", "retry_failed", "user_agent", "backoff_s", "connect_timeout_s"}
+    )
+
+    def wants_rerun(self, run: RunDir, shard: int) -> bool:
+        if not self.cfg.fetch.retry_failed:
+            return False
+        previous = read_parquet(run.part(self.name, shard))
+        return bool(previous["fetch_reason"].isin(TRANSIENT_FETCH_REASONS).any())
+
+    def _previous(self, run: RunDir, shard: int, rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
+        """On a retry, the earlier outcome of every row that does not need another try, by image_id."""
+        if not (self.cfg.fetch.retry_failed and run.read_marker(self.name, shard)):
+            return {}
+        earlier = pd.concat([run.load_joined(shard, ["ingest"]), read_parquet(run.part(self.name, shard))], axis=1)
+        keep = earlier["fetch_status"].notna() & ~earlier["fetch_reason"].isin(TRANSIENT_FETCH_REASONS)
+        return {row["image_id"]: row for row in earlier[keep][["image_id", *COLUMNS]].to_dict("records")}
+
+    def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
+        cfg = self.cfg.fetch
+        previous = self._previous(run, shard, rows)
+        reused = read_members(run.images(shard), {p["tar_member"] for p in previous.values() if p["tar_member"]})
+        session = make_session(cfg)
+        limiter = HostLimiter(cfg.per_host_concurrency)
+
+        def fetch_one(image_id: str, url: str) -> dict[str, Any]:
+            got = download(url, cfg, session, limiter)
+            outcome: dict[str, Any] = {
+                "fetch_attempts": got.attempts,
+                "http_status": got.http_status,
+                "fetch_error": got.error,
+                "fetch_reason": got.reason,
+            }
+            if got.reason != "ok":
+                return outcome
+            checked = check_image(got.body, cfg)
+            outcome.update(
+                fetch_reason=checked.reason,
+                fetch_error=checked.error,
+                format=checked.format,
+                width=checked.width,
+                height=checked.height,
+                mode=checked.mode,
+                exif_orientation=checked.orientation,
+            )
+            if checked.reason == "ok" and checked.format:
+                outcome.update(
+                    sha256=checked.sha256,
+                    bytes=len(checked.data),
+                    tar_member=f"{image_id}.{EXTENSIONS[checked.format]}",
+                    _data=checked.data,
+                )
+            return outcome
+
+        outcomes: list[dict[str, Any]] = [{} for _ in range(len(rows))]
+        with SortedTarWriter(run.images(shard)) as tar, ThreadPoolExecutor(cfg.concurrency) as pool:
+            pending = {}
+            for position, (image_id, url) in enumerate(zip(rows["image_id"], rows["image_url"], strict=True)):
+                if image_id in previous:
+                    outcomes[position] = dict(previous[image_id])
+                    member = outcomes[position]["tar_member"]
+                    if member:
+                        tar.add(member, reused[member])
+                else:
+                    pending[pool.submit(fetch_one, image_id, url)] = position
+            for future in as_completed(pending):
+                position = pending[future]
+                outcome = future.result()
+                data = outcome.pop("_data", None)
+                if data is not None:
+                    tar.add(outcome["tar_member"], data)
+                outcomes[position] = outcome
+        session.close()
+        frame = pd.DataFrame(outcomes, columns=COLUMNS)
+        frame["fetch_status"] = frame["fetch_reason"].map(_status)
+        for column in ("fetch_attempts", "http_status", "width", "height", "bytes", "exif_orientation"):
+            frame[column] = frame[column].astype("Int64")
+        for column in ("fetch_error", "sha256", "format", "mode", "tar_member", "fetch_reason"):
+            frame[column] = frame[column].astype("string")
+        return frame
+
+
+# Policy refusals; every other non-ok reason means we could not get a valid image ("failed").
+POLICY_REASONS = frozenset(
+    {"too_large", "unsupported_format", "single_colour", "too_small", "extreme_aspect", "decompression_bomb"}
+)
+
+
+def _status(reason: str) -> str:
+    if reason == "ok":
+        return "ok"
+    return "rejected" if reason in POLICY_REASONS else "failed"

@@ -1,0 +1,129 @@
+"""release: PASS-layout tars, WebDataset shards, the audited manifest of EVERY candidate, SHA256SUMS, data card.
+
+    release/<version>/PASS.<n>.tar            PASS_dataset/dummy_folder/<image_id>.jpeg
+    release/<version>/webdataset/NNNNN.tar    <image_id>.jpg + <image_id>.json
+    release/<version>/pass_metadata.csv       hash, unickname, latitude, longitude, datetaken, licence + URLs
+    release/<version>/pass_urls.txt
+    release/<version>/manifest.parquet        every candidate, kept or not, with each stage's status/reason
+    release/<version>/DATA_CARD.md            also copied to <release.data_card_dir>/<version>.md
+    release/<version>/SHA256SUMS              written last: the release is complete when it exists
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from curate.datacard import render_data_card
+from curate.io.atomic import atomic_open, read_parquet, sha256_file, write_parquet
+from curate.io.tars import SortedTarWriter, read_members
+from curate.rundir import RunDir
+from curate.stages.base import ShardStage
+
+# Stages whose columns the release reads, in pipeline order (detect/dedup/review join here once they exist).
+RELEASE_INPUTS = ["ingest", "license", "fetch"]
+PASS_SUFFIX = {"jpeg": "jpeg", "png": "png", "webp": "webp"}
+PASS_COLUMNS = {
+    "hash": "hash",
+    "owner_name": "unickname",
+    "latitude": "latitude",
+    "longitude": "longitude",
+    "date_taken": "datetaken",
+    "license_code": "license",
+    "license_name": "license_name",
+    "license_attribution_url": "license_url",
+    "page_url": "photo_page_url",
+    "image_url": "image_url",
+    "owner_nsid": "owner_nsid",
+    "title": "title",
+    "image_id": "image_id",
+    "sha256": "sha256",
+    "width": "width",
+    "height": "height",
+}
+
+
+def decide(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd.Series]:
+    """Overall status (kept | rejected | failed) and the first stage:reason that stopped each row."""
+    status = pd.Series("kept", index=rows.index, dtype="string")
+    reason = pd.Series("ok", index=rows.index, dtype="string")
+    for stage in stages:
+        stopped = (status == "kept") & (rows[f"{stage}_status"] != "ok")
+        status[stopped] = rows.loc[stopped, f"{stage}_status"].astype("string")
+        reason[stopped] = stage + ":" + rows.loc[stopped, f"{stage}_reason"].astype("string")
+    return status, reason
+
+
+def sample_json(row: dict[str, Any]) -> bytes:
+    keys = ("image_id", "owner_name", "owner_nsid", "title", "license_code", "license_attribution_url",
+            "page_url", "image_url", "date_taken", "latitude", "longitude", "width", "height", "sha256")
+    clean = {k: (None if pd.isna(row[k]) else row[k]) for k in keys}
+    return json.dumps(clean, sort_keys=True, default=str).encode("utf-8")
+
+
+class ReleaseStage(ShardStage):
+    name = "release"
+    version = "1"
+    sees_all_rows = True
+    runtime_keys = frozenset({"data_card_dir"})
+
+    def out_dir(self, run: RunDir) -> Path:
+        return run.release_dir(self.cfg.release.version)
+
+    def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
+        status, reason = decide(rows, RELEASE_INPUTS)
+        kept = rows[status == "kept"]
+        members = read_members(run.images(shard), set(kept["tar_member"]))
+        out = self.out_dir(run)
+        with SortedTarWriter(out / f"PASS.{shard}.tar") as pass_tar, SortedTarWriter(
+            out / "webdataset" / f"{shard:05d}.tar"
+        ) as wds_tar:
+            for row in kept.to_dict("records"):
+                data = members[row["tar_member"]]
+                image_id = row["image_id"]
+                pass_tar.add(f"PASS_dataset/dummy_folder/{image_id}.{PASS_SUFFIX[row['format']]}", data)
+                wds_tar.add(f"{image_id}.{row['tar_member'].rsplit('.', 1)[1]}", data)
+                wds_tar.add(f"{image_id}.json", sample_json(row))
+        return pd.DataFrame(
+            {
+                "status": status,
+                "reason": reason,
+                "shard": pd.array([shard] * len(rows), dtype="Int64"),
+                "release_status": pd.array(["ok" if s == "kept" else None for s in status], dtype="string"),
+                "release_reason": pd.array(["ok" if s == "kept" else None for s in status], dtype="string"),
+            }
+        )
+
+    def is_finished(self, run: RunDir) -> bool:
+        return (self.out_dir(run) / "SHA256SUMS").exists()
+
+    def finish(self, run: RunDir, num_shards: int) -> None:
+        out = self.out_dir(run)
+        (out / "SHA256SUMS").unlink(missing_ok=True)
+        manifest = pd.concat(
+            [run.load_joined(shard, [*RELEASE_INPUTS, self.name]) for shard in range(num_shards)],
+            ignore_index=True,
+        ).drop(columns=["release_status", "release_reason", "tar_member"])
+        write_parquet(out / "manifest.parquet", manifest)
+        kept = manifest[manifest["status"] == "kept"].copy()
+        kept["hash"] = kept["photo_hash"].fillna(kept["image_id"])
+        with atomic_open(out / "pass_metadata.csv", "w") as handle:
+            kept[list(PASS_COLUMNS)].rename(columns=PASS_COLUMNS).to_csv(handle, index=False, lineterminator="\n")
+        with atomic_open(out / "pass_urls.txt", "w") as handle:
+            handle.writelines(f"{url}\n" for url in kept["image_url"])
+        card = render_data_card(self.cfg, manifest, num_shards)
+        with atomic_open(out / "DATA_CARD.md", "w") as handle:
+            handle.write(card)
+        card_dir = Path(self.cfg.release.data_card_dir or run.root / "data_cards")
+        with atomic_open(card_dir / f"{self.cfg.release.version}.md", "w") as handle:
+            handle.write(card)
+        files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "SHA256SUMS" and not p.name.startswith("."))
+        with atomic_open(out / "SHA256SUMS", "w") as handle:
+            handle.writelines(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in files)
+
+
+def load_manifest(release_dir: Path) -> pd.DataFrame:
+    return read_parquet(release_dir / "manifest.parquet")
