@@ -108,7 +108,7 @@ def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
         n_workers=cfg.dask.n_workers or os.cpu_count() or 1,
         threads_per_worker=1,
         processes=cfg.dask.processes,
-        dashboard_address=None,
+        dashboard_address=":0",  # never clash with a user's own dashboard
         silence_logs=logging.ERROR,
     )
     return Client(cluster, set_as_default=False)
