@@ -7,10 +7,12 @@ and prints a summary. No pipeline logic lives here.
 from __future__ import annotations
 
 import difflib
+import fcntl
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import IO
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -133,6 +135,7 @@ def run(cfg: CurateConfig) -> list[StageReport]:
     }
     reports: list[StageReport] = []
     runner = Runner(cfg, lambda: open_client(cfg))
+    lock = hold_run_lock(Path(cfg.run.dir))
     try:
         for name in stages_for(cfg.stage):
             if name in PLANNED:
@@ -148,7 +151,22 @@ def run(cfg: CurateConfig) -> list[StageReport]:
                 break
     finally:
         runner.close()
+        lock.close()
     return reports
+
+
+def hold_run_lock(root: Path) -> IO[str]:
+    """One writer per run directory; a killed run's lock dies with it, and so may its temp files."""
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"another curate process is writing {root}; wait for it or choose another run.dir") from None
+    for stale in [*root.rglob(".*.tmp"), *root.rglob(".*.spool")]:
+        stale.unlink(missing_ok=True)  # half-written files of a killed run: never read, safe to drop
+    return handle
 
 
 def summary(reports: list[StageReport]) -> str:
@@ -180,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     save_config(cfg)
-    reports = run(cfg)
+    try:
+        reports = run(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"curate: {err}", file=sys.stderr)
+        return 2
     print(summary(reports))
     if cfg.stage in (Stage.release, Stage.all) and not any(r.failures for r in reports):
         print(f"release: {Path(cfg.run.dir) / 'release' / cfg.release.version}")

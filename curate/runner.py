@@ -19,7 +19,7 @@ from distributed import Client, as_completed
 from tqdm import tqdm
 
 from curate import __version__
-from curate.config import CurateConfig
+from curate.config import ConfigError, CurateConfig
 from curate.io.atomic import sha256_file, write_json, write_parquet
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
@@ -104,7 +104,7 @@ def shard_fingerprint(stage: ShardStage, run: RunDir, upstream: list[str], shard
     for name in upstream:
         marker = run.read_marker(name, shard)
         if marker is None:
-            raise RuntimeError(f"stage {name} has not finished shard {shard}: run stage={name} first")
+            raise ConfigError(f"stage {name} has not finished shard {shard}: run stage={name} first")
         inputs[name] = marker["output_sha256"]
     return fingerprint(
         {"stage": stage.name, "version": stage.version, "config": stage.fingerprint_config(), "inputs": inputs}
