@@ -18,6 +18,7 @@ class LicenseStage(ShardStage):
         assumed = self.cfg.ingest.assume_license or None
         codes, statuses, reasons, urls = [], [], [], []
         for license_id, name, url in zip(rows["license_id"], rows["license_name"], rows["license_url"], strict=True):
+            license_id, name, url = _text(license_id), _text(name), _text(url)
             code = normalize(license_id, name, url) or assumed
             if code is None:
                 status, reason = ("ok", "unknown_kept") if self.cfg.license.keep_unknown else ("rejected", "unknown_license")
@@ -29,7 +30,7 @@ class LicenseStage(ShardStage):
             statuses.append(status)
             reasons.append(reason)
             # Attribution needs a licence URL even when the source only named the licence.
-            urls.append(url if isinstance(url, str) and url else (LICENSES[code][1] if code else None))
+            urls.append(url or (LICENSES[code][1] if code else None))
         return pd.DataFrame(
             {
                 "license_code": pd.array(codes, dtype="string"),
@@ -38,3 +39,8 @@ class LicenseStage(ShardStage):
                 "license_reason": reasons,
             }
         )
+
+
+def _text(value: object) -> str | None:
+    """Parquet nulls arrive as None, NaN or pd.NA depending on the column's dtype."""
+    return value if isinstance(value, str) and value else None
