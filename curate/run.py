@@ -42,6 +42,20 @@ def _register() -> None:
         OmegaConf.register_new_resolver("curate_sample", lambda: str(SAMPLE_DIR))
 
 
+def _explain(err: BaseException) -> str:
+    """Hydra's message plus the OmegaConf cause (which holds the useful part), without the '+key' advice:
+    the schema is closed, so adding a key can never be the fix."""
+    lines = [line for line in str(err).strip().splitlines() if not line.startswith("To append")]
+    cause = err.__cause__
+    while cause is not None:
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        if first and first not in lines:
+            lines.append(first)
+        cause = cause.__cause__
+    message = "\n  ".join(lines)
+    return _hint(message) if "not in '" in message else message
+
+
 def _hint(message: str) -> str:
     """Add a did-you-mean for misspelt keys."""
     keys = _all_keys(OmegaConf.structured(CurateConfig))
@@ -86,7 +100,7 @@ def load_config(argv: list[str]) -> CurateConfig:
         composed.pipeline = pipeline
         cfg = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(_hint(str(err).strip())) from err
+        raise ConfigError(_explain(err)) from err
     assert isinstance(cfg, CurateConfig)
     validate(cfg)
     return cfg
