@@ -61,7 +61,8 @@ def make_jpeg(rng: object, quality: int = 90) -> bytes:
     width, height = (375, 500) if rng.random() < 0.25 else (500, 375)
     grid = rng.integers(0, 256, size=(int(rng.integers(2, 8)), int(rng.integers(2, 8)), 3), dtype=np.uint8)
     field = np.asarray(Image.fromarray(grid, "RGB").resize((width, height), Image.Resampling.BICUBIC), np.int16)
-    noisy = field + rng.integers(-14, 15, size=field.shape, dtype=np.int16)
+    amplitude = int(rng.integers(8, 31))  # varies the file size the way texture does in real photos
+    noisy = field + rng.integers(-amplitude, amplitude + 1, size=field.shape, dtype=np.int16)
     out = io.BytesIO()
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB").save(out, "JPEG", quality=quality)
     return out.getvalue()

@@ -320,6 +320,7 @@ def test_key_and_secret_are_written_nowhere(
         for value in (KEY, SECRET):
             assert value.encode() not in data, f"{value!r} written to {path}"
     out, err = capsys.readouterr()
+    print("DBG", flickr.pages_asked(), [r.reply for r in flickr.requests], caplog.records, logging.getLogger().handlers, logging.getLogger("curate.sources.flickr").disabled)
     assert "flickr page 2 failed" in caplog.text
     for value in (KEY, SECRET):
         assert value not in out and value not in err and value not in caplog.text
