@@ -1,0 +1,75 @@
+"""A real `dask scheduler` and two `dask worker` processes on loopback run the sample pipeline."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from curate.run import main
+
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = open(tmp_path / "dask.log", "w")
+    scheduler = subprocess.Popen(
+        [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        stdout=logs, stderr=logs, cwd=REPO,
+    )  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
+            stdout=logs, stderr=logs, cwd=REPO,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for process in [*workers, scheduler]:
+            process.terminate()
+        for process in [*workers, scheduler]:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        logs.close()
+
+
+def test_sample_on_a_real_scheduler_and_two_workers(cluster: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    code = main([f"run.dir={run_dir}", f"dask.address={cluster}", "ingest.num_shards=8", "run.progress=false"])
+    assert code == 0
+    workers = set()
+    for stage in ("ingest", "license", "fetch", "release"):
+        for marker in (run_dir / "stats" / stage).glob("part-*.json"):
+            workers.add(json.loads(marker.read_text())["worker"])
+    # Both worker processes did shards (the client process did none: it has no worker).
+    assert len(workers) == 2
+    manifest = pd.read_parquet(run_dir / "release" / "v1" / "manifest.parquet")
+    assert len(manifest) == 41 and (manifest["status"] == "kept").sum() == 31
+    started = time.perf_counter()
+    assert main([f"run.dir={run_dir}", f"dask.address={cluster}", "ingest.num_shards=8", "run.progress=false"]) == 0
+    assert time.perf_counter() - started < 10
