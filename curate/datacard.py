@@ -37,6 +37,10 @@ def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _counts(column: pd.Series) -> list[tuple[object, ...]]:
+    return [(str(value), int(n)) for value, n in sorted(column.value_counts().items())]
+
+
 def card_config(cfg: CurateConfig) -> dict[str, object]:
     """The settings that shaped the data; where it ran (paths, cluster) is left out."""
     fetch = asdict(cfg.fetch)
@@ -62,12 +66,13 @@ def render_data_card(cfg: CurateConfig, manifest: pd.DataFrame, num_shards: int)
 
     reason_rows: list[tuple[object, ...]] = []
     for stage, _ in FUNNEL:
-        counts = manifest.groupby([f"{stage}_status", f"{stage}_reason"], dropna=True).size()
-        for (status, reason), n in sorted(counts.items()):
+        pairs = manifest[f"{stage}_status"].astype(str) + "/" + manifest[f"{stage}_reason"].astype(str)
+        for key, n in sorted(pairs[manifest[f"{stage}_status"].notna()].value_counts().items()):
+            status, reason = str(key).split("/", 1)
             reason_rows.append((stage, status, reason, int(n)))
     reached = manifest["fetch_status"].notna()
-    licence_rows = [(code, int(n)) for code, n in sorted(kept["license_code"].value_counts().items())]
-    formats = [(fmt, int(n)) for fmt, n in sorted(kept["format"].value_counts().items())]
+    licence_rows = _counts(kept["license_code"])
+    formats = _counts(kept["format"])
 
     parts = [
         f"# Data card: {cfg.release.name} {cfg.release.version}",

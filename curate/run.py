@@ -70,7 +70,7 @@ def _hint(message: str) -> str:
 def _all_keys(node: object, prefix: str = "") -> list[str]:
     keys: list[str] = []
     for key, value in OmegaConf.to_container(node, resolve=False).items():  # type: ignore[union-attr]
-        full = f"{prefix}{key}"
+        full = f"{prefix}{key!s}"
         keys.append(full)
         if isinstance(value, dict):
             keys += _all_keys(OmegaConf.create(value), full + ".")

@@ -1,10 +1,10 @@
 """The run directory: the only channel between stages.
 
-    <run.dir>/shards.json                      shard count fixed at ingest
-    <run.dir>/manifest/<stage>/part-NNNNN.parquet
-    <run.dir>/stats/<stage>/part-NNNNN.json      written LAST: the shard's completion marker
-    <run.dir>/images/part-NNNNN.tar              image bytes, written once by fetch
-    <run.dir>/release/<version>/                 what users download
+<run.dir>/shards.json                      shard count fixed at ingest
+<run.dir>/manifest/<stage>/part-NNNNN.parquet
+<run.dir>/stats/<stage>/part-NNNNN.json      written LAST: the shard's completion marker
+<run.dir>/images/part-NNNNN.tar              image bytes, written once by fetch
+<run.dir>/release/<version>/                 what users download
 """
 
 from __future__ import annotations

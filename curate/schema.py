@@ -54,9 +54,7 @@ REASONS: dict[str, frozenset[str]] = {
 }
 
 # Fetch failures worth another try later (`fetch.retry_failed=true`).
-TRANSIENT_FETCH_REASONS = frozenset(
-    {"http_server_error", "timeout", "connection_error", "truncated"}
-)
+TRANSIENT_FETCH_REASONS = frozenset({"http_server_error", "timeout", "connection_error", "truncated"})
 
 # What every source yields; every later stage adds `<stage>_*` columns beside these.
 CANDIDATE_SCHEMA = pa.schema(

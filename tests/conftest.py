@@ -33,7 +33,9 @@ def read_stage(run_dir: Path, *stages: str) -> pd.DataFrame:
     shards = sorted((run_dir / "manifest" / "ingest").glob("part-*.parquet"))
     frames = []
     for part in shards:
-        frames.append(pd.concat([pd.read_parquet(run_dir / "manifest" / s / part.name) for s in ("ingest", *stages)], axis=1))
+        frames.append(
+            pd.concat([pd.read_parquet(run_dir / "manifest" / s / part.name) for s in ("ingest", *stages)], axis=1)
+        )
     return pd.concat(frames, ignore_index=True)
 
 

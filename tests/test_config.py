@@ -77,5 +77,5 @@ def test_recipe_by_path(tmp_path: Path) -> None:
 
 
 def test_config_error_type() -> None:
-    with pytest.raises(ConfigError, match="fetch.retries must be >= 0"):
+    with pytest.raises(ConfigError, match=r"fetch\.retries must be >= 0"):
         load_config(["fetch.retries=-1"])

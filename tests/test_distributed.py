@@ -37,8 +37,10 @@ def cluster(tmp_path: Path) -> Iterator[str]:
     workers = [
         subprocess.Popen(
             [DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
-            stdout=logs, stderr=logs, cwd=REPO,
-        )  # fmt: skip
+            stdout=logs,
+            stderr=logs,
+            cwd=REPO,
+        )
         for i in range(2)
     ]
     try:

@@ -59,14 +59,22 @@ def build_routes(server: FaultServer, tmp: Path) -> dict[str, tuple[str, str]]:
         "always500": (server.status("/always500.jpg", 500), "failed", "http_server_error"),
         "stall": (server.stall("/stall.jpg", 3.0), "failed", "timeout"),
         "truncated": (server.truncated("/truncated.jpg", encode(photo(seed=3))), "failed", "truncated"),
-        "html": (server.serve("/html.jpg", b"<html><body>Not found</body></html>", "image/jpeg"), "failed", "not_an_image"),
+        "html": (
+            server.serve("/html.jpg", b"<html><body>Not found</body></html>", "image/jpeg"),
+            "failed",
+            "not_an_image",
+        ),
         "loop": (server.redirect("/loop.jpg", "/loop.jpg"), "failed", "redirect_loop"),
         "huge": (server.serve("/huge.jpg", big), "rejected", "too_large"),
         "huge-chunked": (server.chunked("/huge-chunked.jpg", big), "rejected", "too_large"),
         "alpha": (server.serve("/alpha.png", encode(alpha, "PNG"), "image/png"), "ok", "ok"),
         "cmyk": (server.serve("/cmyk.jpg", cmyk), "ok", "ok"),
         "bomb": (server.serve("/bomb.png", bomb, "image/png"), "rejected", "decompression_bomb"),
-        "single": (server.serve("/single.jpg", encode(Image.new("RGB", (300, 200), (9, 99, 199)))), "rejected", "single_colour"),
+        "single": (
+            server.serve("/single.jpg", encode(Image.new("RGB", (300, 200), (9, 99, 199)))),
+            "rejected",
+            "single_colour",
+        ),
         "tiny": (server.serve("/tiny.jpg", encode(photo(40, 30))), "rejected", "too_small"),
         "wide": (server.serve("/wide.jpg", encode(photo(1200, 100))), "rejected", "extreme_aspect"),
         "corrupt": (server.serve("/corrupt.jpg", good[:600] + b"\x00" * 50), "failed", "corrupt"),
@@ -156,7 +164,7 @@ def test_stats_markers_count_every_reason(faulty_run) -> None:  # type: ignore[n
 
 
 def test_retry_failed_refetches_only_transient_failures(faulty_run) -> None:  # type: ignore[no-untyped-def]
-    server, run_dir, expected, flags, _ = faulty_run
+    server, run_dir, _expected, flags, _ = faulty_run
     before = read_stage(run_dir, "license", "fetch").set_index("image_id")
     hits_before = dict(server.hits)
     server.serve("/always500.jpg", encode(photo(seed=9)))  # the host has recovered

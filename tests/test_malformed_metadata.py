@@ -49,7 +49,9 @@ def test_malformed_rows_end_with_reasons(tmp_path: Path, compressed: bool) -> No
     assert run_curate(f"ingest.path={path}", f"run.dir={run_dir}", "stage=license") == 0
     rows = read_stage(run_dir, "license").set_index("photo_id")
     assert len(rows) == 8
-    outcome = {pid: (r.ingest_status, r.ingest_reason, r.license_status, r.license_reason) for pid, r in rows.iterrows()}
+    outcome = {
+        pid: (r.ingest_status, r.ingest_reason, r.license_status, r.license_reason) for pid, r in rows.iterrows()
+    }
     assert outcome["6985418911"] == ("ok", "ok", "ok", "ok")
     assert outcome["2"] == ("ok", "bad_date", "ok", "ok")
     assert rows.loc["2", "date_taken"] is None or rows.loc["2", "date_taken"] != rows.loc["2", "date_taken"]

@@ -108,7 +108,11 @@ def _http_once(url: str, cfg: FetchConfig, session: requests.Session) -> Downloa
             return Download("ok", body=b"".join(chunks), http_status=status)
     except requests.TooManyRedirects as err:
         return Download("redirect_loop", error=str(err)[:200])
-    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as err:
+    except (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+    ) as err:
         return Download("bad_url", error=str(err)[:200])
     except requests.Timeout as err:
         raise _Transient("timeout", type(err).__name__) from err

@@ -47,6 +47,7 @@ class ShardStage(ABC):
 
     def finish(self, run: RunDir, num_shards: int) -> None:
         """Runs once in the client after every shard is done (release assembles its files here)."""
+        return None
 
     def is_finished(self, run: RunDir) -> bool:
         """Whether `finish` has completed for the current shards (checked when no shard had work)."""

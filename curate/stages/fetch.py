@@ -49,7 +49,7 @@ class FetchStage(ShardStage):
         previous = read_parquet(run.part(self.name, shard))
         return bool(previous["fetch_reason"].isin(TRANSIENT_FETCH_REASONS).any())
 
-    def _previous(self, run: RunDir, shard: int, rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    def _previous(self, run: RunDir, shard: int) -> dict[str, dict[Any, Any]]:
         """On a retry, the earlier outcome of every row that does not need another try, by image_id."""
         if not (self.cfg.fetch.retry_failed and run.read_marker(self.name, shard)):
             return {}
@@ -59,7 +59,7 @@ class FetchStage(ShardStage):
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
         cfg = self.cfg.fetch
-        previous = self._previous(run, shard, rows)
+        previous = self._previous(run, shard)
         reused = read_members(run.images(shard), {p["tar_member"] for p in previous.values() if p["tar_member"]})
         session = make_session(cfg)
         limiter = HostLimiter(cfg.per_host_concurrency)

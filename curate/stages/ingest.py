@@ -18,8 +18,8 @@ import pandas as pd
 
 from curate.config import CurateConfig
 from curate.io.atomic import read_parquet, write_json, write_parquet
-from curate.runner import Runner, StageReport, fingerprint, write_marker
 from curate.rundir import RunDir
+from curate.runner import Runner, StageReport, fingerprint, write_marker
 from curate.schema import CANDIDATE_COLUMNS
 from curate.sources import expand_inputs, read_unit, rows_to_frame, unit_fingerprint
 
@@ -53,9 +53,7 @@ def merge_shard(cfg: CurateConfig, shard: int, num_units: int, fp: str) -> dict[
     started = time.perf_counter()
     run = RunDir(Path(cfg.run.dir))
     frames = [
-        read_parquet(path)
-        for unit_index in range(num_units)
-        if (path := bucket_path(run, unit_index, shard)).exists()
+        read_parquet(path) for unit_index in range(num_units) if (path := bucket_path(run, unit_index, shard)).exists()
     ]
     frame = pd.concat(frames, ignore_index=True) if frames else rows_to_frame([])
     # The first occurrence of an id is the candidate; later ones are recorded, not silently merged.

@@ -21,7 +21,9 @@ class LicenseStage(ShardStage):
             license_id, name, url = _text(license_id), _text(name), _text(url)
             code = normalize(license_id, name, url) or assumed
             if code is None:
-                status, reason = ("ok", "unknown_kept") if self.cfg.license.keep_unknown else ("rejected", "unknown_license")
+                status, reason = (
+                    ("ok", "unknown_kept") if self.cfg.license.keep_unknown else ("rejected", "unknown_license")
+                )
             elif code in allow:
                 status, reason = "ok", "ok"
             else:

@@ -1,12 +1,12 @@
 """release: PASS-layout tars, WebDataset shards, the audited manifest of EVERY candidate, SHA256SUMS, data card.
 
-    release/<version>/PASS.<n>.tar            PASS_dataset/dummy_folder/<image_id>.jpeg
-    release/<version>/webdataset/NNNNN.tar    <image_id>.jpg + <image_id>.json
-    release/<version>/pass_metadata.csv       hash, unickname, latitude, longitude, datetaken, licence + URLs
-    release/<version>/pass_urls.txt
-    release/<version>/manifest.parquet        every candidate, kept or not, with each stage's status/reason
-    release/<version>/DATA_CARD.md            also copied to <release.data_card_dir>/<version>.md
-    release/<version>/SHA256SUMS              written last: the release is complete when it exists
+release/<version>/PASS.<n>.tar            PASS_dataset/dummy_folder/<image_id>.jpeg
+release/<version>/webdataset/NNNNN.tar    <image_id>.jpg + <image_id>.json
+release/<version>/pass_metadata.csv       hash, unickname, latitude, longitude, datetaken, licence + URLs
+release/<version>/pass_urls.txt
+release/<version>/manifest.parquet        every candidate, kept or not, with each stage's status/reason
+release/<version>/DATA_CARD.md            also copied to <release.data_card_dir>/<version>.md
+release/<version>/SHA256SUMS              written last: the release is complete when it exists
 """
 
 from __future__ import annotations
@@ -57,9 +57,23 @@ def decide(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd.Series]
     return status, reason
 
 
-def sample_json(row: dict[str, Any]) -> bytes:
-    keys = ("image_id", "owner_name", "owner_nsid", "title", "license_code", "license_attribution_url",
-            "page_url", "image_url", "date_taken", "latitude", "longitude", "width", "height", "sha256")
+def sample_json(row: dict[Any, Any]) -> bytes:
+    keys = (
+        "image_id",
+        "owner_name",
+        "owner_nsid",
+        "title",
+        "license_code",
+        "license_attribution_url",
+        "page_url",
+        "image_url",
+        "date_taken",
+        "latitude",
+        "longitude",
+        "width",
+        "height",
+        "sha256",
+    )
     clean = {k: (None if pd.isna(row[k]) else row[k]) for k in keys}
     return json.dumps(clean, sort_keys=True, default=str).encode("utf-8")
 
@@ -78,9 +92,10 @@ class ReleaseStage(ShardStage):
         kept = rows[status == "kept"]
         members = read_members(run.images(shard), set(kept["tar_member"]))
         out = self.out_dir(run)
-        with SortedTarWriter(out / f"PASS.{shard}.tar") as pass_tar, SortedTarWriter(
-            out / "webdataset" / f"{shard:05d}.tar"
-        ) as wds_tar:
+        with (
+            SortedTarWriter(out / f"PASS.{shard}.tar") as pass_tar,
+            SortedTarWriter(out / "webdataset" / f"{shard:05d}.tar") as wds_tar,
+        ):
             for row in kept.to_dict("records"):
                 data = members[row["tar_member"]]
                 image_id = row["image_id"]
@@ -120,7 +135,9 @@ class ReleaseStage(ShardStage):
         card_dir = Path(self.cfg.release.data_card_dir or run.root / "data_cards")
         with atomic_open(card_dir / f"{self.cfg.release.version}.md", "w") as handle:
             handle.write(card)
-        files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "SHA256SUMS" and not p.name.startswith("."))
+        files = sorted(
+            p for p in out.rglob("*") if p.is_file() and p.name != "SHA256SUMS" and not p.name.startswith(".")
+        )
         with atomic_open(out / "SHA256SUMS", "w") as handle:
             handle.writelines(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in files)
 
