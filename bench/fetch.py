@@ -316,8 +316,16 @@ def _tar_members(path: Path, suffix: str) -> int:
         return sum(1 for info in tar if info.isfile() and info.name.endswith(suffix))
 
 
+def _load() -> str:
+    # Other work on the machine skews both tools; the load average makes a noisy run recognisable.
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def table(results: list[Result]) -> str:
-    head = f"{'tool':<12} {'images ok':>9} {'seconds':>8} {'images/s':>9} {'cpu s':>7} {'peak RSS MB':>11} {'max proc MB':>11}"
+    head = (
+        f"{'tool':<12} {'images ok':>9} {'seconds':>8} {'images/s':>9} {'cpu s':>7} "
+        f"{'peak RSS MB':>11} {'max proc MB':>11}"
+    )
     lines = [head, "-" * len(head)]
     for r in results:
         tree = "-" if r.usage.tree_rss_mb is None else f"{r.usage.tree_rss_mb:.0f}"
@@ -372,6 +380,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
             f"{args.threads} threads each; img2dataset {img2dataset_version}",
             flush=True,
         )
+        print(f"load average before: {_load()}", flush=True)
         results: list[Result] = []
         for repeat in range(args.repeat):
             label = f"run{repeat}"
@@ -387,6 +396,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
                     )
     finally:
         server.stop()
+    print(f"load average after: {_load()}")
     print()
     print(table(results))
     print(f"ratio curate/img2dataset: {median_rate(results, 'curate') / median_rate(results, 'img2dataset'):.2f}")

@@ -50,7 +50,7 @@ class ImageHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's signature
+    def log_message(self, format: str, *args: object) -> None:
         pass  # thousands of requests; a line each would only cost CPU
 
 

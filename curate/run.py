@@ -197,7 +197,8 @@ def summary(reports: list[StageReport]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("distributed", "flickrapi", "urllib3"):
+    # oauthlib logs signed request headers (the API key) at DEBUG: keep it and its friends quiet.
+    for noisy in ("distributed", "flickrapi", "urllib3", "oauthlib", "requests_oauthlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         cfg = load_config(sys.argv[1:] if argv is None else argv)

@@ -34,7 +34,10 @@ EXTRA_FIELDS: dict[str, tuple[str, ...]] = {
     "owner_name": ("ownername",),
     "date_taken": ("datetaken", "datetakengranularity", "datetakenunknown"),
     "geo": ("latitude", "longitude", "accuracy", "context"),
-    **{f"url_{s}": (f"url_{s}", f"height_{s}", f"width_{s}") for s in ("sq", "t", "s", "q", "m", "n", "z", "c", "l", "o")},
+    **{
+        f"url_{s}": (f"url_{s}", f"height_{s}", f"width_{s}")
+        for s in ("sq", "t", "s", "q", "m", "n", "z", "c", "l", "o")
+    },
 }
 
 
@@ -91,7 +94,9 @@ class FlickrStandIn:
         return [p for p in self.catalogue if license_ids is None or str(p["license"]) in license_ids]
 
     # ---------------------------------------------------------------------------------------------------
-    def answer(self, request: Request, host: str, body: list[tuple[str, str]], headers: dict[str, str]) -> tuple[int, str, bytes]:
+    def answer(
+        self, request: Request, host: str, body: list[tuple[str, str]], headers: dict[str, str]
+    ) -> tuple[int, str, bytes]:
         """(HTTP status, content type, body) for one request; records it."""
         request.signature_ok = self._signature_ok(host, request, body, headers)
         with self.lock:

@@ -14,8 +14,10 @@ from typing import Any
 
 import flickrapi
 import pandas as pd
+import requests
 
 from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV, FlickrQuery, IngestConfig
+from curate.schema import safe_id
 from curate.sources import new_row, rows_to_frame
 from curate.sources.yfcc import parse_date, parse_float
 
@@ -71,7 +73,7 @@ def photo_row(photo: dict[str, Any], ref: str) -> dict[str, Any]:
     if latitude == 0 and longitude == 0:  # Flickr's "no geo"
         latitude = longitude = None
     row = new_row(
-        image_id=f"flickr-{photo_id}",
+        image_id=safe_id(f"flickr-{photo_id}"),  # dot- and slash-free, like every other source
         source="flickr",
         source_ref=ref,
         photo_id=photo_id,
@@ -92,19 +94,25 @@ def photo_row(photo: dict[str, Any], ref: str) -> dict[str, Any]:
     return row
 
 
+# Flickr error codes that no retry can cure: invalid API key, invalid signature, unknown method.
+FATAL_CODES = frozenset({"100", "96", "112"})
+
+
 def _search_page(client: flickrapi.FlickrAPI, query: FlickrQuery, page: int) -> dict[str, Any]:
     last: Exception | None = None
     for attempt in range(PAGE_ATTEMPTS):
+        if attempt:
+            time.sleep(0.2 * 2 ** (attempt - 1))
         try:
             reply: dict[str, Any] = client.photos.search(**search_params(query, page))
             return reply
         except flickrapi.FlickrError as err:
             last = err
-            # Code 100 is an invalid API key: retrying cannot help.
-            if getattr(err, "code", None) in ("100", 100):
+            if str(getattr(err, "code", "")) in FATAL_CODES:
                 break
-            log.warning("flickr page %d failed (attempt %d): %s", page, attempt + 1, err)
-            time.sleep(0.2 * 2**attempt)
+        except requests.RequestException as err:  # network trouble: worth another try
+            last = err
+        log.warning("flickr page %d failed (attempt %d): %s", page, attempt + 1, last)
     raise FlickrIngestError(f"flickr.photos.search page {page} failed: {last}")
 
 
