@@ -7,7 +7,8 @@ byte-identical card.
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 import pandas as pd
@@ -37,10 +38,6 @@ def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
     return "\n".join(lines)
 
 
-def _counts(column: pd.Series) -> list[tuple[object, ...]]:
-    return [(str(value), int(n)) for value, n in sorted(column.value_counts().items())]
-
-
 def card_config(cfg: CurateConfig) -> dict[str, object]:
     """The settings that shaped the data; where it ran (paths, cluster) is left out."""
     fetch = asdict(cfg.fetch)
@@ -57,22 +54,45 @@ def card_config(cfg: CurateConfig) -> dict[str, object]:
     }
 
 
-def render_data_card(cfg: CurateConfig, manifest: pd.DataFrame, num_shards: int) -> str:
-    kept = manifest[manifest["status"] == "kept"]
-    funnel_rows: list[tuple[object, ...]] = [("candidates", len(manifest))]
-    for stage, label in FUNNEL:
-        funnel_rows.append((f"{stage}: {label}", int((manifest[f"{stage}_status"] == "ok").sum())))
-    funnel_rows.append(("released", len(kept)))
+@dataclass
+class Tally:
+    """Counts gathered shard by shard: the card never needs the whole manifest in memory."""
 
-    reason_rows: list[tuple[object, ...]] = []
-    for stage, _ in FUNNEL:
-        pairs = manifest[f"{stage}_status"].astype(str) + "/" + manifest[f"{stage}_reason"].astype(str)
-        for key, n in sorted(pairs[manifest[f"{stage}_status"].notna()].value_counts().items()):
-            status, reason = str(key).split("/", 1)
-            reason_rows.append((stage, status, reason, int(n)))
-    reached = manifest["fetch_status"].notna()
-    licence_rows = _counts(kept["license_code"])
-    formats = _counts(kept["format"])
+    candidates: int = 0
+    released: int = 0
+    stage_ok: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    reached_fetch: int = 0
+    licences: Counter[str] = field(default_factory=Counter)
+    formats: Counter[str] = field(default_factory=Counter)
+
+    def add(self, frame: pd.DataFrame) -> None:
+        kept = frame[frame["status"] == "kept"]
+        self.candidates += len(frame)
+        self.released += len(kept)
+        self.reached_fetch += int(frame["fetch_status"].notna().sum())
+        for stage, _ in FUNNEL:
+            status, reason = frame[f"{stage}_status"], frame[f"{stage}_reason"]
+            self.stage_ok[stage] += int((status == "ok").sum())
+            seen = status.notna()
+            pairs = status[seen].astype(str) + "/" + reason[seen].astype(str)
+            for pair, n in pairs.value_counts().items():
+                code, why = str(pair).split("/", 1)
+                self.outcomes[(stage, code, why)] += int(n)
+        self.licences.update(kept["license_code"].dropna().astype(str))
+        self.formats.update(kept["format"].dropna().astype(str))
+
+
+def render_data_card(cfg: CurateConfig, tally: Tally, num_shards: int) -> str:
+    funnel_rows: list[tuple[object, ...]] = [("candidates", tally.candidates)]
+    funnel_rows += [(f"{stage}: {label}", tally.stage_ok[stage]) for stage, label in FUNNEL]
+    funnel_rows.append(("released", tally.released))
+    order = {stage: i for i, (stage, _) in enumerate(FUNNEL)}
+    reason_rows: list[tuple[object, ...]] = [
+        (*key, n) for key, n in sorted(tally.outcomes.items(), key=lambda kv: (order[kv[0][0]], kv[0]))
+    ]
+    licence_rows: list[tuple[object, ...]] = sorted(tally.licences.items())
+    formats: list[tuple[object, ...]] = sorted(tally.formats.items())
 
     parts = [
         f"# Data card: {cfg.release.name} {cfg.release.version}",
@@ -90,7 +110,7 @@ def render_data_card(cfg: CurateConfig, manifest: pd.DataFrame, num_shards: int)
         "## Outcomes per stage and reason",
         _table(("stage", "status", "reason", "rows"), reason_rows),
         "",
-        f"Rows that reached fetch: {int(reached.sum())}; shards: {num_shards}.",
+        f"Rows that reached fetch: {tally.reached_fetch}; shards: {num_shards}.",
         "",
         "## Licences of released images",
         _table(("licence", "images"), licence_rows or [("-", 0)]),

@@ -46,12 +46,35 @@ class StageReport:
     done: int = 0
     skipped: int = 0
     wall_s: float = 0.0
+    shard_wall_s: float = 0.0
+    processed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
     def add(self, marker: dict[str, Any]) -> None:
         for key, value in marker["counts"].items():
             self.counts[key] = self.counts.get(key, 0) + value
+
+    def finished(self, marker: dict[str, Any]) -> None:
+        """A shard this invocation ran (as opposed to one it skipped)."""
+        self.done += 1
+        self.shard_wall_s += marker["wall_s"]
+        self.processed += marker["rows"] - marker["counts"].get("not_reached", 0)
+        self.add(marker)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "shards": self.shards,
+            "shards_run": self.done,
+            "shards_skipped": self.skipped,
+            "rows": self.rows,
+            "counts": dict(sorted(self.counts.items())),
+            "wall_s": round(self.wall_s, 3),
+            "shard_wall_s": round(self.shard_wall_s, 3),
+            "images_per_s": round(self.processed / self.wall_s, 2) if self.done and self.wall_s > 0 else None,
+            "failures": self.failures,
+        }
 
     @property
     def rows(self) -> int:
@@ -93,6 +116,9 @@ def run_shard(stage: ShardStage, upstream: list[str], shard: int, fp: str) -> di
     if len(added) != int(live.sum()):
         raise RuntimeError(f"stage {stage.name} returned {len(added)} rows for {int(live.sum())}")
     added.index = rows.index[live]
+    for column in (f"{stage.name}_status", f"{stage.name}_reason"):
+        # Typed even when no row was live, so every shard's part has the same schema.
+        added[column] = added[column].astype("string")
     frame = added.reindex(rows.index)
     write_parquet(run.part(stage.name, shard), frame)
     return write_marker(run, stage.name, shard, fp, frame, started, {})
@@ -167,9 +193,13 @@ class Runner:
                 for shard, fp in todo.items()
             }
             for _, marker in self.gather(futures, report, stage.name):
-                report.done += 1
-                report.add(marker)
+                report.finished(marker)
         if not report.failures and (todo or not stage.is_finished(self.run)):
             stage.finish(self.run, num_shards)
         report.wall_s = time.perf_counter() - started
+        self.record(report)
         return report
+
+    def record(self, report: StageReport) -> None:
+        """stats/<stage>.json: this invocation's totals (per-shard detail stays in stats/<stage>/)."""
+        write_json(self.run.root / "stats" / f"{report.stage}.json", report.as_json())

@@ -89,6 +89,7 @@ def run_ingest(runner: Runner) -> StageReport:
         for marker in markers:
             report.add(marker or {})
         report.wall_s = time.perf_counter() - started
+        runner.record(report)
         return report
 
     buckets = run.root / "manifest" / "_ingest_buckets"
@@ -100,16 +101,17 @@ def run_ingest(runner: Runner) -> StageReport:
     list(runner.gather(scattered, report, "ingest (read)"))
     if report.failures:
         report.wall_s = time.perf_counter() - started
+        runner.record(report)
         return report
     merged = {
         shard: runner.client.submit(merge_shard, cfg, shard, len(units), fp, key=f"ingest-{shard}-{fp[:12]}")
         for shard in range(num_shards)
     }
     for _, marker in runner.gather(merged, report, "ingest"):
-        report.done += 1
-        report.add(marker)
+        report.finished(marker)
     if not report.failures:
         write_json(run.shards_file, {"num_shards": num_shards, "ingest_fingerprint": fp})
         shutil.rmtree(buckets, ignore_errors=True)
     report.wall_s = time.perf_counter() - started
+    runner.record(report)
     return report

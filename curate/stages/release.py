@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from curate.datacard import render_data_card
-from curate.io.atomic import atomic_open, read_parquet, sha256_file, write_parquet
+from curate.datacard import Tally, render_data_card
+from curate.io.atomic import atomic_open, atomic_path, read_parquet, sha256_file
 from curate.io.tars import SortedTarWriter, read_members
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
@@ -116,20 +118,31 @@ class ReleaseStage(ShardStage):
         return (self.out_dir(run) / "SHA256SUMS").exists()
 
     def finish(self, run: RunDir, num_shards: int) -> None:
+        """Assemble the release-wide files shard by shard, so memory stays flat at 100M candidates."""
         out = self.out_dir(run)
         (out / "SHA256SUMS").unlink(missing_ok=True)
-        manifest = pd.concat(
-            [run.load_joined(shard, [*RELEASE_INPUTS, self.name]) for shard in range(num_shards)],
-            ignore_index=True,
-        ).drop(columns=["release_status", "release_reason", "tar_member"])
-        write_parquet(out / "manifest.parquet", manifest)
-        kept = manifest[manifest["status"] == "kept"].copy()
-        kept["hash"] = kept["photo_hash"].fillna(kept["image_id"])
-        with atomic_open(out / "pass_metadata.csv", "w") as handle:
-            kept[list(PASS_COLUMNS)].rename(columns=PASS_COLUMNS).to_csv(handle, index=False, lineterminator="\n")
-        with atomic_open(out / "pass_urls.txt", "w") as handle:
-            handle.writelines(f"{url}\n" for url in kept["image_url"])
-        card = render_data_card(self.cfg, manifest, num_shards)
+        stages = [*RELEASE_INPUTS, self.name]
+        schema = pa.unify_schemas(
+            [_manifest_schema(run, shard, stages) for shard in range(num_shards)], promote_options="permissive"
+        )
+        tally = Tally()
+        with (
+            atomic_path(out / "manifest.parquet") as manifest_tmp,
+            pq.ParquetWriter(manifest_tmp, schema, compression="zstd") as manifest,
+            atomic_open(out / "pass_metadata.csv", "w") as metadata,
+            atomic_open(out / "pass_urls.txt", "w") as urls,
+        ):
+            for shard in range(num_shards):
+                table = _manifest_table(run, shard, stages).cast(schema)
+                manifest.write_table(table)
+                frame = table.to_pandas()
+                tally.add(frame)
+                kept = frame[frame["status"] == "kept"].copy()
+                kept["hash"] = kept["photo_hash"].fillna(kept["image_id"])
+                kept = kept[list(PASS_COLUMNS)].rename(columns=PASS_COLUMNS)
+                kept.to_csv(metadata, index=False, header=shard == 0, lineterminator="\n")
+                urls.writelines(f"{url}\n" for url in kept["image_url"])
+        card = render_data_card(self.cfg, tally, num_shards)
         with atomic_open(out / "DATA_CARD.md", "w") as handle:
             handle.write(card)
         card_dir = Path(self.cfg.release.data_card_dir or run.root / "data_cards")
@@ -140,6 +153,22 @@ class ReleaseStage(ShardStage):
         )
         with atomic_open(out / "SHA256SUMS", "w") as handle:
             handle.writelines(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in files)
+
+
+# Bookkeeping columns that mean nothing outside the run directory.
+_INTERNAL = ["release_status", "release_reason", "tar_member"]
+
+
+def _manifest_schema(run: RunDir, shard: int, stages: list[str]) -> pa.Schema:
+    fields = [f for stage in stages for f in pq.read_schema(run.part(stage, shard)).remove_metadata()]
+    return pa.schema([f for f in fields if f.name not in _INTERNAL])
+
+
+def _manifest_table(run: RunDir, shard: int, stages: list[str]) -> pa.Table:
+    tables = [pq.read_table(run.part(stage, shard)) for stage in stages]
+    names = [name for table in tables for name in table.column_names]
+    joined = pa.Table.from_arrays([column for table in tables for column in table.columns], names=names)
+    return joined.drop_columns(_INTERNAL)
 
 
 def load_manifest(release_dir: Path) -> pd.DataFrame:
