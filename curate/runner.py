@@ -201,5 +201,7 @@ class Runner:
         return report
 
     def record(self, report: StageReport) -> None:
-        """stats/<stage>.json: this invocation's totals (per-shard detail stays in stats/<stage>/)."""
+        """stats/<stage>.json: totals of the last invocation that did work (per-shard detail: stats/<stage>/)."""
+        if not (report.done or report.failures):
+            return
         write_json(self.run.root / "stats" / f"{report.stage}.json", report.as_json())
