@@ -30,6 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_VENV = ROOT / ".venv-bench"
 SERVER = Path(__file__).resolve().parent / "imageserver.py"
@@ -48,16 +51,12 @@ class BenchError(RuntimeError):
 # --------------------------------------------------------------------------------------------- test images
 
 
-def make_jpeg(rng: object, quality: int = 90) -> bytes:
+def make_jpeg(rng: np.random.Generator, quality: int = 90) -> bytes:
     """One photo-like JPEG: a smooth random colour field plus sensor-like noise, 500x375 or 375x500.
 
     The smooth field makes every image distinct and never single-coloured; the noise keeps the JPEG near the
     size of a real PASS image (tens of KB) instead of compressing to almost nothing.
     """
-    import numpy as np
-    from PIL import Image
-
-    assert isinstance(rng, np.random.Generator)
     width, height = (375, 500) if rng.random() < 0.25 else (500, 375)
     grid = rng.integers(0, 256, size=(int(rng.integers(2, 8)), int(rng.integers(2, 8)), 3), dtype=np.uint8)
     field = np.asarray(Image.fromarray(grid, "RGB").resize((width, height), Image.Resampling.BICUBIC), np.int16)
@@ -70,8 +69,6 @@ def make_jpeg(rng: object, quality: int = 90) -> bytes:
 
 def make_images(folder: Path, n: int, seed: int) -> int:
     """Write n JPEGs named 000000.jpg ...; returns their total size in bytes."""
-    import numpy as np
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     total = 0
@@ -119,6 +116,7 @@ def write_url_list(path: Path, port: int, n: int) -> None:
 
 @dataclass
 class Usage:
+    busy_before: float | None  # % of all cores busy in the second before the start, with this script idle
     seconds: float  # wall clock of the whole command, start-up included
     cpu_s: float  # user + system CPU of the process and every descendant it waited for
     max_proc_rss_mb: float  # the largest single process of the tree (ru_maxrss)
@@ -162,8 +160,19 @@ class TreeSampler(threading.Thread):
         self.join()
 
 
-def run_measured(cmd: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Usage:
+def busy_percent() -> float | None:
+    """How busy the machine is without us: other work slows whichever tool it overlaps, so a run that started
+    on a busy machine can be recognised (and repeated). The load average cannot tell: our own threads count."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return float(psutil.cpu_percent(interval=1.0))
+
+
+def run_measured(cmd: Sequence[str], log: Path, env: dict[str, str] | None = None, timed: bool = True) -> Usage:
     """Run cmd to completion, output to `log`; raise BenchError with the log's tail if it fails."""
+    busy = busy_percent() if timed else None
     with open(log, "wb") as out:
         started = time.perf_counter()
         process = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -179,6 +188,7 @@ def run_measured(cmd: Sequence[str], log: Path, env: dict[str, str] | None = Non
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise BenchError(f"{' '.join(cmd[:4])} ... exited {process.returncode}; end of {log}:\n{tail}")
     return Usage(
+        busy_before=busy,
         seconds=seconds,
         cpu_s=usage.ru_utime + usage.ru_stime,
         max_proc_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
@@ -189,6 +199,7 @@ def run_measured(cmd: Sequence[str], log: Path, env: dict[str, str] | None = Non
 @dataclass
 class Result:
     tool: str
+    run: int
     ok: int
     usage: Usage
 
@@ -232,13 +243,16 @@ def count_curate_ok(run_dir: Path) -> int:
     return ok
 
 
-def run_curate(work: Path, urls: Path, shards: int, threads: int, label: str) -> Result:
+def run_curate(work: Path, urls: Path, shards: int, threads: int, run: int) -> Result:
+    label = f"run{run}"
     run_dir = work / f"curate-{label}"
     # stage=fetch needs ingest and license done; they are not part of the measurement.
     for stage in ("ingest", "license"):
-        run_measured(curate_cmd(run_dir, urls, stage, shards, threads), work / f"curate-{label}-{stage}.log")
+        run_measured(
+            curate_cmd(run_dir, urls, stage, shards, threads), work / f"curate-{label}-{stage}.log", timed=False
+        )
     usage = run_measured(curate_cmd(run_dir, urls, "fetch", shards, threads), work / f"curate-{label}-fetch.log")
-    return Result("curate", count_curate_ok(run_dir), usage)
+    return Result("curate", run, count_curate_ok(run_dir), usage)
 
 
 # ----------------------------------------------------------------------------------------- img2dataset
@@ -286,7 +300,8 @@ def count_img2dataset_ok(out: Path) -> int:
     return ok
 
 
-def run_img2dataset(python: Path, work: Path, urls: Path, n: int, shards: int, threads: int, label: str) -> Result:
+def run_img2dataset(python: Path, work: Path, urls: Path, args: argparse.Namespace, run: int) -> Result:
+    label = f"run{run}"
     out = work / f"img2dataset-{label}"
     cmd = [
         str(python),
@@ -299,13 +314,13 @@ def run_img2dataset(python: Path, work: Path, urls: Path, n: int, shards: int, t
         "--resize_mode=no",  # PASS keeps the original pixels
         "--disable_all_reencoding=True",
         "--processes_count=2",
-        f"--thread_count={threads}",
+        f"--thread_count={args.threads}",
         # The same shard count as curate, so both spread the same units of work over their two processes.
-        f"--number_sample_per_shard={math.ceil(n / shards)}",
+        f"--number_sample_per_shard={math.ceil(args.n / args.shards)}",
         "--enable_wandb=False",
     ]
     usage = run_measured(cmd, work / f"img2dataset-{label}.log", env=_env(QUIET_ENV))
-    return Result("img2dataset", count_img2dataset_ok(out), usage)
+    return Result("img2dataset", run, count_img2dataset_ok(out), usage)
 
 
 # ------------------------------------------------------------------------------------------- reporting
@@ -316,22 +331,18 @@ def _tar_members(path: Path, suffix: str) -> int:
         return sum(1 for info in tar if info.isfile() and info.name.endswith(suffix))
 
 
-def _load() -> str:
-    # Other work on the machine skews both tools; the load average makes a noisy run recognisable.
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def table(results: list[Result]) -> str:
     head = (
-        f"{'tool':<12} {'images ok':>9} {'seconds':>8} {'images/s':>9} {'cpu s':>7} "
-        f"{'peak RSS MB':>11} {'max proc MB':>11}"
+        f"{'tool':<12} {'run':>3} {'images ok':>9} {'seconds':>8} {'images/s':>9} {'cpu s':>7} "
+        f"{'peak RSS MB':>11} {'max proc MB':>11} {'busy before %':>13}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         tree = "-" if r.usage.tree_rss_mb is None else f"{r.usage.tree_rss_mb:.0f}"
+        busy = "-" if r.usage.busy_before is None else f"{r.usage.busy_before:.0f}"
         lines.append(
-            f"{r.tool:<12} {r.ok:>9} {r.usage.seconds:>8.2f} {r.images_per_s:>9.1f} {r.usage.cpu_s:>7.1f} "
-            f"{tree:>11} {r.usage.max_proc_rss_mb:>11.0f}"
+            f"{r.tool:<12} {r.run:>3} {r.ok:>9} {r.usage.seconds:>8.2f} {r.images_per_s:>9.1f} {r.usage.cpu_s:>7.1f} "
+            f"{tree:>11} {r.usage.max_proc_rss_mb:>11.0f} {busy:>13}"
         )
     return "\n".join(lines)
 
@@ -380,29 +391,28 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
             f"{args.threads} threads each; img2dataset {img2dataset_version}",
             flush=True,
         )
-        print(f"load average before: {_load()}", flush=True)
         results: list[Result] = []
         for repeat in range(args.repeat):
-            label = f"run{repeat}"
             # Alternate which tool goes first, so neither always gets the warmer page cache.
             order = ["curate", "img2dataset"] if repeat % 2 == 0 else ["img2dataset", "curate"]
             for tool in order:
                 print(f"[{repeat + 1}/{args.repeat}] {tool} ...", flush=True)
                 if tool == "curate":
-                    results.append(run_curate(work, urls, args.shards, args.threads, label))
+                    result = run_curate(work, urls, args.shards, args.threads, repeat + 1)
                 else:
-                    results.append(
-                        run_img2dataset(img2dataset_python, work, urls, args.n, args.shards, args.threads, label)
-                    )
+                    result = run_img2dataset(img2dataset_python, work, urls, args, repeat + 1)
+                results.append(result)
     finally:
         server.stop()
-    print(f"load average after: {_load()}")
     print()
     print(table(results))
-    print(f"ratio curate/img2dataset: {median_rate(results, 'curate') / median_rate(results, 'img2dataset'):.2f}")
+    baseline = median_rate(results, "img2dataset")
+    ratio = f"{median_rate(results, 'curate') / baseline:.2f}" if baseline else "n/a (img2dataset got no image)"
+    print(f"ratio curate/img2dataset: {ratio}")
     print(
         "(seconds: wall clock of the CLI, start-up included; cpu s: user+sys of the process tree; peak RSS: "
-        "summed over the process tree, sampled every 0.1 s; max proc: largest single process)"
+        "summed over the process tree, sampled every 0.1 s; max proc: largest single process; busy before: "
+        "CPU use of other work in the second before the start)"
     )
     problems = check_counts(results, args.n)
     for problem in problems:

@@ -5,7 +5,7 @@
 Serves the files directly inside FOLDER on 127.0.0.1 at a free port and prints that port as its first line of
 stdout. It runs as its own process so that its CPU use never shares a GIL with the tool being measured.
 
-Why not `python -m http.server`: that one speaks HTTP/1.0 (a new connection per image, whatever the client
+Why not `python -m http.server`: by default that one speaks HTTP/1.0 (a new connection per image, whatever the client
 asks for), logs every request to stderr, and listens with a backlog of 5, so a burst of 64 simultaneous
 connects can drop SYNs and stall a client for a second on the retransmit. Real image hosts keep connections
 alive and accept bursts; this server does both, so each client gets whatever its own connection handling earns.
