@@ -6,12 +6,12 @@ written sorted, so the tar is byte-identical whatever order downloads finish in.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import pandas as pd
 
-from curate.fetching.download import HostLimiter, download, make_session
+from curate.fetching.download import HostLimiter, download, make_pool
 from curate.fetching.imagecheck import EXTENSIONS, check_image
 from curate.io.atomic import read_parquet
 from curate.io.tars import SortedTarWriter, read_members
@@ -61,11 +61,11 @@ class FetchStage(ShardStage):
         cfg = self.cfg.fetch
         previous = self._previous(run, shard)
         reused = read_members(run.images(shard), {p["tar_member"] for p in previous.values() if p["tar_member"]})
-        session = make_session(cfg)
+        http = make_pool(cfg)
         limiter = HostLimiter(cfg.per_host_concurrency)
 
         def fetch_one(image_id: str, url: str) -> dict[str, Any]:
-            got = download(url, cfg, session, limiter)
+            got = download(url, cfg, http, limiter)
             outcome: dict[str, Any] = {
                 "fetch_attempts": got.attempts,
                 "http_status": got.http_status,
@@ -94,24 +94,32 @@ class FetchStage(ShardStage):
             return outcome
 
         outcomes: list[dict[str, Any]] = [{} for _ in range(len(rows))]
-        with SortedTarWriter(run.images(shard)) as tar, ThreadPoolExecutor(cfg.concurrency) as pool:
-            pending = {}
+        # A bounded window of submitted downloads keeps memory flat on shards of any size.
+        window = 4 * cfg.concurrency
+        pending: dict[Future[dict[str, Any]], int] = {}
+
+        def collect(done: set[Future[dict[str, Any]]]) -> None:
+            for future in done:
+                outcome = future.result()
+                data = outcome.pop("_data", None)
+                if data is not None:
+                    tar.add(outcome["tar_member"], data)
+                outcomes[pending.pop(future)] = outcome
+
+        with SortedTarWriter(run.images(shard)) as tar, ThreadPoolExecutor(cfg.concurrency) as threads:
             for position, (image_id, url) in enumerate(zip(rows["image_id"], rows["image_url"], strict=True)):
                 if image_id in previous:
                     outcomes[position] = dict(previous[image_id])
                     member = outcomes[position]["tar_member"]
                     if member:
                         tar.add(member, reused[member])
-                else:
-                    pending[pool.submit(fetch_one, image_id, url)] = position
-            for future in as_completed(pending):
-                position = pending[future]
-                outcome = future.result()
-                data = outcome.pop("_data", None)
-                if data is not None:
-                    tar.add(outcome["tar_member"], data)
-                outcomes[position] = outcome
-        session.close()
+                    continue
+                if len(pending) >= window:
+                    collect(wait(pending, return_when=FIRST_COMPLETED).done)
+                pending[threads.submit(fetch_one, image_id, url)] = position
+            while pending:
+                collect(wait(pending, return_when=FIRST_COMPLETED).done)
+        http.clear()
         frame = pd.DataFrame(outcomes, columns=COLUMNS)
         frame["fetch_status"] = frame["fetch_reason"].map(_status)
         for column in ("fetch_attempts", "http_status", "width", "height", "bytes", "exif_orientation"):
