@@ -47,6 +47,8 @@ class DaskConfig:
     n_workers: int = 0
     # False runs the LocalCluster's workers as threads of this process (quick for small runs and tests).
     processes: bool = True
+    # Start one worker per GPU, each pinned with CUDA_VISIBLE_DEVICES and a GPU=1 resource (0 = no GPU workers).
+    gpus: int = 0
 
 
 @dataclass
@@ -119,6 +121,54 @@ class FetchConfig:
 
 
 @dataclass
+class ModelsConfig:
+    # A folder holding the weight files (air-gapped clusters); empty = the download cache below.
+    dir: str = ""
+    cache: str = "~/.cache/curate/models"
+    # Download missing weights (sha256-checked) on first use; false fails before any work instead.
+    download: bool = True
+
+
+@dataclass
+class DetectConfig:
+    # Registry names (curate/models/registry.py); an empty list switches that family off.
+    face: list[str] = field(default_factory=lambda: ["retinaface_mnet025"])
+    person: list[str] = field(default_factory=lambda: ["yolox_nano"])
+    # open_clip model and pretrained tag, e.g. ViT-B-32 + openai; empty model = no CLIP filter.
+    clip_model: str = ""
+    clip_pretrained: str = "openai"
+    # auto = CUDA when torch sees a GPU, else CPU.
+    device: str = "auto"
+    batch_size: int = 16
+    # Faces: PASS ran at the original size (0); a cap bounds the cost of huge originals.
+    face_max_side: int = 0
+    # Persons: extra passes on an N x N grid of overlapping crops, for small distant people (1 = off).
+    person_tiles: int = 1
+    # Boxes at or above this score are kept in the manifest (scores below it only count in *_max).
+    box_floor: float = 0.1
+    # fp16 on CUDA.
+    half: bool = True
+    # Torch CPU threads per worker (0 = torch's default).
+    torch_threads: int = 0
+
+
+@dataclass
+class DecideConfig:
+    """Thresholds turning stored scores into keep / reject / review; changing them never re-runs a model."""
+
+    # pass_v1 = PASS's exact rule (face > 0.5, person > 0.5, no CLIP, no review band); strict = tuned for
+    # recall on the dev set; custom = the thresholds below as given.
+    preset: str = "strict"
+    face: float = 0.5
+    person: float = 0.5
+    clip: float = 0.5
+    # Scores between these and the thresholds above go to human review ("uncertain"); 1.0 = no band.
+    face_review: float = 1.0
+    person_review: float = 1.0
+    clip_review: float = 1.0
+
+
+@dataclass
 class ReleaseConfig:
     version: str = "v1"
     name: str = "PASS-rebuild"
@@ -135,6 +185,9 @@ class CurateConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     license: LicenseConfig = field(default_factory=LicenseConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
 
@@ -180,6 +233,16 @@ def validate(cfg: CurateConfig) -> None:
         bool(cfg.release.version) and all(c.isalnum() or c in "-_" for c in cfg.release.version),
         f"release.version={cfg.release.version!r} must be non-empty letters, digits, '-' or '_' (e.g. v2)",
     )
+    need(cfg.decide.preset in ("pass_v1", "strict", "custom"), "decide.preset must be pass_v1, strict or custom")
+    need(
+        cfg.detect.device in ("auto", "cpu", "cuda") or cfg.detect.device.startswith("cuda:"),
+        f"detect.device={cfg.detect.device!r}: use auto, cpu, cuda or cuda:N",
+    )
+    need(cfg.detect.batch_size >= 1, "detect.batch_size must be >= 1")
+    need(cfg.detect.person_tiles >= 1, "detect.person_tiles must be >= 1 (1 = no tiles)")
+    for key in ("face", "person", "clip", "face_review", "person_review", "clip_review"):
+        need(0.0 <= getattr(cfg.decide, key) <= 1.0, f"decide.{key} must be within 0..1")
+    need(cfg.dask.gpus >= 0, "dask.gpus must be >= 0")
     need(cfg.dask.n_workers >= 0, "dask.n_workers must be >= 0 (0 = one per core)")
     need(
         not cfg.dask.address or cfg.dask.address.startswith(("tcp://", "tls://", "inproc://", "ucx://")),

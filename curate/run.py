@@ -27,8 +27,8 @@ log = logging.getLogger("curate")
 
 PIPELINES_ENV = "CURATE_PIPELINES_DIR"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
-IMPLEMENTED = ["ingest", "license", "fetch", "release"]
-PLANNED = {"detect": "issue #3", "dedup": "issue #4", "review": "issue #5"}
+IMPLEMENTED = ["ingest", "license", "fetch", "detect", "release"]
+PLANNED = {"dedup": "issue #4", "review": "issue #5"}
 ORDER = ["ingest", "license", "fetch", "detect", "dedup", "review", "release"]
 
 
@@ -120,6 +120,8 @@ def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
 
     if cfg.dask.address:
         return Client(cfg.dask.address, timeout="30s", set_as_default=False)
+    if cfg.dask.gpus:
+        return Client(gpu_cluster(cfg.dask.gpus), set_as_default=False)
     cluster = LocalCluster(
         n_workers=cfg.dask.n_workers or os.cpu_count() or 1,
         threads_per_worker=1,
@@ -130,6 +132,28 @@ def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
     return Client(cluster, set_as_default=False)
 
 
+def gpu_cluster(gpus: int):  # type: ignore[no-untyped-def]
+    """One worker per GPU: dask-cuda's LocalCUDACluster when installed, else plain workers each pinned to one
+    GPU through CUDA_VISIBLE_DEVICES. Either way every worker offers the resource GPU=1, which detect asks for."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        from distributed import Nanny, Scheduler, SpecCluster
+
+        workers = {
+            f"gpu-{index}": {
+                "cls": Nanny,
+                "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(index)}, "resources": {"GPU": 1}},
+            }
+            for index in range(gpus)
+        }
+        scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+    return LocalCUDACluster(
+        CUDA_VISIBLE_DEVICES=list(range(gpus)), threads_per_worker=1, resources={"GPU": 1}, dashboard_address=":0"
+    )
+
+
 def stages_for(stage: Stage) -> list[str]:
     if stage == Stage.all:
         return ORDER
@@ -137,6 +161,7 @@ def stages_for(stage: Stage) -> list[str]:
 
 
 def run(cfg: CurateConfig) -> list[StageReport]:
+    from curate.stages.detect import DetectStage
     from curate.stages.fetch import FetchStage
     from curate.stages.ingest import run_ingest
     from curate.stages.license import LicenseStage
@@ -145,9 +170,14 @@ def run(cfg: CurateConfig) -> list[StageReport]:
     shard_stages = {
         "license": (LicenseStage, ["ingest"]),
         "fetch": (FetchStage, ["ingest", "license"]),
+        "detect": (DetectStage, ["ingest", "license", "fetch"]),
         "release": (ReleaseStage, RELEASE_INPUTS),
     }
     reports: list[StageReport] = []
+    if "detect" in stages_for(cfg.stage):
+        from curate.models.registry import check_available
+
+        check_available(cfg)  # a missing weight file fails here, before any work
     runner = Runner(cfg, lambda: open_client(cfg))
     lock = hold_run_lock(Path(cfg.run.dir))
     try:

@@ -97,6 +97,7 @@ def write_marker(
         "images_per_s": round(processed / wall, 2) if wall > 0 else None,
         "output_sha256": sha256_file(run.part(stage, shard)),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         **extra,
     }
     write_json(run.marker(stage, shard), marker)  # last: this is the completion marker
@@ -188,8 +189,12 @@ class Runner:
             else:
                 todo[shard] = fp
         if todo:
+            # GPU stages go to workers that offer a GPU (one per GPU), when the run has any.
+            resources = {"GPU": 1} if stage.uses_gpu and self.cfg.dask.gpus else None
             futures = {
-                shard: self.client.submit(run_shard, stage, upstream, shard, fp, key=f"{stage.name}-{shard}-{fp[:12]}")
+                shard: self.client.submit(
+                    run_shard, stage, upstream, shard, fp, key=f"{stage.name}-{shard}-{fp[:12]}", resources=resources
+                )
                 for shard, fp in todo.items()
             }
             for _, marker in self.gather(futures, report, stage.name):

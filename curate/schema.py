@@ -50,6 +50,9 @@ REASONS: dict[str, frozenset[str]] = {
             "decompression_bomb",
         }
     ),
+    "detect": frozenset({"ok", "decode_error"}),
+    # Applied at release from the stored scores (curate.detect.decide).
+    "decision": frozenset({"ok", "face", "person", "clip_human", "uncertain"}),
     "release": frozenset({"ok"}),
 }
 

@@ -15,8 +15,9 @@ from curate.run import main
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-# Quick, in-process Dask for tests that are not about distribution.
-FAST = ["dask.processes=false", "dask.n_workers=2", "run.progress=false"]
+MODELS = SHARED / "models"
+# Quick, in-process Dask for tests that are not about distribution; the offline model weights.
+FAST = ["dask.processes=false", "dask.n_workers=2", "run.progress=false", f"models.dir={MODELS}"]
 
 
 def run_curate(*overrides: str) -> int:

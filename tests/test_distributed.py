@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import MODELS, REPO
 
 from curate.run import main
 
@@ -62,7 +62,7 @@ def cluster(tmp_path: Path) -> Iterator[str]:
 
 def test_sample_on_a_real_scheduler_and_two_workers(cluster: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    code = main([f"run.dir={run_dir}", f"dask.address={cluster}", "ingest.num_shards=8", "run.progress=false"])
+    code = main([f"run.dir={run_dir}", f"dask.address={cluster}", "ingest.num_shards=8", "run.progress=false", f"models.dir={MODELS}"])
     assert code == 0
     workers = set()
     for stage in ("ingest", "license", "fetch", "release"):
@@ -73,5 +73,5 @@ def test_sample_on_a_real_scheduler_and_two_workers(cluster: str, tmp_path: Path
     manifest = pd.read_parquet(run_dir / "release" / "v1" / "manifest.parquet")
     assert len(manifest) == 41 and (manifest["status"] == "kept").sum() == 31
     started = time.perf_counter()
-    assert main([f"run.dir={run_dir}", f"dask.address={cluster}", "ingest.num_shards=8", "run.progress=false"]) == 0
+    assert main([f"run.dir={run_dir}", f"dask.address={cluster}", "ingest.num_shards=8", "run.progress=false", f"models.dir={MODELS}"]) == 0
     assert time.perf_counter() - started < 10

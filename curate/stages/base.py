@@ -27,6 +27,8 @@ class ShardStage(ABC):
     runtime_keys: ClassVar[frozenset[str]] = frozenset()
     # Whether rows stopped by an earlier stage are passed in too (release needs every row).
     sees_all_rows: ClassVar[bool] = False
+    # Whether shards need a GPU worker when the run has GPU workers (dask.gpus > 0).
+    uses_gpu: ClassVar[bool] = False
 
     def __init__(self, cfg: CurateConfig) -> None:
         self.cfg = cfg

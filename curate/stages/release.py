@@ -11,6 +11,7 @@ release/<version>/SHA256SUMS              written last: the release is complete 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.datacard import Tally, render_data_card
+from curate.detect.decide import Scores, decide, thresholds
 from curate.io.atomic import atomic_open, atomic_path, read_parquet, sha256_file
 from curate.io.tars import SortedTarWriter, read_members
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
 
 # Stages whose columns the release reads, in pipeline order (detect/dedup/review join here once they exist).
-RELEASE_INPUTS = ["ingest", "license", "fetch"]
+RELEASE_INPUTS = ["ingest", "license", "fetch", "detect"]
 PASS_SUFFIX = {"jpeg": "jpeg", "png": "png", "webp": "webp"}
 PASS_COLUMNS = {
     "hash": "hash",
@@ -48,14 +50,20 @@ PASS_COLUMNS = {
 }
 
 
-def decide(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd.Series]:
-    """Overall status (kept | rejected | failed) and the first stage:reason that stopped each row."""
+def overall_status(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd.Series]:
+    """Overall status (kept | rejected | failed | review) and the first stage:reason that stopped each row."""
     status = pd.Series("kept", index=rows.index, dtype="string")
     reason = pd.Series("ok", index=rows.index, dtype="string")
     for stage in stages:
         stopped = (status == "kept") & (rows[f"{stage}_status"] != "ok")
         status[stopped] = rows.loc[stopped, f"{stage}_status"].astype("string")
         reason[stopped] = stage + ":" + rows.loc[stopped, f"{stage}_reason"].astype("string")
+    # The human filter's verdict: a rejection is final, "review" waits for a person (never released unseen).
+    verdict = rows["decision"]
+    for value, label in (("reject", "rejected"), ("review", "review")):
+        hit = (status == "kept") & (verdict == value)
+        status[hit] = label
+        reason[hit] = "detect:" + rows.loc[hit, "decision_reason"].astype("string")
     return status, reason
 
 
@@ -89,8 +97,18 @@ class ReleaseStage(ShardStage):
     def out_dir(self, run: RunDir) -> Path:
         return run.release_dir(self.cfg.release.version)
 
+    def fingerprint_config(self) -> dict[str, Any]:
+        # The decision thresholds are applied here, so a changed threshold re-releases without re-detecting.
+        return {**super().fingerprint_config(), "decide": dataclasses.asdict(thresholds(self.cfg.decide))}
+
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
-        status, reason = decide(rows, RELEASE_INPUTS)
+        verdict, why = decide(Scores.from_manifest(rows), self.cfg.decide)
+        reached = (rows["detect_status"] == "ok").to_numpy()
+        rows = rows.assign(
+            decision=pd.Series(verdict, index=rows.index, dtype="string").where(reached),
+            decision_reason=pd.Series(why, index=rows.index, dtype="string").where(reached),
+        )
+        status, reason = overall_status(rows, RELEASE_INPUTS)
         kept = rows[status == "kept"]
         members = read_members(run.images(shard), set(kept["tar_member"]))
         out = self.out_dir(run)
@@ -106,6 +124,8 @@ class ReleaseStage(ShardStage):
                 wds_tar.add(f"{image_id}.json", sample_json(row))
         return pd.DataFrame(
             {
+                "decision": rows["decision"],
+                "decision_reason": rows["decision_reason"],
                 "status": status,
                 "reason": reason,
                 "shard": pd.array([shard] * len(rows), dtype="Int64"),
@@ -133,7 +153,7 @@ class ReleaseStage(ShardStage):
             atomic_open(out / "pass_urls.txt", "w") as urls,
         ):
             for shard in range(num_shards):
-                table = _manifest_table(run, shard, stages).cast(schema)
+                table = _conform(_manifest_table(run, shard, stages), schema)
                 manifest.write_table(table)
                 frame = table.to_pandas()
                 tally.add(frame)
@@ -169,6 +189,15 @@ def _manifest_table(run: RunDir, shard: int, stages: list[str]) -> pa.Table:
     names = [name for table in tables for name in table.column_names]
     joined = pa.Table.from_arrays([column for table in tables for column in table.columns], names=names)
     return joined.drop_columns(_INTERNAL)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Shards where no row reached a detector lack its columns: add them as nulls, in the schema's order."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def load_manifest(release_dir: Path) -> pd.DataFrame:

@@ -1,0 +1,331 @@
+"""CLIP zero-shot human filter: how likely an image shows a person (or part of one), plus its CLIP embedding.
+
+Each image embedding is compared against text embeddings of HUMAN and NON-HUMAN class names. Every class's
+text embedding is an ensemble: the class name is put into each of `TEMPLATES`, the prompts are encoded and
+L2-normalised, averaged, and the mean is normalised again. The probability of "human" is the softmax mass, at
+the model's logit scale, that falls on the human classes. The normalised image embedding is returned too so that
+near-duplicate removal can reuse it without a second forward pass.
+
+What counts as human (this follows PASS, which removes depictions of people as well as photographs):
+
+* HUMAN: people at any scale (close-up faces, crowds, tiny figures far away in a landscape, people seen from
+  behind, silhouettes), body parts (hands, feet, legs, arms, tattooed skin) and 2-D depictions of people
+  (paintings, drawings, cartoon and anime characters).
+* NON-HUMAN, deliberately including the hard negatives of our evaluation set: statues, sculptures, figurines,
+  action figures, dolls, mannequins and robots are *not* people. The labelled sample set marks figurines
+  (`garage kits`) and macaques as no-human, so these get their own non-human classes; without them CLIP
+  tends to push human-shaped objects and primates onto the nearest human class. Monkeys and apes are listed
+  separately for the same reason.
+
+Models are loaded through `open_clip`: ViT-B-32 is the default, ViT-L-14 the strict preset. On air-gapped
+machines pass `weights=` a local checkpoint file; it is handed to open_clip as `pretrained=<path>`, while the
+`pretrained` tag still says which weights they are (OpenAI's checkpoints need QuickGELU, for example).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+HUMAN_CLASSES: tuple[str, ...] = (
+    "a person",
+    "a man",
+    "a woman",
+    "a child",
+    "a baby",
+    "a group of people",
+    "a crowd of people",
+    "a human face",
+    "a close-up of a person's face",
+    "a person's hand",
+    "a person's hands holding something",
+    "a person's bare feet",
+    "a person's legs",
+    "a person's arm",
+    "a tattoo on a person's skin",
+    "people far away in a landscape",
+    "a tiny person in the distance",
+    "a person seen from behind",
+    "the silhouette of a person",
+    "an athlete playing sport",
+    "a person riding a bicycle",
+    "people walking in a street",
+    "a selfie",
+    "a painting of a person",
+    "a drawing of a person",
+    "a cartoon or anime character of a person",
+)
+
+NON_HUMAN_CLASSES: tuple[str, ...] = (
+    "a landscape with no people",
+    "mountains",
+    "a beach with no people",
+    "a forest",
+    "the sky",
+    "clouds",
+    "the sea",
+    "an animal",
+    "a dog",
+    "a cat",
+    "a bird",
+    "a horse",
+    "a wild animal",
+    "an insect",
+    "a fish",
+    "a monkey",
+    "an ape",
+    "a building",
+    "a bridge",
+    "an empty street",
+    "an empty room",
+    "an interior with no people",
+    "furniture",
+    "an object",
+    "a tool",
+    "a lamp",
+    "food",
+    "groceries",
+    "a car",
+    "a vehicle",
+    "a boat",
+    "an airplane",
+    "a plant",
+    "flowers",
+    "a tree",
+    "a texture",
+    "a pattern",
+    "a statue",
+    "a stone sculpture",
+    "a figurine",
+    "a toy action figure",
+    "a doll",
+    "a mannequin",
+    "a robot",
+    "an abstract painting",
+    "a drawing of a landscape",
+    "text on a sign",
+)
+
+TEMPLATES: tuple[str, ...] = (
+    "a photo of {}.",
+    "a blurry photo of {}.",
+    "a cropped photo of {}.",
+    "a low resolution photo of {}.",
+    "a close-up photo of {}.",
+    "a photo of {}, taken from far away.",
+    "a dark photo of {}.",
+    "a bright photo of {}.",
+    "a black and white photo of {}.",
+    "an image showing {}.",
+)
+
+# OpenAI trained with a learned temperature that saturates at 100; random-init models start at 1/0.07.
+MAX_LOGIT_SCALE = 100.0
+
+
+@dataclass
+class ClipScores:
+    human_prob: np.ndarray  # (N,) float32
+    top_human_class: list[str]  # the best-matching human class per image (for the audit trail)
+    embeddings: np.ndarray  # (N, D) float32, L2-normalised
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def class_embeddings(
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    encode_text: Callable[[list[str]], np.ndarray],
+) -> np.ndarray:
+    """Prompt ensembling: (C, D) float32, each row the normalised mean of the class's normalised template embeddings.
+
+    `encode_text` maps a list of prompts to a (len, D) array (normalised or not); it is called once for all
+    prompts, class-major, so a real model sees one big batch.
+    """
+    if not classnames or not templates:
+        raise ValueError("need at least one class name and one template")
+    prompts = [template.format(name) for name in classnames for template in templates]
+    encoded = np.asarray(encode_text(prompts), dtype=np.float32)
+    if encoded.ndim != 2 or encoded.shape[0] != len(prompts):
+        raise ValueError(f"encode_text returned shape {encoded.shape}, expected ({len(prompts)}, D)")
+    per_class = _l2_normalise(encoded).reshape(len(classnames), len(templates), -1).mean(axis=1)
+    return _l2_normalise(per_class).astype(np.float32)
+
+
+def class_probabilities(
+    image_emb: np.ndarray, human_text: np.ndarray, other_text: np.ndarray, logit_scale: float
+) -> np.ndarray:
+    """Softmax over all classes, human classes first: (N, H + O) float32."""
+    image_emb = np.atleast_2d(np.asarray(image_emb, dtype=np.float32))
+    text = np.concatenate([human_text, other_text], axis=0).astype(np.float32)
+    logits = np.float32(logit_scale) * (image_emb @ text.T)
+    logits -= logits.max(axis=1, keepdims=True)
+    expd = np.exp(logits)
+    return (expd / expd.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def human_probability(
+    image_emb: np.ndarray, human_text: np.ndarray, other_text: np.ndarray, logit_scale: float
+) -> np.ndarray:
+    """P(human) per image: softmax(logit_scale × cosine) over human + other classes, summed over the human ones.
+
+    All embeddings are expected L2-normalised: image_emb (N, D), human_text (H, D), other_text (O, D). Returns
+    (N,) float32 in [0, 1].
+    """
+    probs = class_probabilities(image_emb, human_text, other_text, logit_scale)
+    return np.clip(probs[:, : len(human_text)].sum(axis=1), 0.0, 1.0).astype(np.float32)
+
+
+def _as_rgb_pil(image: np.ndarray) -> Image.Image:
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    if array.ndim == 2:
+        return Image.fromarray(array, "L").convert("RGB")
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {array.shape}")
+    if array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0], "L").convert("RGB")
+    if array.shape[2] == 4:
+        array = array[:, :, :3]
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+class ClipHumanFilter:
+    """Zero-shot human probability and image embeddings from an open_clip model.
+
+    `model`/`pretrained` name the open_clip architecture and weights tag; `weights` is a local checkpoint file
+    used instead of a download. Tests (no CLIP weights exist offline) inject a randomly initialised model via
+    `model_obj`, `preprocess` (open_clip's val transform) and `tokenizer`. `half` uses float16 autocast, on CUDA
+    only; on CPU everything runs in float32. `preprocess_workers` threads decode/resize a batch in parallel
+    (PIL releases the GIL while resizing); 0 preprocesses in the calling thread.
+    """
+
+    name = "clip"
+
+    def __init__(
+        self,
+        model: str = "ViT-B-32",
+        pretrained: str | None = "openai",
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        weights: Path | None = None,
+        half: bool = False,
+        model_obj: Any = None,
+        preprocess: Callable[[Image.Image], torch.Tensor] | None = None,
+        tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+        preprocess_workers: int = 4,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.model_name = model
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.half = bool(half) and self.device.type == "cuda"
+        self.preprocess_workers = max(0, int(preprocess_workers))
+
+        if model_obj is None or preprocess is None or tokenizer is None:
+            import open_clip
+
+            if model_obj is None:
+                source = str(weights) if weights is not None else pretrained
+                quick_gelu = bool(pretrained and open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu"))
+                model_obj, _, val_transform = open_clip.create_model_and_transforms(
+                    model, pretrained=source, device=self.device, force_quick_gelu=quick_gelu
+                )
+                if preprocess is None:
+                    preprocess = val_transform
+            if preprocess is None:
+                # A model was injected without its transform: rebuild open_clip's val transform from its config.
+                preprocess = open_clip.image_transform(
+                    model_obj.visual.image_size,
+                    is_train=False,
+                    mean=getattr(model_obj.visual, "image_mean", None),
+                    std=getattr(model_obj.visual, "image_std", None),
+                )
+            if tokenizer is None:
+                tokenizer = open_clip.get_tokenizer(model)
+
+        self.model = model_obj.to(self.device).eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        scale = getattr(self.model, "logit_scale", None)
+        self.logit_scale = (
+            min(float(scale.exp().item()), MAX_LOGIT_SCALE) if isinstance(scale, torch.Tensor) else MAX_LOGIT_SCALE
+        )
+        self._human_text: np.ndarray | None = None
+        self._other_text: np.ndarray | None = None
+
+    # -- text side, once per instance -------------------------------------------------------------------------
+
+    def _autocast(self) -> Any:
+        if self.half:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
+    def _encode_text(self, prompts: list[str]) -> np.ndarray:
+        chunks = []
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(prompts), 256):
+                tokens = self.tokenizer(prompts[start : start + 256]).to(self.device)
+                chunks.append(self.model.encode_text(tokens).float().cpu().numpy())
+        return np.concatenate(chunks, axis=0)
+
+    def text_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(human (H, D), non-human (O, D)) ensembled class embeddings, computed on first use and cached."""
+        if self._human_text is None or self._other_text is None:
+            both = class_embeddings((*HUMAN_CLASSES, *NON_HUMAN_CLASSES), TEMPLATES, self._encode_text)
+            self._human_text, self._other_text = both[: len(HUMAN_CLASSES)], both[len(HUMAN_CLASSES) :]
+        return self._human_text, self._other_text
+
+    # -- image side -----------------------------------------------------------------------------------------
+
+    def _prepare(self, image: np.ndarray) -> torch.Tensor:
+        return self.preprocess(_as_rgb_pil(image))
+
+    def _pixels(self, images: Sequence[np.ndarray], pool: ThreadPoolExecutor | None) -> torch.Tensor:
+        tensors = list(pool.map(self._prepare, images)) if pool is not None else [self._prepare(i) for i in images]
+        batch = torch.stack(tensors)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, D) float32 L2-normalised image embeddings."""
+        dim = self.text_embeddings()[0].shape[1]
+        if len(images) == 0:
+            return np.zeros((0, dim), np.float32)
+        out = []
+        workers = min(self.preprocess_workers, len(images))
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(images), self.batch_size):
+                    pixels = self._pixels(images[start : start + self.batch_size], pool)
+                    with self._autocast():
+                        features = self.model.encode_image(pixels)
+                    out.append(features.float().cpu().numpy())
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        return _l2_normalise(np.concatenate(out, axis=0)).astype(np.float32)
+
+    def score(self, images: Sequence[np.ndarray]) -> ClipScores:
+        """Human probability, best human class and embedding for each RGB uint8 (H, W, 3) image of any size."""
+        human_text, other_text = self.text_embeddings()
+        embeddings = self.embed(images)
+        probs = class_probabilities(embeddings, human_text, other_text, self.logit_scale)
+        n_human = len(human_text)
+        human_prob = np.clip(probs[:, :n_human].sum(axis=1), 0.0, 1.0).astype(np.float32)
+        top = [HUMAN_CLASSES[i] for i in probs[:, :n_human].argmax(axis=1)] if len(embeddings) else []
+        return ClipScores(human_prob=human_prob, top_human_class=top, embeddings=embeddings)

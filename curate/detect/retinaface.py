@@ -1,0 +1,378 @@
+"""RetinaFace with a MobileNet-0.25 backbone: the face detector PASS itself ran, batched.
+
+The network is laid out so that the published checkpoint (`mobilenet0.25_Final.pth`, 433,343 parameters)
+loads with ``load_state_dict(strict=True)``. Pre- and post-processing follow the published configuration for
+that checkpoint (see ``shared/models/README-retinaface_mobilenet0.25.md``):
+
+- input: BGR float minus the mean (104, 117, 123), no scaling to 0..1, any size;
+- priors at strides 8/16/32, anchor sizes (16, 32), (64, 128), (256, 512) pixels, centres (j + 0.5)·stride;
+- decoding with variances (0.1, 0.2); face score = softmax index 1;
+- PASS's settings: score > 0.02, top-k 5000, NMS at IoU 0.4 (the "+1 pixel" area convention of the reference
+  NMS is reproduced), keep 750.
+
+Batching. Images of different sizes share one forward pass: each is placed in the top-left corner of a
+canvas of the batch's largest height and width. Padding alone would not give single-image results, because
+the padded area stops being zero after the first batch norm and then leaks into the image's border cells
+through every 3×3 convolution. So the network zeroes the padded area before every convolution wider than
+1×1 — exactly what zero padding does at the border of a lone image — and post-processing keeps only the
+anchors of feature-map cells that exist for the image at its own size (cell row·stride < height and
+col·stride < width). The result equals single-image inference up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from curate.detect.types import Detections
+
+MEAN_BGR = (104.0, 117.0, 123.0)
+STRIDES = (8, 16, 32)
+ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
+VARIANCES = (0.1, 0.2)
+NUM_PARAMETERS = 433_343
+
+
+# --------------------------------------------------------------------------------------------------- network
+
+
+def _conv_bn(
+    cin: int, cout: int, kernel: int = 3, stride: int = 1, slope: float | None = None, groups: int = 1
+) -> list[nn.Module]:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if slope is not None:
+        layers.append(nn.LeakyReLU(slope, inplace=True))
+    return layers
+
+
+def _conv_dw(cin: int, cout: int, stride: int, slope: float) -> nn.Sequential:
+    """Depthwise 3×3 + BN + LeakyReLU, pointwise 1×1 + BN + LeakyReLU (indices 0..5, as in the checkpoint)."""
+    return nn.Sequential(*_conv_bn(cin, cin, 3, stride, slope, groups=cin), *_conv_bn(cin, cout, 1, 1, slope))
+
+
+class _Masks:
+    """Zeroes the padded area of a batch feature map; ``valid`` holds each image's own (height, width)."""
+
+    def __init__(self, valid: torch.Tensor | None) -> None:
+        self.valid = valid
+        self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        if self.valid is None:
+            return x
+        fh, fw = x.shape[-2:]
+        key = (stride, fh, fw)
+        mask = self._cache.get(key)
+        if mask is None:
+            # a lone image of height h has ceil(h / stride) rows at this stride (every stride-2 step is a ceil)
+            vh = torch.div(self.valid[:, 0] + stride - 1, stride, rounding_mode="floor")
+            vw = torch.div(self.valid[:, 1] + stride - 1, stride, rounding_mode="floor")
+            rows = torch.arange(fh, device=x.device)[None, :] < vh[:, None]
+            cols = torch.arange(fw, device=x.device)[None, :] < vw[:, None]
+            mask = (rows[:, None, :, None] & cols[:, None, None, :]).to(x.dtype)
+            self._cache[key] = mask
+        return x * mask
+
+
+class _FPN(nn.Module):
+    def __init__(self, in_channels: Sequence[int], out_channels: int, slope: float) -> None:
+        super().__init__()
+        self.output1 = nn.Sequential(*_conv_bn(in_channels[0], out_channels, 1, 1, slope))
+        self.output2 = nn.Sequential(*_conv_bn(in_channels[1], out_channels, 1, 1, slope))
+        self.output3 = nn.Sequential(*_conv_bn(in_channels[2], out_channels, 1, 1, slope))
+        self.merge1 = nn.Sequential(*_conv_bn(out_channels, out_channels, 3, 1, slope))
+        self.merge2 = nn.Sequential(*_conv_bn(out_channels, out_channels, 3, 1, slope))
+
+    def forward(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, masks: _Masks) -> list[torch.Tensor]:
+        p3 = self.output3(c3)
+        # nearest up-sampling to the finer map's size: row r takes row r // 2 (sizes are 2n or 2n - 1)
+        p2 = self.output2(c2) + F.interpolate(p3, size=c2.shape[-2:], mode="nearest")
+        p2 = self.merge2(masks(p2, 16))
+        p1 = self.output1(c1) + F.interpolate(p2, size=c1.shape[-2:], mode="nearest")
+        p1 = self.merge1(masks(p1, 8))
+        return [p1, p2, p3]
+
+
+class _SSH(nn.Module):
+    def __init__(self, channels: int, slope: float) -> None:
+        super().__init__()
+        self.conv3X3 = nn.Sequential(*_conv_bn(channels, channels // 2, 3, 1, None))
+        self.conv5X5_1 = nn.Sequential(*_conv_bn(channels, channels // 4, 3, 1, slope))
+        self.conv5X5_2 = nn.Sequential(*_conv_bn(channels // 4, channels // 4, 3, 1, None))
+        self.conv7X7_2 = nn.Sequential(*_conv_bn(channels // 4, channels // 4, 3, 1, slope))
+        self.conv7x7_3 = nn.Sequential(*_conv_bn(channels // 4, channels // 4, 3, 1, None))
+
+    def forward(self, x: torch.Tensor, masks: _Masks, stride: int) -> torch.Tensor:
+        x = masks(x, stride)
+        branch5_1 = masks(self.conv5X5_1(x), stride)
+        branch7_2 = masks(self.conv7X7_2(branch5_1), stride)
+        out = torch.cat([self.conv3X3(x), self.conv5X5_2(branch5_1), self.conv7x7_3(branch7_2)], dim=1)
+        return F.relu(out)
+
+
+class _Head(nn.Module):
+    def __init__(self, channels: int, outputs: int) -> None:
+        super().__init__()
+        self.conv1x1 = nn.Conv2d(channels, outputs, 1)
+
+    def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        # NCHW -> (B, H·W·anchors, width): position-major, then anchor, as the priors are laid out
+        return self.conv1x1(x).permute(0, 2, 3, 1).reshape(x.shape[0], -1, width)
+
+
+class _Body(nn.Module):
+    """MobileNet-V1 at width 0.25, cut into the three stages the FPN reads (strides 8, 16, 32)."""
+
+    def __init__(self, slope: float = 0.1) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(
+            nn.Sequential(*_conv_bn(3, 8, 3, 2, slope)),
+            _conv_dw(8, 16, 1, slope),
+            _conv_dw(16, 32, 2, slope),
+            _conv_dw(32, 32, 1, slope),
+            _conv_dw(32, 64, 2, slope),
+            _conv_dw(64, 64, 1, slope),
+        )
+        self.stage2 = nn.Sequential(_conv_dw(64, 128, 2, slope), *[_conv_dw(128, 128, 1, slope) for _ in range(5)])
+        self.stage3 = nn.Sequential(_conv_dw(128, 256, 2, slope), _conv_dw(256, 256, 1, slope))
+
+    def forward(self, x: torch.Tensor, masks: _Masks) -> list[torch.Tensor]:
+        outputs = []
+        stride = 1
+        for stage in (self.stage1, self.stage2, self.stage3):
+            for block in stage:
+                conv = block[0]
+                assert isinstance(conv, nn.Conv2d)
+                # every block starts with its 3×3 conv; the image itself is already zero in the padding
+                x = block(masks(x, stride) if stride > 1 else x)
+                stride *= conv.stride[0]
+            outputs.append(x)
+        return outputs
+
+
+class RetinaFaceMobileNet(nn.Module):
+    """The network. ``forward(x)`` takes (B, 3, H, W) BGR-minus-mean floats and returns
+
+    - ``loc`` (B, P, 4): box offsets (dx, dy, dw, dh) against the priors of ``priors(H, W)``;
+    - ``conf`` (B, P, 2): class logits, softmax over the last axis gives (background, face);
+    - ``landmarks`` (B, P, 10): five (dx, dy) offsets.
+
+    ``valid`` (B, 2) optionally gives each image's own (height, width) inside a padded batch; the padded area
+    is then zeroed before every spatial convolution (see the module docstring).
+    ``slope`` is the LeakyReLU slope of backbone, FPN and SSH; 0.1 for this checkpoint.
+    """
+
+    def __init__(self, slope: float = 0.1) -> None:
+        super().__init__()
+        channels = 64
+        self.body = _Body(slope)
+        self.fpn = _FPN([64, 128, 256], channels, slope)
+        self.ssh1 = _SSH(channels, slope)
+        self.ssh2 = _SSH(channels, slope)
+        self.ssh3 = _SSH(channels, slope)
+        anchors = len(ANCHOR_SIZES[0])
+        self.ClassHead = nn.ModuleList([_Head(channels, anchors * 2) for _ in STRIDES])
+        self.BboxHead = nn.ModuleList([_Head(channels, anchors * 4) for _ in STRIDES])
+        self.LandmarkHead = nn.ModuleList([_Head(channels, anchors * 10) for _ in STRIDES])
+
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        masks = _Masks(valid)
+        c1, c2, c3 = self.body(x, masks)
+        features = self.fpn(c1, c2, c3, masks)
+        features = [ssh(f, masks, s) for ssh, f, s in zip((self.ssh1, self.ssh2, self.ssh3), features, STRIDES)]
+        loc = torch.cat([head(f, 4) for head, f in zip(self.BboxHead, features)], dim=1)
+        conf = torch.cat([head(f, 2) for head, f in zip(self.ClassHead, features)], dim=1)
+        landmarks = torch.cat([head(f, 10) for head, f in zip(self.LandmarkHead, features)], dim=1)
+        return loc, conf, landmarks
+
+
+def load_network(weights: Path | str, slope: float = 0.1) -> RetinaFaceMobileNet:
+    """The network with the published checkpoint loaded strictly, in eval mode, on the CPU."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if all(key.startswith("module.") for key in state):  # saved from DataParallel
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    net = RetinaFaceMobileNet(slope)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+# --------------------------------------------------------------------------------------------------- priors
+
+
+def _prior_grid(height: int, width: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Priors (P, 4) as cx, cy, w, h in pixels, and each prior's stride (P,)."""
+    priors, strides = [], []
+    for stride, sizes in zip(STRIDES, ANCHOR_SIZES):
+        rows, cols = math.ceil(height / stride), math.ceil(width / stride)
+        cy = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) * stride
+        cx = (torch.arange(cols, device=device, dtype=torch.float32) + 0.5) * stride
+        size = torch.tensor(sizes, device=device, dtype=torch.float32)
+        n = len(sizes)
+        grid = torch.stack(
+            [
+                cx[None, :, None].expand(rows, cols, n),
+                cy[:, None, None].expand(rows, cols, n),
+                size[None, None, :].expand(rows, cols, n),
+                size[None, None, :].expand(rows, cols, n),
+            ],
+            dim=-1,
+        )
+        priors.append(grid.reshape(-1, 4))
+        strides.append(torch.full((rows * cols * n,), float(stride), device=device))
+    return torch.cat(priors), torch.cat(strides)
+
+
+def priors(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Priors (P, 4) as cx, cy, w, h in pixels for an input of this size, in the network's output order
+    (stride 8, 16, 32; row; column; anchor size)."""
+    return _prior_grid(height, width, device)[0]
+
+
+def decode(loc: torch.Tensor, landmarks: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets -> boxes (N, 4) x1, y1, x2, y2 and landmarks (N, 10), in the priors' pixel units."""
+    centre = prior[:, :2] + loc[:, :2] * VARIANCES[0] * prior[:, 2:]
+    size = prior[:, 2:] * torch.exp(loc[:, 2:] * VARIANCES[1])
+    boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1)
+    points = prior[:, None, :2] + landmarks.reshape(-1, 5, 2) * VARIANCES[0] * prior[:, None, 2:]
+    return boxes, points.reshape(-1, 10)
+
+
+# --------------------------------------------------------------------------------------------------- detector
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8; also takes grey (H, W) / (H, W, 1) and RGBA (alpha dropped)."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[:, :, :3]
+
+
+def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar sizes: landscape and portrait apart, then by area."""
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i][0] > sizes[i][1], sizes[i][0] * sizes[i][1], sizes[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def nms_plus_one(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
+    """``torchvision.ops.nms`` with the reference implementation's pixel convention: a box spans
+    x2 - x1 + 1 pixels (so do intersections). Indices sorted by decreasing score."""
+    return torchvision.ops.nms(boxes + boxes.new_tensor([0.0, 0.0, 1.0, 1.0]), scores, iou)
+
+
+class RetinaFaceDetector:
+    """PASS's face detector (RetinaFace, MobileNet-0.25) behind the batched ``Detector`` protocol.
+
+    ``detect(images)``: RGB uint8 (H, W, 3) images of any sizes -> one ``Detections`` each, with boxes
+    (x1, y1, x2, y2) and landmarks (5 × (x, y)) in the original image's pixels and face probabilities,
+    sorted by decreasing score. ``max_side`` optionally shrinks images whose long side exceeds it first
+    (None = original size, as PASS). ``half`` runs the network in float16 on CUDA (ignored on the CPU).
+    """
+
+    name = "retinaface_mnet025"
+
+    def __init__(
+        self,
+        weights: Path,
+        device: str | torch.device = "cpu",
+        score_floor: float = 0.02,
+        nms_iou: float = 0.4,
+        top_k: int = 5000,
+        keep: int = 750,
+        batch_size: int = 16,
+        max_side: int | None = None,
+        half: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.device = torch.device(device)
+        self.half = bool(half) and self.device.type == "cuda"
+        self.dtype = torch.float16 if self.half else torch.float32
+        self.net = load_network(weights).to(self.device, self.dtype)
+        self.score_floor = score_floor
+        self.nms_iou = nms_iou
+        self.top_k = top_k
+        self.keep = keep
+        self.batch_size = batch_size
+        self.max_side = max_side
+        self._mean = torch.tensor(MEAN_BGR, device=self.device, dtype=torch.float32)[:, None, None]
+
+    def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[float, float]]:
+        """(3, h, w) BGR minus mean on the device, and the (x, y) factors back to original pixels."""
+        array = np.ascontiguousarray(as_rgb_uint8(image))
+        rgb = torch.from_numpy(array if array.flags.writeable else array.copy()).to(self.device)
+        tensor = rgb.permute(2, 0, 1).flip(0).float() - self._mean
+        height, width = tensor.shape[1:]
+        if self.max_side is not None and max(height, width) > self.max_side:
+            scale = self.max_side / max(height, width)
+            new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+            # resize the image, not the mean-subtracted values' offset: bilinear is affine, so this is equal
+            tensor = F.interpolate(tensor[None], size=(new_h, new_w), mode="bilinear", antialias=True)[0]
+            return tensor, (width / new_w, height / new_h)
+        return tensor, (1.0, 1.0)
+
+    def _postprocess(
+        self, loc: torch.Tensor, conf: torch.Tensor, landmarks: torch.Tensor, prior: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scores = torch.softmax(conf.float(), dim=-1)[:, 1]
+        candidates = torch.nonzero(scores > self.score_floor).squeeze(1)
+        candidates = candidates[torch.argsort(scores[candidates], descending=True)[: self.top_k]]
+        boxes, points = decode(loc[candidates].float(), landmarks[candidates].float(), prior[candidates])
+        scores = scores[candidates]
+        kept = nms_plus_one(boxes, scores, self.nms_iou)[: self.keep]
+        return boxes[kept], scores[kept], points[kept]
+
+    def _run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        tensors, factors = zip(*(self._prepare(image) for image in images))
+        sizes = [tuple(t.shape[1:]) for t in tensors]
+        height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        batch = torch.zeros((len(tensors), 3, height, width), device=self.device, dtype=self.dtype)
+        for i, tensor in enumerate(tensors):
+            batch[i, :, : tensor.shape[1], : tensor.shape[2]] = tensor
+        padded = any(s != (height, width) for s in sizes)
+        valid = torch.tensor(sizes, device=self.device) if padded else None
+        loc, conf, landmarks = self.net(batch, valid)
+        prior, strides = _prior_grid(height, width, self.device)
+        # the cell of a prior starts at (cx, cy) - stride / 2; it exists for the lone image iff it starts inside
+        cell_x, cell_y = prior[:, 0] - strides / 2, prior[:, 1] - strides / 2
+        results = []
+        for i, ((h, w), (fx, fy)) in enumerate(zip(sizes, factors)):
+            inside = torch.nonzero((cell_y < h) & (cell_x < w)).squeeze(1) if padded else slice(None)
+            boxes, scores, points = self._postprocess(
+                loc[i, inside], conf[i, inside], landmarks[i, inside], prior[inside]
+            )
+            scale = boxes.new_tensor([fx, fy])
+            results.append(
+                Detections(
+                    boxes=(boxes.reshape(-1, 2, 2) * scale).reshape(-1, 4).cpu().numpy().astype(np.float32),
+                    scores=scores.cpu().numpy().astype(np.float32),
+                    landmarks=(points.reshape(-1, 5, 2) * scale).reshape(-1, 10).cpu().numpy().astype(np.float32),
+                )
+            )
+        return results
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        results: list[Detections | None] = [None] * len(images)
+        sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
+        with torch.inference_mode():
+            for group in size_batches(sizes, self.batch_size):
+                for index, detections in zip(group, self._run_batch([images[i] for i in group])):
+                    results[index] = detections
+        return [r if r is not None else Detections() for r in results]

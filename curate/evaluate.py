@@ -1,0 +1,136 @@
+"""`python -m curate.evaluate images=DIR labels=CSV [out=FILE.json] [pipeline=NAME] [overrides…]`
+
+Runs detect + decide on a labelled folder (labels.csv: file relative to DIR, label human|no_human, category)
+and prints recall on human images, the false-removal rate on no_human images — overall, per category and
+per detector — and the files missed. An image counts as removed when the decision is not "keep" (rejected
+or sent to review: neither is released).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curate.config import ConfigError, CurateConfig
+from curate.detect.decide import Scores, decide, thresholds
+from curate.run import load_config
+from curate.stages.detect import Scorer, decode
+
+
+def score_folder(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> pd.DataFrame:
+    scorer = Scorer(cfg)
+    columns: dict[str, list[Any]] = {}
+    files = labels["file"].tolist()
+    size = cfg.detect.batch_size
+    for start in range(0, len(files), size):
+        batch = [decode((images / name).read_bytes()) for name in files[start : start + size]]
+        for key, values in scorer.score(batch).items():
+            columns.setdefault(key, []).extend(values)
+    return pd.concat([labels.reset_index(drop=True), pd.DataFrame(columns)], axis=1)
+
+
+def rate(hits: pd.Series) -> float | None:
+    return round(float(hits.mean()), 4) if len(hits) else None
+
+
+def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
+    decision, reason = decide(Scores.from_manifest(scored), cfg.decide)
+    scored = scored.assign(decision=decision, reason=reason, removed=decision != "keep")
+    human = scored["label"] == "human"
+    t = thresholds(cfg.decide)
+    per_detector: dict[str, Any] = {}
+    for column in [c for c in scored.columns if c.endswith("_max")] + (
+        ["clip_human_prob"] if "clip_human_prob" in scored else []
+    ):
+        family = column.split("_", 1)[0]
+        limit = {"face": t.face, "person": t.person, "clip": t.clip}[family]
+        fired = scored[column].astype(float).fillna(-1) > limit
+        name = column.removesuffix("_max")
+        per_detector[name] = {
+            "threshold": limit,
+            "recall": rate(fired[human]),
+            "false_removal_rate": rate(fired[~human]),
+        }
+    per_category = {
+        f"{label}/{category}": {
+            "n": int(len(group)),
+            ("recall" if label == "human" else "false_removal_rate"): rate(group["removed"]),
+        }
+        for (label, category), group in scored.groupby(["label", "category"], sort=True)
+    }
+    missed = scored[human & ~scored["removed"]]
+    wrongly = scored[~human & scored["removed"]]
+    return {
+        "recall": rate(scored.loc[human, "removed"]),
+        "false_removal_rate": rate(scored.loc[~human, "removed"]),
+        "n_human": int(human.sum()),
+        "n_no_human": int((~human).sum()),
+        "per_category": per_category,
+        "per_detector": per_detector,
+        "missed": [{"file": r.file, "category": r.category} for r in missed.itertuples()],
+        "false_removals": [{"file": r.file, "category": r.category, "reason": r.reason} for r in wrongly.itertuples()],
+        "decide": asdict(t),
+        "detectors": {"face": cfg.detect.face, "person": cfg.detect.person, "clip": cfg.detect.clip_model},
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"recall (human, n={result['n_human']}): {result['recall']}",
+        f"false-removal rate (no_human, n={result['n_no_human']}): {result['false_removal_rate']}",
+        "",
+        f"{'category':<34} {'n':>4} {'recall / false-removal':>24}",
+    ]
+    for name, values in result["per_category"].items():
+        value = values.get("recall", values.get("false_removal_rate"))
+        lines.append(f"{name:<34} {values['n']:>4} {value!s:>24}")
+    lines += ["", f"{'detector':<34} {'threshold':>9} {'recall':>8} {'false-removal':>14}"]
+    for name, values in result["per_detector"].items():
+        lines.append(
+            f"{name:<34} {values['threshold']:>9} {values['recall']!s:>8} {values['false_removal_rate']!s:>14}"
+        )
+    lines += ["", "missed: " + (", ".join(m["file"] for m in result["missed"]) or "none")]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in ("images", "labels", "out")}
+    overrides = [a for a in args if a.split("=", 1)[0] not in own]
+    if "images" not in own:
+        print("usage: python -m curate.evaluate images=DIR [labels=CSV] [out=FILE.json] [overrides…]", file=sys.stderr)
+        return 2
+    images = Path(own["images"])
+    labels_path = Path(own.get("labels", images / "labels.csv"))
+    try:
+        cfg = load_config(overrides)
+        cfg = replace(cfg, run=replace(cfg.run, progress=False))
+        labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
+        missing = {"file", "label", "category"} - set(labels.columns)
+        if missing:
+            raise ConfigError(f"{labels_path} lacks columns {sorted(missing)}")
+        from curate.models.registry import check_available
+
+        check_available(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"curate.evaluate: {err}", file=sys.stderr)
+        return 2
+    result = summarise(score_folder(cfg, images, labels), cfg)
+    print(report(result))
+    if "out" in own:
+        Path(own["out"]).write_text(json.dumps(result, indent=2, sort_keys=True, default=_plain) + "\n")
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

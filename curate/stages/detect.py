@@ -1,0 +1,151 @@
+"""detect: run the face, person and CLIP detectors on every fetched image and store raw scores and boxes.
+
+No decision is taken here (see `curate.detect.decide`, applied at release), so re-tuning a threshold never
+re-runs a model. Images are decoded in CPU threads one batch ahead of inference.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps
+
+from curate.config import CurateConfig
+from curate.detect.types import Detections
+from curate.io.tars import read_members
+from curate.models.registry import REGISTRY
+from curate.rundir import RunDir
+from curate.stages.base import ShardStage
+
+MAX_BOXES = 100
+
+
+def decode(data: bytes) -> np.ndarray:
+    """RGB uint8, upright (detectors must see what a viewer sees: the EXIF orientation is applied)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+class Scorer:
+    """Runs every configured detector on a batch of decoded images (None = could not decode) and returns
+    one list per score column, aligned with the batch. Used by the detect stage and by curate.evaluate."""
+
+    def __init__(self, cfg: CurateConfig) -> None:
+        import torch
+
+        from curate.detect.loaders import clip_filter, face_detectors, person_detectors, pick_device
+
+        self.cfg = cfg.detect
+        if self.cfg.torch_threads:
+            torch.set_num_threads(self.cfg.torch_threads)
+        device = pick_device(self.cfg.device)
+        self.families = [
+            ("face", self.cfg.face, face_detectors(self.cfg, cfg.models, device)),
+            ("person", self.cfg.person, person_detectors(self.cfg, cfg.models, device)),
+        ]
+        self.clip = clip_filter(cfg, device)
+
+    def score(self, images: Sequence[np.ndarray | None]) -> dict[str, list[Any]]:
+        ok = [i for i, image in enumerate(images) if image is not None]
+        batch = [image for image in images if image is not None]
+        n = len(images)
+        results: dict[str, list[Any]] = {}
+        for family, names, detectors in self.families:
+            for name, detector in zip(names, detectors, strict=True):
+                found = detector.detect(batch) if batch else []
+                prefix = f"{family}_{name}"
+                results[f"{prefix}_max"] = spread(ok, n, [d.max_score for d in found])
+                results[f"{prefix}_count"] = spread(ok, n, [d.count_above(0.5) for d in found])
+                results[f"{prefix}_boxes"] = spread(ok, n, [flatten(d, self.cfg.box_floor) for d in found])
+        if self.clip is not None:
+            scored = self.clip.score(batch) if batch else None
+            results["clip_human_prob"] = spread(ok, n, [float(p) for p in scored.human_prob] if scored else [])
+            results["clip_top_class"] = spread(ok, n, list(scored.top_human_class) if scored else [])
+            embeddings = [e.astype(np.float32).tolist() for e in scored.embeddings] if scored else []
+            results["clip_embedding"] = spread(ok, n, embeddings)
+        return results
+
+
+def spread(ok: list[int], n: int, values: Sequence[Any]) -> list[Any]:
+    """Values for the decodable images, None for the others."""
+    column: list[Any] = [None] * n
+    for position, value in zip(ok, values, strict=True):
+        column[position] = value
+    return column
+
+
+def flatten(found: Detections, floor: float) -> list[float]:
+    """[x1, y1, x2, y2, score, …] of the boxes at or above `floor`, best first, at most MAX_BOXES."""
+    keep = np.argsort(-found.scores)[:MAX_BOXES]
+    keep = keep[found.scores[keep] >= floor]
+    rows = np.concatenate([found.boxes[keep], found.scores[keep, None]], axis=1)
+    return [round(float(v), 3) for v in rows.reshape(-1)]
+
+
+class DetectStage(ShardStage):
+    name = "detect"
+    version = "1"
+    uses_gpu = True
+    # Batching is tested to give the same results as one image at a time; the device only moves the work.
+    runtime_keys = frozenset({"batch_size", "device", "torch_threads"})
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        config = super().fingerprint_config()
+        names = [*self.cfg.detect.face, *self.cfg.detect.person]
+        config["weights"] = {n: REGISTRY[n].sha256 for n in names if n in REGISTRY}
+        return config
+
+    def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
+        scorer = Scorer(self.cfg)
+        blobs = read_members(run.images(shard), set(rows["tar_member"].dropna()))
+        columns: dict[str, list[Any]] = {}
+        for images, errors in self._decoded_batches(rows["tar_member"].tolist(), blobs):
+            results = scorer.score(images)
+            results["detect_reason"] = ["decode_error" if e else "ok" for e in errors]
+            results["detect_error"] = list(errors)
+            for key, values in results.items():
+                columns.setdefault(key, []).extend(values)
+        if not columns:
+            columns = {"detect_reason": [], "detect_error": []}
+        frame = pd.DataFrame(columns, index=range(len(rows)))
+        frame["detect_status"] = np.where(frame["detect_reason"] == "ok", "ok", "failed")
+        return frame
+
+    def _decoded_batches(
+        self, members: list[str], blobs: dict[str, bytes]
+    ) -> Iterator[tuple[list[np.ndarray | None], list[str | None]]]:
+        """(images, errors) per batch, in row order; the next batch decodes while this one is inferred."""
+        size = self.cfg.detect.batch_size
+
+        def load(chunk: list[str]) -> tuple[list[np.ndarray | None], list[str | None]]:
+            images: list[np.ndarray | None] = []
+            errors: list[str | None] = []
+            for member in chunk:
+                try:
+                    images.append(decode(blobs[member]))
+                    errors.append(None)
+                except (OSError, ValueError, KeyError) as err:
+                    images.append(None)
+                    errors.append(f"{type(err).__name__}: {str(err)[:200]}")
+            return images, errors
+
+        chunks = [members[i : i + size] for i in range(0, len(members), size)]
+        with ThreadPoolExecutor(max_workers=1) as decoder:
+            upcoming = decoder.submit(load, chunks[0]) if chunks else None
+            for index in range(len(chunks)):
+                assert upcoming is not None
+                images, errors = upcoming.result()
+                if index + 1 < len(chunks):
+                    upcoming = decoder.submit(load, chunks[index + 1])
+                yield images, errors
+
+
+def detector_columns(cfg_detect: Any) -> list[str]:
+    """Names of the score columns a detect config produces (for tests and notebooks)."""
+    names = [f"face_{n}" for n in cfg_detect.face] + [f"person_{n}" for n in cfg_detect.person]
+    return [f"{p}_{s}" for p in names for s in ("max", "count", "boxes")]
