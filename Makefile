@@ -11,8 +11,12 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: install demo test lint
 install: $(VENV)/.installed
 
+# Offline machines need the weights in a folder: MODELS_DIR=/path (the dev machines' ../shared/models is used
+# when present); with internet the demo downloads its two small models (sha256-checked) on first use.
+MODELS_DIR ?= $(wildcard ../shared/models)
+
 demo: $(VENV)/.installed
-	$(PY) -m curate.run pipeline=sample
+	$(PY) -m curate.run pipeline=sample $(if $(MODELS_DIR),models.dir=$(abspath $(MODELS_DIR)))
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -27,8 +27,12 @@ def test_pass_v1_ignores_clip_and_has_no_review_band() -> None:
 
 
 def test_custom_thresholds_and_review_band() -> None:
-    cfg = DecideConfig(preset="custom", face=0.6, person=0.4, clip=0.7, face_review=0.2, person_review=0.2, clip_review=0.4)
-    verdict, reason = decide(scores([0.3, 0.1, 0.1, 0.1, np.nan], [0.1, 0.1, 0.5, 0.1, np.nan], [0.1, 0.8, 0.1, 0.5, 0.1]), cfg)
+    cfg = DecideConfig(
+        preset="custom", face=0.6, person=0.4, clip=0.7, face_review=0.2, person_review=0.2, clip_review=0.4
+    )
+    verdict, reason = decide(
+        scores([0.3, 0.1, 0.1, 0.1, np.nan], [0.1, 0.1, 0.5, 0.1, np.nan], [0.1, 0.8, 0.1, 0.5, 0.1]), cfg
+    )
     assert list(zip(verdict, reason, strict=True)) == [
         ("review", "uncertain"),
         ("reject", "clip_human"),

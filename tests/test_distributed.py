@@ -62,7 +62,15 @@ def cluster(tmp_path: Path) -> Iterator[str]:
 
 def test_sample_on_a_real_scheduler_and_two_workers(cluster: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    code = main([f"run.dir={run_dir}", f"dask.address={cluster}", "ingest.num_shards=8", "run.progress=false", f"models.dir={MODELS}"])
+    code = main(
+        [
+            f"run.dir={run_dir}",
+            f"dask.address={cluster}",
+            "ingest.num_shards=8",
+            "run.progress=false",
+            f"models.dir={MODELS}",
+        ]
+    )
     assert code == 0
     workers = set()
     for stage in ("ingest", "license", "fetch", "release"):
@@ -73,5 +81,31 @@ def test_sample_on_a_real_scheduler_and_two_workers(cluster: str, tmp_path: Path
     manifest = pd.read_parquet(run_dir / "release" / "v1" / "manifest.parquet")
     assert len(manifest) == 41 and (manifest["status"] == "kept").sum() == 31
     started = time.perf_counter()
-    assert main([f"run.dir={run_dir}", f"dask.address={cluster}", "ingest.num_shards=8", "run.progress=false", f"models.dir={MODELS}"]) == 0
+    assert (
+        main(
+            [
+                f"run.dir={run_dir}",
+                f"dask.address={cluster}",
+                "ingest.num_shards=8",
+                "run.progress=false",
+                f"models.dir={MODELS}",
+            ]
+        )
+        == 0
+    )
     assert time.perf_counter() - started < 10
+
+
+def test_one_pinned_worker_per_gpu(tmp_path: Path) -> None:
+    """The plain path (no dask-cuda): workers pinned with CUDA_VISIBLE_DEVICES and a GPU=1 resource.
+
+    This machine has no GPU, so detect falls back to the CPU inside those workers; what is checked is the
+    placement: every detect shard ran on a GPU worker, and both workers were used.
+    """
+    run_dir = tmp_path / "run"
+    code = main(
+        [f"run.dir={run_dir}", "dask.gpus=2", "ingest.num_shards=4", "run.progress=false", f"models.dir={MODELS}"]
+    )
+    assert code == 0
+    pinned = {json.loads(m.read_text())["cuda_visible_devices"] for m in (run_dir / "stats" / "detect").glob("*.json")}
+    assert pinned == {"0", "1"}

@@ -208,7 +208,10 @@ class ClipHumanFilter:
     used instead of a download. Tests (no CLIP weights exist offline) inject a randomly initialised model via
     `model_obj`, `preprocess` (open_clip's val transform) and `tokenizer`. `half` uses float16 autocast, on CUDA
     only; on CPU everything runs in float32. `preprocess_workers` threads decode/resize a batch in parallel
-    (PIL releases the GIL while resizing); 0 preprocesses in the calling thread.
+    (PIL releases the GIL while resizing); 0 preprocesses in the calling thread. `human_classes`,
+    `other_classes` and `templates` default to the module's prompt sets; tests pass smaller ones because the
+    text side costs one text-encoder pass per class × template (73 × 10 prompts: about a minute for ViT-B-32 on
+    two CPU cores, well under a second on a GPU), paid once per instance.
     """
 
     name = "clip"
@@ -225,9 +228,17 @@ class ClipHumanFilter:
         preprocess: Callable[[Image.Image], torch.Tensor] | None = None,
         tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
         preprocess_workers: int = 4,
+        human_classes: Sequence[str] = HUMAN_CLASSES,
+        other_classes: Sequence[str] = NON_HUMAN_CLASSES,
+        templates: Sequence[str] = TEMPLATES,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if not human_classes or not other_classes or not templates:
+            raise ValueError("need human classes, non-human classes and templates")
+        self.human_classes = tuple(human_classes)
+        self.other_classes = tuple(other_classes)
+        self.templates = tuple(templates)
         self.model_name = model
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -284,8 +295,9 @@ class ClipHumanFilter:
     def text_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(human (H, D), non-human (O, D)) ensembled class embeddings, computed on first use and cached."""
         if self._human_text is None or self._other_text is None:
-            both = class_embeddings((*HUMAN_CLASSES, *NON_HUMAN_CLASSES), TEMPLATES, self._encode_text)
-            self._human_text, self._other_text = both[: len(HUMAN_CLASSES)], both[len(HUMAN_CLASSES) :]
+            both = class_embeddings((*self.human_classes, *self.other_classes), self.templates, self._encode_text)
+            n_human = len(self.human_classes)
+            self._human_text, self._other_text = both[:n_human], both[n_human:]
         return self._human_text, self._other_text
 
     # -- image side -----------------------------------------------------------------------------------------
@@ -302,9 +314,8 @@ class ClipHumanFilter:
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(N, D) float32 L2-normalised image embeddings."""
-        dim = self.text_embeddings()[0].shape[1]
         if len(images) == 0:
-            return np.zeros((0, dim), np.float32)
+            return np.zeros((0, self.text_embeddings()[0].shape[1]), np.float32)
         out = []
         workers = min(self.preprocess_workers, len(images))
         pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
@@ -327,5 +338,5 @@ class ClipHumanFilter:
         probs = class_probabilities(embeddings, human_text, other_text, self.logit_scale)
         n_human = len(human_text)
         human_prob = np.clip(probs[:, :n_human].sum(axis=1), 0.0, 1.0).astype(np.float32)
-        top = [HUMAN_CLASSES[i] for i in probs[:, :n_human].argmax(axis=1)] if len(embeddings) else []
+        top = [self.human_classes[i] for i in probs[:, :n_human].argmax(axis=1)] if len(embeddings) else []
         return ClipScores(human_prob=human_prob, top_human_class=top, embeddings=embeddings)

@@ -15,10 +15,11 @@ from curate.config import DecideConfig
 
 # PASS v1: any RetinaFace box > 0.5, else any COCO person > 0.5; no CLIP, no review band.
 PASS_V1 = DecideConfig(preset="pass_v1", face=0.5, person=0.5, clip=1.0)
-# Tuned for recall on the dev set (see the README's evaluation section): lower thresholds, and a review band.
-STRICT = DecideConfig(
-    preset="strict", face=0.3, person=0.2, clip=0.5, face_review=0.1, person_review=0.08, clip_review=0.3
-)
+# Tuned on shared/evalsets/dev with the offline models (RetinaFace MobileNet-0.25 + YOLOX-Nano): the highest
+# recall whose false-removal rate stays <= 0.15. RetinaFace fires on animal faces (dogs, macaques) up to 0.97,
+# so its bar goes up, while the person detector's goes far down. CLIP's review band is a first guess: no
+# CLIP weights exist offline to tune it.
+STRICT = DecideConfig(preset="strict", face=0.7, person=0.1, clip=0.5, clip_review=0.3)
 
 
 def thresholds(cfg: DecideConfig) -> DecideConfig:
