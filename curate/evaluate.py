@@ -9,6 +9,7 @@ or sent to review: neither is released).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     labels_path = Path(own.get("labels", images / "labels.csv"))
     try:
         cfg = load_config(overrides)
-        cfg = replace(cfg, run=replace(cfg.run, progress=False))
+        # One process does all the work here: let torch use every core.
+        cfg = replace(cfg, detect=replace(cfg.detect, torch_threads=cfg.detect.torch_threads or os.cpu_count() or 1))
         labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
         missing = {"file", "label", "category"} - set(labels.columns)
         if missing:

@@ -1,8 +1,9 @@
 """RetinaFace with a MobileNet-0.25 backbone: the face detector PASS itself ran, batched.
 
-The network is laid out so that the published checkpoint (`mobilenet0.25_Final.pth`, 433,343 parameters)
-loads with ``load_state_dict(strict=True)``. Pre- and post-processing follow the published configuration for
-that checkpoint (see ``shared/models/README-retinaface_mobilenet0.25.md``):
+The network is laid out so that the published checkpoint (`mobilenet0.25_Final.pth`: 433,343 numbers with the
+batch-norm statistics, 426,608 learnable parameters) loads with ``load_state_dict(strict=True)``. Pre- and
+post-processing follow the published configuration for that checkpoint (its README,
+``README-retinaface_mobilenet0.25.md``, sits beside the weights):
 
 - input: BGR float minus the mean (104, 117, 123), no scaling to 0..1, any size;
 - priors at strides 8/16/32, anchor sizes (16, 32), (64, 128), (256, 512) pixels, centres (j + 0.5)·stride;
@@ -60,28 +61,32 @@ def _conv_dw(cin: int, cout: int, stride: int, slope: float) -> nn.Sequential:
     return nn.Sequential(*_conv_bn(cin, cin, 3, stride, slope, groups=cin), *_conv_bn(cin, cout, 1, 1, slope))
 
 
-class _Masks:
-    """Zeroes the padded area of a batch feature map; ``valid`` holds each image's own (height, width)."""
+class PaddingMasks:
+    """Zeroes the padded area of a batch's feature maps, as zero padding does around a lone image.
+
+    ``valid`` (B, 2) holds each image's own (height, width) in input pixels (None: nothing is padded);
+    ``masks(x, stride)`` zeroes the cells of ``x`` (B, C, h, w), a map at that stride, that the image lacks.
+    """
 
     def __init__(self, valid: torch.Tensor | None) -> None:
         self.valid = valid
-        self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._cache: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
 
     def __call__(self, x: torch.Tensor, stride: int) -> torch.Tensor:
         if self.valid is None:
             return x
         fh, fw = x.shape[-2:]
-        key = (stride, fh, fw)
-        mask = self._cache.get(key)
-        if mask is None:
+        key = (stride, fh, fw, x.device)
+        padding = self._cache.get(key)
+        if padding is None:
             # a lone image of height h has ceil(h / stride) rows at this stride (every stride-2 step is a ceil)
             vh = torch.div(self.valid[:, 0] + stride - 1, stride, rounding_mode="floor")
             vw = torch.div(self.valid[:, 1] + stride - 1, stride, rounding_mode="floor")
             rows = torch.arange(fh, device=x.device)[None, :] < vh[:, None]
             cols = torch.arange(fw, device=x.device)[None, :] < vw[:, None]
-            mask = (rows[:, None, :, None] & cols[:, None, None, :]).to(x.dtype)
-            self._cache[key] = mask
-        return x * mask
+            padding = ~(rows[:, None, :, None] & cols[:, None, None, :])
+            self._cache[key] = padding
+        return torch.where(padding, 0.0, x)  # (not masked_fill: that drops the channels-last layout)
 
 
 class _FPN(nn.Module):
@@ -93,7 +98,7 @@ class _FPN(nn.Module):
         self.merge1 = nn.Sequential(*_conv_bn(out_channels, out_channels, 3, 1, slope))
         self.merge2 = nn.Sequential(*_conv_bn(out_channels, out_channels, 3, 1, slope))
 
-    def forward(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, masks: _Masks) -> list[torch.Tensor]:
+    def forward(self, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, masks: PaddingMasks) -> list[torch.Tensor]:
         p3 = self.output3(c3)
         # nearest up-sampling to the finer map's size: row r takes row r // 2 (sizes are 2n or 2n - 1)
         p2 = self.output2(c2) + F.interpolate(p3, size=c2.shape[-2:], mode="nearest")
@@ -112,7 +117,7 @@ class _SSH(nn.Module):
         self.conv7X7_2 = nn.Sequential(*_conv_bn(channels // 4, channels // 4, 3, 1, slope))
         self.conv7x7_3 = nn.Sequential(*_conv_bn(channels // 4, channels // 4, 3, 1, None))
 
-    def forward(self, x: torch.Tensor, masks: _Masks, stride: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, masks: PaddingMasks, stride: int) -> torch.Tensor:
         x = masks(x, stride)
         branch5_1 = masks(self.conv5X5_1(x), stride)
         branch7_2 = masks(self.conv7X7_2(branch5_1), stride)
@@ -146,11 +151,12 @@ class _Body(nn.Module):
         self.stage2 = nn.Sequential(_conv_dw(64, 128, 2, slope), *[_conv_dw(128, 128, 1, slope) for _ in range(5)])
         self.stage3 = nn.Sequential(_conv_dw(128, 256, 2, slope), _conv_dw(256, 256, 1, slope))
 
-    def forward(self, x: torch.Tensor, masks: _Masks) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, masks: PaddingMasks) -> list[torch.Tensor]:
         outputs = []
         stride = 1
         for stage in (self.stage1, self.stage2, self.stage3):
             for block in stage:
+                assert isinstance(block, nn.Sequential)
                 conv = block[0]
                 assert isinstance(conv, nn.Conv2d)
                 # every block starts with its 3×3 conv; the image itself is already zero in the padding
@@ -188,13 +194,15 @@ class RetinaFaceMobileNet(nn.Module):
     def forward(
         self, x: torch.Tensor, valid: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        masks = _Masks(valid)
+        masks = PaddingMasks(valid)
         c1, c2, c3 = self.body(x, masks)
         features = self.fpn(c1, c2, c3, masks)
-        features = [ssh(f, masks, s) for ssh, f, s in zip((self.ssh1, self.ssh2, self.ssh3), features, STRIDES)]
-        loc = torch.cat([head(f, 4) for head, f in zip(self.BboxHead, features)], dim=1)
-        conf = torch.cat([head(f, 2) for head, f in zip(self.ClassHead, features)], dim=1)
-        landmarks = torch.cat([head(f, 10) for head, f in zip(self.LandmarkHead, features)], dim=1)
+        features = [
+            ssh(f, masks, s) for ssh, f, s in zip((self.ssh1, self.ssh2, self.ssh3), features, STRIDES, strict=True)
+        ]
+        loc = torch.cat([head(f, 4) for head, f in zip(self.BboxHead, features, strict=True)], dim=1)
+        conf = torch.cat([head(f, 2) for head, f in zip(self.ClassHead, features, strict=True)], dim=1)
+        landmarks = torch.cat([head(f, 10) for head, f in zip(self.LandmarkHead, features, strict=True)], dim=1)
         return loc, conf, landmarks
 
 
@@ -214,7 +222,7 @@ def load_network(weights: Path | str, slope: float = 0.1) -> RetinaFaceMobileNet
 def _prior_grid(height: int, width: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
     """Priors (P, 4) as cx, cy, w, h in pixels, and each prior's stride (P,)."""
     priors, strides = [], []
-    for stride, sizes in zip(STRIDES, ANCHOR_SIZES):
+    for stride, sizes in zip(STRIDES, ANCHOR_SIZES, strict=True):
         rows, cols = math.ceil(height / stride), math.ceil(width / stride)
         cy = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) * stride
         cx = (torch.arange(cols, device=device, dtype=torch.float32) + 0.5) * stride
@@ -265,10 +273,25 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return image[:, :, :3]
 
 
-def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar sizes: landscape and portrait apart, then by area."""
+def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int, max_waste: float = 0.25) -> list[list[int]]:
+    """Indices grouped into batches of similar sizes, so that padding to a batch's largest height and width
+    wastes little: landscape and portrait apart, sorted by area, a batch closed when it is full or when padding
+    would exceed ``max_waste`` of its real pixels."""
     order = sorted(range(len(sizes)), key=lambda i: (sizes[i][0] > sizes[i][1], sizes[i][0] * sizes[i][1], sizes[i]))
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        trial = [*current, index]
+        height, width = max(sizes[i][0] for i in trial), max(sizes[i][1] for i in trial)
+        real = sum(sizes[i][0] * sizes[i][1] for i in trial)
+        if current and (len(trial) > batch_size or len(trial) * height * width > (1 + max_waste) * real):
+            batches.append(current)
+            current = [index]
+        else:
+            current = trial
+    if current:
+        batches.append(current)
+    return batches
 
 
 def nms_plus_one(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
@@ -284,6 +307,8 @@ class RetinaFaceDetector:
     (x1, y1, x2, y2) and landmarks (5 × (x, y)) in the original image's pixels and face probabilities,
     sorted by decreasing score. ``max_side`` optionally shrinks images whose long side exceeds it first
     (None = original size, as PASS). ``half`` runs the network in float16 on CUDA (ignored on the CPU).
+    ``max_pad_waste``: a batch is cut short when padding its images to a common size would add more than this
+    fraction of their pixels (``inf`` = plain chunks of ``batch_size`` in size order).
     """
 
     name = "retinaface_mnet025"
@@ -299,19 +324,22 @@ class RetinaFaceDetector:
         batch_size: int = 16,
         max_side: int | None = None,
         half: bool = False,
+        max_pad_waste: float = 0.25,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.device = torch.device(device)
         self.half = bool(half) and self.device.type == "cuda"
         self.dtype = torch.float16 if self.half else torch.float32
-        self.net = load_network(weights).to(self.device, self.dtype)
+        # channels-last is the faster layout for these small convolutions on CPU (oneDNN) and on CUDA alike
+        self.net = load_network(weights).to(self.device, self.dtype).to(memory_format=torch.channels_last)
         self.score_floor = score_floor
         self.nms_iou = nms_iou
         self.top_k = top_k
         self.keep = keep
         self.batch_size = batch_size
         self.max_side = max_side
+        self.max_pad_waste = max_pad_waste
         self._mean = torch.tensor(MEAN_BGR, device=self.device, dtype=torch.float32)[:, None, None]
 
     def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[float, float]]:
@@ -323,7 +351,7 @@ class RetinaFaceDetector:
         if self.max_side is not None and max(height, width) > self.max_side:
             scale = self.max_side / max(height, width)
             new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-            # resize the image, not the mean-subtracted values' offset: bilinear is affine, so this is equal
+            # interpolation weights sum to 1, so resizing after the mean subtraction equals resizing before it
             tensor = F.interpolate(tensor[None], size=(new_h, new_w), mode="bilinear", antialias=True)[0]
             return tensor, (width / new_w, height / new_h)
         return tensor, (1.0, 1.0)
@@ -340,10 +368,11 @@ class RetinaFaceDetector:
         return boxes[kept], scores[kept], points[kept]
 
     def _run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        tensors, factors = zip(*(self._prepare(image) for image in images))
+        tensors, factors = zip(*(self._prepare(image) for image in images), strict=True)
         sizes = [tuple(t.shape[1:]) for t in tensors]
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
         batch = torch.zeros((len(tensors), 3, height, width), device=self.device, dtype=self.dtype)
+        batch = batch.contiguous(memory_format=torch.channels_last)
         for i, tensor in enumerate(tensors):
             batch[i, :, : tensor.shape[1], : tensor.shape[2]] = tensor
         padded = any(s != (height, width) for s in sizes)
@@ -353,7 +382,7 @@ class RetinaFaceDetector:
         # the cell of a prior starts at (cx, cy) - stride / 2; it exists for the lone image iff it starts inside
         cell_x, cell_y = prior[:, 0] - strides / 2, prior[:, 1] - strides / 2
         results = []
-        for i, ((h, w), (fx, fy)) in enumerate(zip(sizes, factors)):
+        for i, ((h, w), (fx, fy)) in enumerate(zip(sizes, factors, strict=True)):
             inside = torch.nonzero((cell_y < h) & (cell_x < w)).squeeze(1) if padded else slice(None)
             boxes, scores, points = self._postprocess(
                 loc[i, inside], conf[i, inside], landmarks[i, inside], prior[inside]
@@ -372,7 +401,7 @@ class RetinaFaceDetector:
         results: list[Detections | None] = [None] * len(images)
         sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
         with torch.inference_mode():
-            for group in size_batches(sizes, self.batch_size):
-                for index, detections in zip(group, self._run_batch([images[i] for i in group])):
+            for group in size_batches(sizes, self.batch_size, self.max_pad_waste):
+                for index, detections in zip(group, self._run_batch([images[i] for i in group]), strict=True):
                     results[index] = detections
         return [r if r is not None else Detections() for r in results]

@@ -444,6 +444,25 @@ def tile_windows(h: int, w: int, tiles: int, overlap: float = 0.2) -> list[tuple
     return [(x0, y0, x1, y1) for y0, y1 in spans(h) for x0, x1 in spans(w)]
 
 
+def cut_by_window(
+    boxes: torch.Tensor, window: tuple[int, int, int, int], image_hw: tuple[int, ...], margin: float
+) -> torch.Tensor:
+    """Which boxes (image coordinates) reach within ``margin`` of a side of the crop ``window`` that cuts through
+    the image (a side not on the image border): objects that probably go on beyond the crop."""
+    x0, y0, x1, y1 = window
+    h, w = image_hw[:2]
+    cut = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    if x0 > 0:
+        cut |= boxes[:, 0] <= x0 + margin
+    if y0 > 0:
+        cut |= boxes[:, 1] <= y0 + margin
+    if x1 < w:
+        cut |= boxes[:, 2] >= x1 - margin
+    if y1 < h:
+        cut |= boxes[:, 3] >= y1 - margin
+    return cut
+
+
 _GRID_CACHE: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -481,7 +500,8 @@ class YoloxDetector:
     """Person boxes and scores (objectness x person probability) from YOLOX, in original pixel coordinates.
 
     ``weights``: an ONNX export of an official model (initializers are read, onnxruntime is not used) or an
-    official ``.pth`` checkpoint. ``tiles`` > 1 adds a tiles x tiles grid of overlapping crops (``tile_overlap``
+    official ``.pth`` checkpoint. ``input_size`` defaults to the variant's official test size (416 for nano and
+    tiny, 640 for s/m/l/x). ``tiles`` > 1 adds a tiles x tiles grid of overlapping crops (``tile_overlap``
     of a crop's size) per image, each letterboxed to ``input_size``, for small distant people; their boxes are
     mapped back and merged with the full-image pass by NMS. Every letterboxed input of a batch of ``batch_size``
     images goes through one forward pass. ``half`` applies on CUDA only.
@@ -493,7 +513,7 @@ class YoloxDetector:
         self,
         weights: Path,
         variant: str = "nano",
-        input_size: int = 416,
+        input_size: int | None = None,
         device: str | torch.device = "cpu",
         score_floor: float = 0.05,
         nms_iou: float = 0.45,
@@ -501,10 +521,14 @@ class YoloxDetector:
         tiles: int = 1,
         half: bool = False,
         tile_overlap: float = 0.2,
+        tile_min_side: int | None = None,
+        tile_drop_cut: bool = True,
     ) -> None:
+        self.variant = canonical_variant(variant)
+        if input_size is None:
+            input_size = VARIANTS[self.variant][3]
         if input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
-        self.variant = canonical_variant(variant)
         self.input_size = input_size
         self.device = torch.device(device)
         self.score_floor = score_floor
@@ -512,6 +536,8 @@ class YoloxDetector:
         self.batch_size = max(1, batch_size)
         self.tiles = max(1, tiles)
         self.tile_overlap = tile_overlap
+        self.tile_min_side = input_size if tile_min_side is None else tile_min_side
+        self.tile_drop_cut = tile_drop_cut
         self.half = half and self.device.type == "cuda"
         model = load_yolox(Path(weights), self.variant).fuse()
         self.model = model.to(self.device, torch.float16 if self.half else torch.float32).eval()
@@ -522,22 +548,27 @@ class YoloxDetector:
         dtype = torch.float16 if self.half else torch.float32
         return self.model(batch.to(self.device, dtype)).float()
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, float, int, int]]]:
-        """All letterboxed inputs (full image, then its tiles) of ``images`` and, per input,
-        (image index, ratio r, x offset, y offset) to map its boxes back to the image."""
+    def preprocess(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[torch.Tensor, list[tuple[int, float, tuple[int, int, int, int] | None]]]:
+        """All letterboxed inputs (each image, then its tiles) of ``images`` and, per input, (image index,
+        ratio r, crop window (x0, y0, x1, y1) in the image, or None for the full image)."""
         s = self.input_size
-        views: list[tuple[int, torch.Tensor, int, int]] = []
+        views: list[tuple[int, torch.Tensor, tuple[int, int, int, int] | None]] = []
         for i, image in enumerate(images):
-            rgb = torch.from_numpy(np.ascontiguousarray(_as_rgb(image))).to(self.device)
+            arr = np.ascontiguousarray(_as_rgb(image))
+            rgb = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(self.device)
             bgr = rgb.permute(2, 0, 1).flip(0).float()
-            views.append((i, bgr, 0, 0))
-            for x0, y0, x1, y1 in tile_windows(bgr.shape[1], bgr.shape[2], self.tiles, self.tile_overlap):
-                views.append((i, bgr[:, y0:y1, x0:x1], x0, y0))
+            views.append((i, bgr, None))
+            h, w = arr.shape[:2]
+            if max(h, w) > self.tile_min_side:
+                for x0, y0, x1, y1 in tile_windows(h, w, self.tiles, self.tile_overlap):
+                    views.append((i, bgr[:, y0:y1, x0:x1], (x0, y0, x1, y1)))
         batch = torch.full((len(views), 3, s, s), PAD_VALUE, device=self.device)
         meta = []
-        for k, (i, view, x0, y0) in enumerate(views):
+        for k, (i, view, window) in enumerate(views):
             r = letterbox_bgr(view, s, batch[k])
-            meta.append((i, r, x0, y0))
+            meta.append((i, r, window))
         return batch, meta
 
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
@@ -547,13 +578,17 @@ class YoloxDetector:
         scores = raw[..., 4] * raw[..., 5 + PERSON]
         per_image_boxes: list[list[torch.Tensor]] = [[] for _ in images]
         per_image_scores: list[list[torch.Tensor]] = [[] for _ in images]
-        for k, (i, r, x0, y0) in enumerate(meta):
+        for k, (i, r, window) in enumerate(meta):
             keep = scores[k] > self.score_floor
-            b = boxes[k][keep] / r
-            b[:, 0::2] += x0
-            b[:, 1::2] += y0
+            b, sc = boxes[k][keep] / r, scores[k][keep]
+            if window is not None:
+                b[:, 0::2] += window[0]
+                b[:, 1::2] += window[1]
+                if self.tile_drop_cut:
+                    whole = ~cut_by_window(b, window, images[i].shape[:2], margin=2.0 / r)
+                    b, sc = b[whole], sc[whole]
             per_image_boxes[i].append(b)
-            per_image_scores[i].append(scores[k][keep])
+            per_image_scores[i].append(sc)
         results = []
         for i, image in enumerate(images):
             h, w = image.shape[:2]

@@ -41,9 +41,12 @@ class Scorer:
         from curate.detect.loaders import clip_filter, face_detectors, person_detectors, pick_device
 
         self.cfg = cfg.detect
+        device = pick_device(self.cfg.device)
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)
-        device = pick_device(self.cfg.device)
+        elif device == "cpu" and not cfg.dask.address and cfg.dask.n_workers != 1:
+            # The LocalCluster already runs a worker per core: more torch threads would only fight over them.
+            torch.set_num_threads(1)
         self.families = [
             ("face", self.cfg.face, face_detectors(self.cfg, cfg.models, device)),
             ("person", self.cfg.person, person_detectors(self.cfg, cfg.models, device)),
