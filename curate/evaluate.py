@@ -60,7 +60,7 @@ def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
         }
     per_category = {
         f"{label}/{category}": {
-            "n": int(len(group)),
+            "n": len(group),
             ("recall" if label == "human" else "false_removal_rate"): rate(group["removed"]),
         }
         for (label, category), group in scored.groupby(["label", "category"], sort=True)

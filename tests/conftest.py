@@ -25,6 +25,11 @@ MODELS = SHARED / "models"
 FAST = ["dask.processes=false", "dask.n_workers=2", "run.progress=false", f"models.dir={MODELS}"]
 
 
+# Thresholds no score can pass: the release keeps every fetched image. For tests of the pipeline's mechanics,
+# which should not change when the human filter's detectors or presets do.
+NO_FILTER = ["decide.preset=custom", "decide.face=1", "decide.person=1", "decide.clip=1"]
+
+
 def run_curate(*overrides: str) -> int:
     return main([*overrides, *FAST])
 

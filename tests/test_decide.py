@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from curate.config import DecideConfig
 from curate.detect.decide import PASS_V1, Scores, decide
@@ -56,12 +55,3 @@ def test_scores_from_manifest_take_the_max_over_detectors() -> None:
     np.testing.assert_allclose(got.face, [0.7, np.nan, 0.9])
     np.testing.assert_allclose(got.person, [0.1, 0.3, np.nan])
     np.testing.assert_allclose(got.clip, [0.5, 0.2, np.nan])
-
-
-@pytest.mark.parametrize("preset", ["strict", "pass_v1"])
-def test_strict_removes_at_least_what_pass_v1_removes(preset: str) -> None:
-    rng = np.random.default_rng(0)
-    s = scores(list(rng.random(500)), list(rng.random(500)), list(rng.random(500)))
-    strict, _ = decide(s, DecideConfig(preset="strict"))
-    chosen, _ = decide(s, DecideConfig(preset=preset))
-    assert ((chosen != "keep") <= (strict != "keep")).all()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MODELS, REPO
+from conftest import MODELS, NO_FILTER, REPO
 
 from curate.run import main
 
@@ -69,6 +69,7 @@ def test_sample_on_a_real_scheduler_and_two_workers(cluster: str, tmp_path: Path
             "ingest.num_shards=8",
             "run.progress=false",
             f"models.dir={MODELS}",
+            *NO_FILTER,
         ]
     )
     assert code == 0
@@ -89,6 +90,7 @@ def test_sample_on_a_real_scheduler_and_two_workers(cluster: str, tmp_path: Path
                 "ingest.num_shards=8",
                 "run.progress=false",
                 f"models.dir={MODELS}",
+                *NO_FILTER,
             ]
         )
         == 0

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import encode, photo, read_stage, run_curate
+from conftest import NO_FILTER, encode, photo, read_stage, run_curate
 from faultserver import FaultServer, fault_server
 from PIL import Image
 
@@ -23,6 +23,7 @@ RUN_FLAGS = [
     "fetch.retries=2",
     "fetch.backoff_s=0.01",
     "fetch.max_bytes=300000",
+    *NO_FILTER,
 ]
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import read_stage, run_curate
+from conftest import NO_FILTER, read_stage, run_curate
 
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("sample") / "run"
-    assert run_curate(f"run.dir={run_dir}") == 0
+    assert run_curate(f"run.dir={run_dir}", *NO_FILTER) == 0
     return run_dir
 
 
@@ -83,7 +83,8 @@ def test_sha256sums_and_data_card(sample_run: Path) -> None:
     assert card == (sample_run / "data_cards" / "v1.md").read_text()
     assert "| released | 31 |" in card
     assert "| license | rejected | not_allowed | 6 |" in card
-    assert "Not yet screened for people" in card
+    assert "| detect: scored by the human filter | 31 |" in card
+    assert "retinaface_mnet025" in card and "2979b33ffafda5d7" in card  # the model and its pinned weights
 
 
 def test_stage_config_change_recomputes_that_stage_and_later_only(sample_run: Path, tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_stage_config_change_recomputes_that_stage_and_later_only(sample_run: Pa
         return {p.name: p.read_text() for p in (run_dir / "stats" / stage).glob("*.json")}
 
     before = {s: stamps(s) for s in ("ingest", "license", "fetch", "release")}
-    assert run_curate(f"run.dir={run_dir}", "license.allow=[cc-by,cc-by-sa]") == 0
+    assert run_curate(f"run.dir={run_dir}", "license.allow=[cc-by,cc-by-sa]", *NO_FILTER) == 0
     after = {s: stamps(s) for s in ("ingest", "license", "fetch", "release")}
     assert after["ingest"] == before["ingest"]
     assert after["license"] != before["license"] and after["release"] != before["release"]
@@ -115,7 +116,7 @@ def test_folder_pipeline(tmp_path: Path) -> None:
     (folder / "sub" / "a.jpg").write_bytes(encode(photo(seed=2)))
     (folder / "notes.txt").write_text("not an image")
     run_dir = tmp_path / "run"
-    assert run_curate("pipeline=folder", f"ingest.path={folder}", f"run.dir={run_dir}") == 0
+    assert run_curate("pipeline=folder", f"ingest.path={folder}", f"run.dir={run_dir}", *NO_FILTER) == 0
     manifest = pd.read_parquet(run_dir / "release" / "v1" / "manifest.parquet").set_index("source_ref")
     assert manifest.loc["a.jpg", "status"] == "kept" and manifest.loc["sub/a.jpg", "status"] == "kept"
     assert manifest.loc["a.jpg", "image_id"] != manifest.loc["sub/a.jpg", "image_id"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import encode, photo, read_stage, run_curate
+from conftest import NO_FILTER, encode, photo, read_stage, run_curate
 from faultserver import Handler, fault_server
 
 from curate.licenses import normalize
@@ -17,7 +17,7 @@ from curate.run import SAMPLE_DIR
 
 def test_reaudit_a_published_release(tmp_path: Path) -> None:
     first = tmp_path / "v1"
-    assert run_curate(f"run.dir={first}") == 0
+    assert run_curate(f"run.dir={first}", *NO_FILTER) == 0
     published = first / "release" / "v1" / "pass_metadata.csv"
     again = tmp_path / "reaudit"
     assert (
@@ -26,6 +26,7 @@ def test_reaudit_a_published_release(tmp_path: Path) -> None:
             f"ingest.path={published}",
             f"run.dir={again}",
             f"fetch.file_root={SAMPLE_DIR}",
+            *NO_FILTER,
         )
         == 0
     )

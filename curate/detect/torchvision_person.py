@@ -106,7 +106,7 @@ class TorchvisionPersonDetector:
 
     ``weights``: a torchvision state dict file; None builds a randomly initialised model (tests, timing).
     ``native_resolution``: run each image at its own size (shrinking only beyond ``max_side``) instead of
-    torchvision's 800 px short side. ``half`` applies on CUDA only.
+    torchvision's 800 px short side. ``half``: float16 autocast, on CUDA only (the weights stay float32).
     """
 
     def __init__(
@@ -141,7 +141,7 @@ class TorchvisionPersonDetector:
             model.score_thresh = score_floor
         if native_resolution:
             model.transform = NativeResolutionTransform(model.transform, max_side)
-        self.model = model.to(self.device, torch.float16 if self.half else torch.float32).eval()
+        self.model = model.to(self.device).eval()
 
     def model_input_size(self, h: int, w: int) -> tuple[int, int]:
         """Size the model's transform gives an h x w image (before padding)."""
@@ -161,11 +161,12 @@ class TorchvisionPersonDetector:
             image = np.stack([image] * 3, axis=-1)
         image = np.ascontiguousarray(image[..., :3])
         t = torch.from_numpy(image if image.flags.writeable else image.copy()).to(self.device)
-        return t.permute(2, 0, 1).to(torch.float16 if self.half else torch.float32).div_(255.0)
+        return t.permute(2, 0, 1).float().div_(255.0)
 
     @torch.inference_mode()
     def _forward(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        outputs = self.model([self._to_tensor(im) for im in images])
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
+            outputs = self.model([self._to_tensor(im) for im in images])
         return [person_only(o, self.score_floor) for o in outputs]
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:

@@ -503,8 +503,12 @@ class YoloxDetector:
     official ``.pth`` checkpoint. ``input_size`` defaults to the variant's official test size (416 for nano and
     tiny, 640 for s/m/l/x). ``tiles`` > 1 adds a tiles x tiles grid of overlapping crops (``tile_overlap``
     of a crop's size) per image, each letterboxed to ``input_size``, for small distant people; their boxes are
-    mapped back and merged with the full-image pass by NMS. Every letterboxed input of a batch of ``batch_size``
-    images goes through one forward pass. ``half`` applies on CUDA only.
+    mapped back and merged with the full-image pass by NMS. Tiles are only cut from images whose long side exceeds
+    ``tile_min_side`` (default ``input_size``: smaller images are already seen at full resolution, and upscaled
+    crops of them mostly add false positives), and with ``tile_drop_cut`` a tile's boxes that touch a side of the
+    tile cutting through the image are dropped (parts of an object that the neighbouring tile, which overlaps,
+    or the full-image pass sees whole). Every letterboxed input of a batch of ``batch_size`` images goes through
+    one forward pass. ``half`` (float16 weights and inputs) applies on CUDA only.
     """
 
     name = "yolox"
@@ -540,13 +544,15 @@ class YoloxDetector:
         self.tile_drop_cut = tile_drop_cut
         self.half = half and self.device.type == "cuda"
         model = load_yolox(Path(weights), self.variant).fuse()
-        self.model = model.to(self.device, torch.float16 if self.half else torch.float32).eval()
+        # channels-last: about 2x faster on CPU for this network (depthwise and 1x1 convs)
+        model = model.to(self.device, torch.float16 if self.half else torch.float32)
+        self.model = model.to(memory_format=torch.channels_last).eval()
 
     @torch.inference_mode()
     def raw_outputs(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw head output (N, A, 85), float32, for letterboxed BGR inputs (N, 3, S, S)."""
         dtype = torch.float16 if self.half else torch.float32
-        return self.model(batch.to(self.device, dtype)).float()
+        return self.model(batch.to(self.device, dtype).contiguous(memory_format=torch.channels_last)).float()
 
     def preprocess(
         self, images: Sequence[np.ndarray]
@@ -554,22 +560,22 @@ class YoloxDetector:
         """All letterboxed inputs (each image, then its tiles) of ``images`` and, per input, (image index,
         ratio r, crop window (x0, y0, x1, y1) in the image, or None for the full image)."""
         s = self.input_size
-        views: list[tuple[int, torch.Tensor, tuple[int, int, int, int] | None]] = []
+        inputs: list[torch.Tensor] = []
+        meta: list[tuple[int, float, tuple[int, int, int, int] | None]] = []
         for i, image in enumerate(images):
             arr = np.ascontiguousarray(_as_rgb(image))
             rgb = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(self.device)
             bgr = rgb.permute(2, 0, 1).flip(0).float()
-            views.append((i, bgr, None))
             h, w = arr.shape[:2]
+            windows: list[tuple[int, int, int, int] | None] = [None]
             if max(h, w) > self.tile_min_side:
-                for x0, y0, x1, y1 in tile_windows(h, w, self.tiles, self.tile_overlap):
-                    views.append((i, bgr[:, y0:y1, x0:x1], (x0, y0, x1, y1)))
-        batch = torch.full((len(views), 3, s, s), PAD_VALUE, device=self.device)
-        meta = []
-        for k, (i, view, window) in enumerate(views):
-            r = letterbox_bgr(view, s, batch[k])
-            meta.append((i, r, window))
-        return batch, meta
+                windows += tile_windows(h, w, self.tiles, self.tile_overlap)
+            for window in windows:  # letterbox now: the full-size float image is freed before the next one
+                view = bgr if window is None else bgr[:, window[1] : window[3], window[0] : window[2]]
+                canvas = torch.full((3, s, s), PAD_VALUE, device=self.device)
+                meta.append((i, letterbox_bgr(view, s, canvas), window))
+                inputs.append(canvas)
+        return torch.stack(inputs), meta
 
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         batch, meta = self.preprocess(images)
