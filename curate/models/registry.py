@@ -6,13 +6,13 @@ pinned hash, and never loaded at import time.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from curate.config import ConfigError, CurateConfig, ModelsConfig
+from curate.io.atomic import sha256_file
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,8 @@ def _expand(path: str) -> Path:
     return Path(os.path.expanduser(path))
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify(spec: ModelSpec, path: Path) -> None:
-    found = sha256_of(path)
+    found = sha256_file(path)
     if not found.startswith(spec.sha256):
         raise ModelMissing(f"{path} has sha256 {found}, but {spec.name} is pinned to {spec.sha256}: remove the file")
 
