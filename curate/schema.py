@@ -53,6 +53,7 @@ REASONS: dict[str, frozenset[str]] = {
     "detect": frozenset({"ok", "decode_error"}),
     # Applied at release from the stored scores (curate.detect.decide).
     "decision": frozenset({"ok", "face", "person", "clip_human", "uncertain"}),
+    # release repeats, per row, the first reason that stopped it as "<stage>:<reason>" (or "ok").
     "release": frozenset({"ok"}),
 }
 

@@ -129,8 +129,9 @@ class ReleaseStage(ShardStage):
                 "status": status,
                 "reason": reason,
                 "shard": pd.array([shard] * len(rows), dtype="Int64"),
-                "release_status": pd.array(["ok" if s == "kept" else None for s in status], dtype="string"),
-                "release_reason": pd.array(["ok" if s == "kept" else None for s in status], dtype="string"),
+                # For the run summary and stats: what happened to every row, by its first stopping reason.
+                "release_status": status.where(status != "kept", "ok"),
+                "release_reason": reason,
             }
         )
 
