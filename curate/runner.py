@@ -21,6 +21,7 @@ from curate import __version__
 from curate.config import ConfigError, CurateConfig
 from curate.io.atomic import sha256_file, write_json, write_parquet
 from curate.rundir import RunDir
+from curate.schema import check_reasons
 from curate.stages.base import ShardStage
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,7 @@ class StageReport:
         return sum(self.counts.values())
 
 
-def write_marker(
-    run: RunDir, stage: str, shard: int, fp: str, frame: pd.DataFrame, started: float, extra: dict[str, Any]
-) -> dict[str, Any]:
+def write_marker(run: RunDir, stage: str, shard: int, fp: str, frame: pd.DataFrame, started: float) -> dict[str, Any]:
     wall = time.perf_counter() - started
     processed = int(frame[f"{stage}_status"].notna().sum())
     marker = {
@@ -98,7 +97,6 @@ def write_marker(
         "output_sha256": sha256_file(run.part(stage, shard)),
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        **extra,
     }
     write_json(run.marker(stage, shard), marker)  # last: this is the completion marker
     return marker
@@ -121,8 +119,9 @@ def run_shard(stage: ShardStage, upstream: list[str], shard: int, fp: str) -> di
         # Typed even when no row was live, so every shard's part has the same schema.
         added[column] = added[column].astype("string")
     frame = added.reindex(rows.index)
+    check_reasons(stage.name, frame[f"{stage.name}_reason"])
     write_parquet(run.part(stage.name, shard), frame)
-    return write_marker(run, stage.name, shard, fp, frame, started, {})
+    return write_marker(run, stage.name, shard, fp, frame, started)
 
 
 def shard_fingerprint(stage: ShardStage, run: RunDir, upstream: list[str], shard: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 
+import pandas as pd
 import pyarrow as pa
 
 
@@ -53,9 +54,21 @@ REASONS: dict[str, frozenset[str]] = {
     "detect": frozenset({"ok", "decode_error"}),
     # Applied at release from the stored scores (curate.detect.decide).
     "decision": frozenset({"ok", "face", "person", "clip_human", "uncertain"}),
-    # release repeats, per row, the first reason that stopped it as "<stage>:<reason>" (or "ok").
-    "release": frozenset({"ok"}),
 }
+# release repeats, per row, the first reason that stopped it as "<stage>:<reason>" (or "ok").
+REASONS["release"] = frozenset(
+    {"ok"}
+    | {f"{stage}:{reason}" for stage, reasons in REASONS.items() if stage != "decision" for reason in reasons}
+    | {f"detect:{reason}" for reason in REASONS["decision"]}
+)
+
+
+def check_reasons(stage: str, reasons: pd.Series) -> None:
+    """Refuse a reason outside the stage's closed set: free text belongs in `<stage>_error`."""
+    unknown = set(reasons.dropna().astype(str)) - REASONS[stage]
+    if unknown:
+        raise ValueError(f"stage {stage} wrote reasons outside curate.schema.REASONS: {sorted(unknown)}")
+
 
 # Fetch failures worth another try later (`fetch.retry_failed=true`).
 TRANSIENT_FETCH_REASONS = frozenset({"http_server_error", "timeout", "connection_error", "truncated"})

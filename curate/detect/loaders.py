@@ -9,7 +9,7 @@ from typing import Any
 
 from curate.config import ConfigError, CurateConfig, DetectConfig, ModelsConfig
 from curate.detect.types import Detector
-from curate.models.registry import REGISTRY, ModelMissing, resolve
+from curate.models.registry import ModelMissing, resolve
 
 TORCHVISION_ARCHS = (
     "fasterrcnn_resnet50_fpn_v2",
@@ -105,7 +105,3 @@ def clip_filter(cfg: CurateConfig, device: str) -> Any | None:
     checkpoint = clip_checkpoint(cfg, download=cfg.models.download)
     return _clip(cfg.detect.clip_model, checkpoint, device, cfg.detect.batch_size,
                  cfg.detect.half and device.startswith("cuda"))  # fmt: skip
-
-
-def known_detector(name: str) -> bool:
-    return name in REGISTRY or name in TORCHVISION_ARCHS

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,7 @@ def check_image(data: bytes, cfg: FetchConfig) -> Checked:
                 extrema = full.getextrema()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return Checked("decompression_bomb", format=fmt, error=str(err)[:200])
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct_error()) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as err:
         return Checked("corrupt", format=fmt, error=f"{type(err).__name__}: {str(err)[:200]}")
     if _uniform(extrema, found.mode):
         found.reason, found.error = "single_colour", None
@@ -102,9 +103,3 @@ def _uniform(extrema: Any, mode: str | None) -> bool:
     # Alpha does not make an image any less blank: look at the colour bands only.
     colour_bands = bands[:3] if mode in ("RGBA", "LA", "PA") else bands
     return all(low == high for low, high in colour_bands)
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error

@@ -77,9 +77,9 @@ def unit_fingerprint(cfg: IngestConfig, unit: str) -> dict[str, Any]:
         return {"unit": unit}
     if cfg.source == Source.folder:
         listing = [
-            (str(p.relative_to(unit)), p.stat().st_size, p.stat().st_mtime_ns)
+            (str(p.relative_to(unit)), stat.st_size, stat.st_mtime_ns)
             for p in sorted(Path(unit).rglob("*"))
-            if p.is_file()
+            if p.is_file() and (stat := p.stat())
         ]
         return {"unit": unit, "listing": listing}
     stat = os.stat(unit)

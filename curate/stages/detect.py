@@ -146,9 +146,3 @@ class DetectStage(ShardStage):
                 if index + 1 < len(chunks):
                     upcoming = decoder.submit(load, chunks[index + 1])
                 yield images, errors
-
-
-def detector_columns(cfg_detect: Any) -> list[str]:
-    """Names of the score columns a detect config produces (for tests and notebooks)."""
-    names = [f"face_{n}" for n in cfg_detect.face] + [f"person_{n}" for n in cfg_detect.person]
-    return [f"{p}_{s}" for p in names for s in ("max", "count", "boxes")]

@@ -20,7 +20,7 @@ from curate.config import CurateConfig
 from curate.io.atomic import read_parquet, write_json, write_parquet
 from curate.rundir import RunDir
 from curate.runner import Runner, StageReport, fingerprint, write_marker
-from curate.schema import CANDIDATE_COLUMNS
+from curate.schema import CANDIDATE_COLUMNS, check_reasons
 from curate.sources import expand_inputs, read_unit, rows_to_frame, unit_fingerprint
 
 NAME = "ingest"
@@ -60,8 +60,9 @@ def merge_shard(cfg: CurateConfig, shard: int, num_units: int, fp: str) -> dict[
     repeated = frame["image_id"].duplicated(keep="first") & (frame["ingest_status"] == "ok")
     frame.loc[repeated, ["ingest_status", "ingest_reason"]] = ["rejected", "duplicate_id"]
     frame = frame[CANDIDATE_COLUMNS]
+    check_reasons(NAME, frame["ingest_reason"])
     write_parquet(run.part(NAME, shard), frame)
-    return write_marker(run, NAME, shard, fp, frame, started, {})
+    return write_marker(run, NAME, shard, fp, frame, started)
 
 
 def ingest_fingerprint(cfg: CurateConfig, units: list[str]) -> str:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from curate.datacard import Tally, render_data_card
 from curate.detect.decide import Scores, decide, thresholds
-from curate.io.atomic import atomic_open, atomic_path, read_parquet, sha256_file
+from curate.io.atomic import atomic_open, atomic_path, sha256_file
 from curate.io.tars import SortedTarWriter, read_members
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
@@ -199,7 +199,3 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         for f in schema
     ]
     return pa.Table.from_arrays(columns, schema=schema)
-
-
-def load_manifest(release_dir: Path) -> pd.DataFrame:
-    return read_parquet(release_dir / "manifest.parquet")
