@@ -146,8 +146,10 @@ class DetectConfig:
     person_tiles: int = 1
     # Boxes at or above this score are kept in the manifest (scores below it only count in *_max).
     box_floor: float = 0.1
-    # fp16 on CUDA.
+    # fp16 on CUDA for the person detectors and CLIP (RetinaFace MobileNet-0.25 always runs in float32).
     half: bool = True
+    # On CUDA, decode JPEGs with nvJPEG on the GPU (batched); false = PIL in a CPU thread.
+    gpu_decode: bool = True
     # Torch CPU threads per worker (0 = torch's default).
     torch_threads: int = 0
 

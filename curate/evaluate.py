@@ -20,8 +20,9 @@ import pandas as pd
 
 from curate.config import ConfigError, CurateConfig
 from curate.detect.decide import Scores, decide, thresholds
+from curate.detect.decoding import decode
 from curate.run import load_config
-from curate.stages.detect import Scorer, decode
+from curate.stages.detect import Scorer
 
 
 def score_folder(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> pd.DataFrame:

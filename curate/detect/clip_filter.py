@@ -32,7 +32,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+
+from curate.detect.images import Image as ImageInput
+from curate.detect.images import is_tensor, to_chw, to_hwc_numpy
+
+# open_clip's OPENAI_DATASET_MEAN / _STD, the normalisation of models that do not state their own
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 HUMAN_CLASSES: tuple[str, ...] = (
     "a person",
@@ -268,6 +276,12 @@ class ClipHumanFilter:
                 tokenizer = open_clip.get_tokenizer(model)
 
         self.model = model_obj.to(self.device).eval()
+        visual = self.model.visual
+        size = visual.image_size
+        self.input_size = int(size if isinstance(size, int) else size[0])
+        self._pixel_mean = torch.tensor(getattr(visual, "image_mean", None) or OPENAI_MEAN, device=self.device)
+        self._pixel_std = torch.tensor(getattr(visual, "image_std", None) or OPENAI_STD, device=self.device)
+        self._pixel_mean, self._pixel_std = self._pixel_mean[:, None, None], self._pixel_std[:, None, None]
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         scale = getattr(self.model, "logit_scale", None)
@@ -302,17 +316,35 @@ class ClipHumanFilter:
 
     # -- image side -----------------------------------------------------------------------------------------
 
-    def _prepare(self, image: np.ndarray) -> torch.Tensor:
-        return self.preprocess(_as_rgb_pil(image))
+    def _prepare(self, image: ImageInput) -> torch.Tensor:
+        return self.preprocess(_as_rgb_pil(to_hwc_numpy(image)))
 
-    def _pixels(self, images: Sequence[np.ndarray], pool: ThreadPoolExecutor | None) -> torch.Tensor:
+    def _prepare_on_device(self, image: ImageInput) -> torch.Tensor:
+        """open_clip's val transform (short side to the input size, bicubic, centre crop, normalise) done with
+        torch on the device, for images already decoded there. It differs from the PIL path only by rounding."""
+        pixels = to_chw(image, self.device).float().div_(255.0)[None]
+        height, width = pixels.shape[-2:]
+        size = self.input_size
+        if height <= width:
+            new_h, new_w = size, max(size, int(size * width / height))
+        else:
+            new_h, new_w = max(size, int(size * height / width)), size
+        if (new_h, new_w) != (height, width):
+            pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
+        pixels = pixels[0, :, top : top + size, left : left + size].clamp_(0.0, 1.0)
+        return (pixels - self._pixel_mean) / self._pixel_std
+
+    def _pixels(self, images: Sequence[ImageInput], pool: ThreadPoolExecutor | None) -> torch.Tensor:
+        if all(is_tensor(image) for image in images):
+            return torch.stack([self._prepare_on_device(image) for image in images])
         tensors = list(pool.map(self._prepare, images)) if pool is not None else [self._prepare(i) for i in images]
         batch = torch.stack(tensors)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch
 
-    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
         """(N, D) float32 L2-normalised image embeddings."""
         if len(images) == 0:
             return np.zeros((0, self.text_embeddings()[0].shape[1]), np.float32)
@@ -331,7 +363,7 @@ class ClipHumanFilter:
                 pool.shutdown()
         return _l2_normalise(np.concatenate(out, axis=0)).astype(np.float32)
 
-    def score(self, images: Sequence[np.ndarray]) -> ClipScores:
+    def score(self, images: Sequence[ImageInput]) -> ClipScores:
         """Human probability, best human class and embedding for each RGB uint8 (H, W, 3) image of any size."""
         human_text, other_text = self.text_embeddings()
         embeddings = self.embed(images)

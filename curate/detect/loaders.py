@@ -79,10 +79,15 @@ def _build(name: str, weights: str, device: str, options: tuple[tuple[str, Any],
 
 def face_detectors(cfg: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
     half = cfg.half and device.startswith("cuda")
-    options: tuple[tuple[str, Any], ...] = (("batch_size", cfg.batch_size), ("half", half))
-    if cfg.face_max_side:
-        options += (("max_side", cfg.face_max_side),)
-    return [_build(name, str(resolve(name, models)), device, options) for name in cfg.face]
+    built = []
+    for name in cfg.face:
+        options: tuple[tuple[str, Any], ...] = (("batch_size", cfg.batch_size),)
+        if name != "retinaface_mnet025":  # always float32: see curate.detect.retinaface.full_float32
+            options += (("half", half),)
+        if cfg.face_max_side:
+            options += (("max_side", cfg.face_max_side),)
+        built.append(_build(name, str(resolve(name, models)), device, options))
+    return built
 
 
 def person_detectors(cfg: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:

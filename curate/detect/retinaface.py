@@ -23,7 +23,8 @@ col·stride < width). The result equals single-image inference up to floating-po
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.types import Detections
 
 MEAN_BGR = (104.0, 117.0, 123.0)
@@ -260,19 +262,6 @@ def decode(loc: torch.Tensor, landmarks: torch.Tensor, prior: torch.Tensor) -> t
 # --------------------------------------------------------------------------------------------------- detector
 
 
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8; also takes grey (H, W) / (H, W, 1) and RGBA (alpha dropped)."""
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    if image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
-    return image[:, :, :3]
-
-
 def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int, max_waste: float = 0.25) -> list[list[int]]:
     """Indices grouped into batches of similar sizes, so that padding to a batch's largest height and width
     wastes little: landscape and portrait apart, sorted by area, a batch closed when it is full or when padding
@@ -294,6 +283,28 @@ def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int, max_waste: f
     return batches
 
 
+def canvas_batches(sizes: Sequence[tuple[int, int]], batch_size: int, step: int) -> list[list[int]]:
+    """Indices grouped by the square canvas (long side rounded up to a multiple of ``step``) they fit, in chunks
+    of ``batch_size``."""
+    by_side: dict[int, list[int]] = {}
+    for index, (height, width) in enumerate(sizes):
+        by_side.setdefault(math.ceil(max(height, width) / step), []).append(index)
+    return [group[s : s + batch_size] for _, group in sorted(by_side.items()) for s in range(0, len(group), batch_size)]
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """No TF32 in cuDNN convolutions while inside. This checkpoint is fragile: rounding its inputs to TF32 (as
+    Ampere and Hopper GPUs do by default), float16 or bfloat16 moves face scores on real photos by up to 0.53
+    (measured on the CPU by emulating each rounding), so it always runs in full float32."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 def nms_plus_one(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> torch.Tensor:
     """``torchvision.ops.nms`` with the reference implementation's pixel convention: a box spans
     x2 - x1 + 1 pixels (so do intersections). Indices sorted by decreasing score."""
@@ -306,7 +317,7 @@ class RetinaFaceDetector:
     ``detect(images)``: RGB uint8 (H, W, 3) images of any sizes -> one ``Detections`` each, with boxes
     (x1, y1, x2, y2) and landmarks (5 × (x, y)) in the original image's pixels and face probabilities,
     sorted by decreasing score. ``max_side`` optionally shrinks images whose long side exceeds it first
-    (None = original size, as PASS). ``half`` runs the network in float16 on CUDA (ignored on the CPU).
+    (None = original size, as PASS). The network always runs in full float32 (see ``full_float32``).
     ``max_pad_waste``: a batch is cut short when padding its images to a common size would add more than this
     fraction of their pixels (``inf`` = plain chunks of ``batch_size`` in size order).
     """
@@ -323,14 +334,13 @@ class RetinaFaceDetector:
         keep: int = 750,
         batch_size: int = 16,
         max_side: int | None = None,
-        half: bool = False,
         max_pad_waste: float = 0.25,
+        canvas_step: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.device = torch.device(device)
-        self.half = bool(half) and self.device.type == "cuda"
-        self.dtype = torch.float16 if self.half else torch.float32
+        self.dtype = torch.float32
         # channels-last is the faster layout for these small convolutions on CPU (oneDNN) and on CUDA alike
         self.net = load_network(weights).to(self.device, self.dtype).to(memory_format=torch.channels_last)
         self.score_floor = score_floor
@@ -340,13 +350,16 @@ class RetinaFaceDetector:
         self.batch_size = batch_size
         self.max_side = max_side
         self.max_pad_waste = max_pad_waste
+        # On CUDA every new input shape costs cuDNN a plan search (about a second for this network), and PASS
+        # images come in many sizes: batches go onto square canvases whose side is a multiple of canvas_step,
+        # with the batch count rounded up to a power of two, so a few shapes recur. The padding masks keep the
+        # results those of each image alone. On the CPU the tight padding of size_batches costs less.
+        self.canvas_step = canvas_step if canvas_step is not None else (128 if self.device.type == "cuda" else 0)
         self._mean = torch.tensor(MEAN_BGR, device=self.device, dtype=torch.float32)[:, None, None]
 
-    def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[float, float]]:
+    def _prepare(self, image: Image) -> tuple[torch.Tensor, tuple[float, float]]:
         """(3, h, w) BGR minus mean on the device, and the (x, y) factors back to original pixels."""
-        array = np.ascontiguousarray(as_rgb_uint8(image))
-        rgb = torch.from_numpy(array if array.flags.writeable else array.copy()).to(self.device)
-        tensor = rgb.permute(2, 0, 1).flip(0).float() - self._mean
+        tensor = to_chw(image, self.device).flip(0).float() - self._mean
         height, width = tensor.shape[1:]
         if self.max_side is not None and max(height, width) > self.max_side:
             scale = self.max_side / max(height, width)
@@ -367,17 +380,22 @@ class RetinaFaceDetector:
         kept = nms_plus_one(boxes, scores, self.nms_iou)[: self.keep]
         return boxes[kept], scores[kept], points[kept]
 
-    def _run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def _run_batch(self, images: Sequence[Image]) -> list[Detections]:
         tensors, factors = zip(*(self._prepare(image) for image in images), strict=True)
         sizes = [tuple(t.shape[1:]) for t in tensors]
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        batch = torch.zeros((len(tensors), 3, height, width), device=self.device, dtype=self.dtype)
+        count = len(tensors)
+        if self.canvas_step:
+            height = width = math.ceil(max(height, width) / self.canvas_step) * self.canvas_step
+            count = max(count, min(self.batch_size, 1 << (count - 1).bit_length()))
+        batch = torch.zeros((count, 3, height, width), device=self.device, dtype=self.dtype)
         batch = batch.contiguous(memory_format=torch.channels_last)
         for i, tensor in enumerate(tensors):
             batch[i, :, : tensor.shape[1], : tensor.shape[2]] = tensor
         padded = any(s != (height, width) for s in sizes)
-        valid = torch.tensor(sizes, device=self.device) if padded else None
-        loc, conf, landmarks = self.net(batch, valid)
+        valid = torch.tensor(sizes + [(height, width)] * (count - len(sizes)), device=self.device) if padded else None
+        with full_float32():
+            loc, conf, landmarks = self.net(batch, valid)
         prior, strides = _prior_grid(height, width, self.device)
         # the cell of a prior starts at (cx, cy) - stride / 2; it exists for the lone image iff it starts inside
         cell_x, cell_y = prior[:, 0] - strides / 2, prior[:, 1] - strides / 2
@@ -397,11 +415,15 @@ class RetinaFaceDetector:
             )
         return results
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(self, images: Sequence[Image]) -> list[Detections]:
         results: list[Detections | None] = [None] * len(images)
-        sizes = [(int(image.shape[0]), int(image.shape[1])) for image in images]
+        sizes = [image_hw(image) for image in images]
+        if self.canvas_step:
+            groups = canvas_batches(sizes, self.batch_size, self.canvas_step)
+        else:
+            groups = size_batches(sizes, self.batch_size, self.max_pad_waste)
         with torch.inference_mode():
-            for group in size_batches(sizes, self.batch_size, self.max_pad_waste):
+            for group in groups:
                 for index, detections in zip(group, self._run_batch([images[i] for i in group]), strict=True):
                     results[index] = detections
         return [r if r is not None else Detections() for r in results]

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curate.detect.retinaface import PaddingMasks, as_rgb_uint8, nms_plus_one, size_batches
+from curate.detect.images import Image, image_hw, to_hwc_numpy
+from curate.detect.retinaface import PaddingMasks, nms_plus_one, size_batches
 from curate.detect.types import Detections
 
 PACKAGE_VERSION = "0.0.19"
@@ -221,18 +222,18 @@ class RetinaFaceR50Detector:
         self.allow_upscaling = allow_upscaling
         self.max_pad_waste = max_pad_waste
 
-    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+    def _prepare(self, image: Image) -> tuple[np.ndarray, float]:
         """The (possibly resized) RGB uint8 image and its scale factor."""
         import cv2
 
-        rgb = as_rgb_uint8(image)
+        rgb = to_hwc_numpy(image)
         scale = package_scale(rgb.shape[0], rgb.shape[1], self.target_short_side, self.max_side, self.allow_upscaling)
         if scale != 1.0:
             rgb = cv2.resize(np.ascontiguousarray(rgb), None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
         rgb = np.ascontiguousarray(rgb)
         return (rgb if rgb.flags.writeable else rgb.copy()), scale
 
-    def _run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def _run_batch(self, images: Sequence[Image]) -> list[Detections]:
         prepared = [self._prepare(image) for image in images]
         sizes = [(int(rgb.shape[0]), int(rgb.shape[1])) for rgb, _ in prepared]
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
@@ -268,15 +269,14 @@ class RetinaFaceR50Detector:
             )
         return results
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(self, images: Sequence[Image]) -> list[Detections]:
         results: list[Detections | None] = [None] * len(images)
         with torch.inference_mode():
             scaled = []
             for image in images:
-                scale = package_scale(
-                    image.shape[0], image.shape[1], self.target_short_side, self.max_side, self.allow_upscaling
-                )
-                scaled.append((round(image.shape[0] * scale), round(image.shape[1] * scale)))
+                height, width = image_hw(image)
+                scale = package_scale(height, width, self.target_short_side, self.max_side, self.allow_upscaling)
+                scaled.append((round(height * scale), round(width * scale)))
             for group in size_batches(scaled, self.batch_size, self.max_pad_waste):
                 for index, detections in zip(group, self._run_batch([images[i] for i in group]), strict=True):
                     results[index] = detections

@@ -25,6 +25,7 @@ import torchvision
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.types import Detections
 
 PERSON_LABEL = 1  # torchvision's 91-index COCO scheme (0 = background)
@@ -151,25 +152,21 @@ class TorchvisionPersonDetector:
         scale = min(t.min_size[-1] / min(h, w), t.max_size / max(h, w))
         return math.floor(h * scale), math.floor(w * scale)
 
-    def _bucket(self, image: np.ndarray) -> tuple[int, int]:
-        h, w = self.model_input_size(*image.shape[:2])
+    def _bucket(self, image: Image) -> tuple[int, int]:
+        h, w = self.model_input_size(*image_hw(image))
         d = self.model.transform.size_divisible
         return math.ceil(h / d) * d, math.ceil(w / d) * d
 
-    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
-        if image.ndim == 2:
-            image = np.stack([image] * 3, axis=-1)
-        image = np.ascontiguousarray(image[..., :3])
-        t = torch.from_numpy(image if image.flags.writeable else image.copy()).to(self.device)
-        return t.permute(2, 0, 1).float().div_(255.0)
+    def _to_tensor(self, image: Image) -> torch.Tensor:
+        return to_chw(image, self.device).float().div_(255.0)
 
     @torch.inference_mode()
-    def _forward(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def _forward(self, images: Sequence[Image]) -> list[Detections]:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
             outputs = self.model([self._to_tensor(im) for im in images])
         return [person_only(o, self.score_floor) for o in outputs]
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(self, images: Sequence[Image]) -> list[Detections]:
         if self.bucket_by_size:
             groups: dict[tuple[int, int], list[int]] = {}
             for i, image in enumerate(images):

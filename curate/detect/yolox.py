@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
+from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.types import Detections
 
 # variant -> (depth multiplier, width multiplier, depthwise convs, default input size)
@@ -405,16 +406,6 @@ def load_yolox(weights: Path, variant: str = "nano") -> YOLOX:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    elif image.shape[2] == 4:
-        image = image[..., :3]
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    return image
-
-
 def letterbox_bgr(image_chw_bgr: torch.Tensor, size: int, out: torch.Tensor) -> float:
     """Resize a (3, H, W) float BGR image (0..255) by r = min(size/H, size/W) with bilinear interpolation,
     rounded to whole pixel values as a uint8 resize would, into the top-left corner of ``out`` (3, size, size),
@@ -555,7 +546,7 @@ class YoloxDetector:
         return self.model(batch.to(self.device, dtype).contiguous(memory_format=torch.channels_last)).float()
 
     def preprocess(
-        self, images: Sequence[np.ndarray]
+        self, images: Sequence[Image]
     ) -> tuple[torch.Tensor, list[tuple[int, float, tuple[int, int, int, int] | None]]]:
         """All letterboxed inputs (each image, then its tiles) of ``images`` and, per input, (image index,
         ratio r, crop window (x0, y0, x1, y1) in the image, or None for the full image)."""
@@ -563,10 +554,8 @@ class YoloxDetector:
         inputs: list[torch.Tensor] = []
         meta: list[tuple[int, float, tuple[int, int, int, int] | None]] = []
         for i, image in enumerate(images):
-            arr = np.ascontiguousarray(_as_rgb(image))
-            rgb = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(self.device)
-            bgr = rgb.permute(2, 0, 1).flip(0).float()
-            h, w = arr.shape[:2]
+            bgr = to_chw(image, self.device).flip(0).float()
+            h, w = image_hw(image)
             windows: list[tuple[int, int, int, int] | None] = [None]
             if max(h, w) > self.tile_min_side:
                 windows += tile_windows(h, w, self.tiles, self.tile_overlap)
@@ -577,9 +566,15 @@ class YoloxDetector:
                 inputs.append(canvas)
         return torch.stack(inputs), meta
 
-    def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def _detect_batch(self, images: Sequence[Image]) -> list[Detections]:
         batch, meta = self.preprocess(images)
-        raw = self.raw_outputs(batch)
+        count = len(batch)
+        if self.device.type == "cuda" and count & (count - 1):
+            # a new batch count costs cuDNN a plan search on CUDA: pad to a power of two so that few counts recur
+            filler = batch.new_full((1 << count.bit_length(), *batch.shape[1:]), PAD_VALUE)
+            filler[:count] = batch
+            batch = filler
+        raw = self.raw_outputs(batch)[:count]
         boxes = decode_boxes(raw, self.input_size)
         scores = raw[..., 4] * raw[..., 5 + PERSON]
         per_image_boxes: list[list[torch.Tensor]] = [[] for _ in images]
@@ -591,13 +586,13 @@ class YoloxDetector:
                 b[:, 0::2] += window[0]
                 b[:, 1::2] += window[1]
                 if self.tile_drop_cut:
-                    whole = ~cut_by_window(b, window, images[i].shape[:2], margin=2.0 / r)
+                    whole = ~cut_by_window(b, window, image_hw(images[i]), margin=2.0 / r)
                     b, sc = b[whole], sc[whole]
             per_image_boxes[i].append(b)
             per_image_scores[i].append(sc)
         results = []
         for i, image in enumerate(images):
-            h, w = image.shape[:2]
+            h, w = image_hw(image)
             b = torch.cat(per_image_boxes[i])
             sc = torch.cat(per_image_scores[i])
             b[:, 0::2] = b[:, 0::2].clamp(0, w)
@@ -611,7 +606,7 @@ class YoloxDetector:
             )
         return results
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(self, images: Sequence[Image]) -> list[Detections]:
         out: list[Detections] = []
         for start in range(0, len(images), self.batch_size):
             out.extend(self._detect_batch(images[start : start + self.batch_size]))

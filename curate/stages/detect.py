@@ -1,21 +1,22 @@
 """detect: run the face, person and CLIP detectors on every fetched image and store raw scores and boxes.
 
 No decision is taken here (see `curate.detect.decide`, applied at release), so re-tuning a threshold never
-re-runs a model. Images are decoded in CPU threads one batch ahead of inference.
+re-runs a model. Images are decoded one batch ahead of inference: by PIL in a CPU thread, or on a GPU by nvJPEG
+(`curate.detect.decoding`), whose pixels then stay on the GPU.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
 
 from curate.config import CurateConfig
+from curate.detect.decoding import DECODE_ERRORS, decode, decode_batch
+from curate.detect.images import Image
 from curate.detect.types import Detections
 from curate.io.tars import read_members
 from curate.models.registry import REGISTRY
@@ -23,12 +24,6 @@ from curate.rundir import RunDir
 from curate.stages.base import ShardStage
 
 MAX_BOXES = 100
-
-
-def decode(data: bytes) -> np.ndarray:
-    """RGB uint8, upright (detectors must see what a viewer sees: the EXIF orientation is applied)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
 class Scorer:
@@ -41,7 +36,7 @@ class Scorer:
         from curate.detect.loaders import clip_filter, face_detectors, person_detectors, pick_device
 
         self.cfg = cfg.detect
-        device = pick_device(self.cfg.device)
+        self.device = device = pick_device(self.cfg.device)
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)
         elif device == "cpu" and not cfg.dask.address and cfg.dask.n_workers != 1:
@@ -53,7 +48,7 @@ class Scorer:
         ]
         self.clip = clip_filter(cfg, device)
 
-    def score(self, images: Sequence[np.ndarray | None]) -> dict[str, list[Any]]:
+    def score(self, images: Sequence[Image | None]) -> dict[str, list[Any]]:
         ok = [i for i, image in enumerate(images) if image is not None]
         batch = [image for image in images if image is not None]
         n = len(images)
@@ -95,7 +90,7 @@ class DetectStage(ShardStage):
     version = "1"
     uses_gpu = True
     # Batching is tested to give the same results as one image at a time; the device only moves the work.
-    runtime_keys = frozenset({"batch_size", "device", "torch_threads"})
+    runtime_keys = frozenset({"batch_size", "device", "torch_threads", "gpu_decode"})
 
     def fingerprint_config(self) -> dict[str, Any]:
         config = super().fingerprint_config()
@@ -107,7 +102,9 @@ class DetectStage(ShardStage):
         scorer = Scorer(self.cfg)
         blobs = read_members(run.images(shard), set(rows["tar_member"].dropna()))
         columns: dict[str, list[Any]] = {}
-        for images, errors in self._decoded_batches(rows["tar_member"].tolist(), blobs):
+        gpu = scorer.device if scorer.device.startswith("cuda") and self.cfg.detect.gpu_decode else None
+        in_order = [blobs.get(member) for member in rows["tar_member"]]
+        for images, errors in decoded_batches(in_order, self.cfg.detect.batch_size, gpu):
             results = scorer.score(images)
             results["detect_reason"] = ["decode_error" if e else "ok" for e in errors]
             results["detect_error"] = list(errors)
@@ -119,30 +116,39 @@ class DetectStage(ShardStage):
         frame["detect_status"] = np.where(frame["detect_reason"] == "ok", "ok", "failed")
         return frame
 
-    def _decoded_batches(
-        self, members: list[str], blobs: dict[str, bytes]
-    ) -> Iterator[tuple[list[np.ndarray | None], list[str | None]]]:
-        """(images, errors) per batch, in row order; the next batch decodes while this one is inferred."""
-        size = self.cfg.detect.batch_size
 
-        def load(chunk: list[str]) -> tuple[list[np.ndarray | None], list[str | None]]:
-            images: list[np.ndarray | None] = []
-            errors: list[str | None] = []
-            for member in chunk:
+def decoded_batches(
+    blobs: list[bytes | None], size: int, gpu: str | None
+) -> Iterator[tuple[list[Image | None], list[str | None]]]:
+    """(images, errors) per batch of `size`, in order; the next batch decodes in a thread while the caller infers
+    on this one. `gpu`: the CUDA device whose nvJPEG decodes JPEGs, or None for PIL on the CPU. A None blob (a
+    member missing from the shard's tar) becomes an error, never a silent gap."""
+
+    def load(chunk: list[bytes | None]) -> tuple[list[Image | None], list[str | None]]:
+        present = [i for i, data in enumerate(chunk) if data is not None]
+        images: list[Image | None] = [None] * len(chunk)
+        errors: list[str | None] = ["KeyError: image missing from the shard's tar"] * len(chunk)
+        if gpu is not None:
+            decoded, failed = decode_batch([chunk[i] or b"" for i in present], gpu)
+        else:
+            decoded, failed = [], []
+            for i in present:
                 try:
-                    images.append(decode(blobs[member]))
-                    errors.append(None)
-                except (OSError, ValueError, KeyError) as err:
-                    images.append(None)
-                    errors.append(f"{type(err).__name__}: {str(err)[:200]}")
-            return images, errors
+                    decoded.append(decode(chunk[i] or b""))
+                    failed.append(None)
+                except DECODE_ERRORS as err:
+                    decoded.append(None)
+                    failed.append(f"{type(err).__name__}: {str(err)[:200]}")
+        for i, image, error in zip(present, decoded, failed, strict=True):
+            images[i], errors[i] = image, error
+        return images, errors
 
-        chunks = [members[i : i + size] for i in range(0, len(members), size)]
-        with ThreadPoolExecutor(max_workers=1) as decoder:
-            upcoming = decoder.submit(load, chunks[0]) if chunks else None
-            for index in range(len(chunks)):
-                assert upcoming is not None
-                images, errors = upcoming.result()
-                if index + 1 < len(chunks):
-                    upcoming = decoder.submit(load, chunks[index + 1])
-                yield images, errors
+    chunks = [blobs[i : i + size] for i in range(0, len(blobs), size)]
+    with ThreadPoolExecutor(max_workers=1) as decoder:
+        upcoming = decoder.submit(load, chunks[0]) if chunks else None
+        for index in range(len(chunks)):
+            assert upcoming is not None
+            images, errors = upcoming.result()
+            if index + 1 < len(chunks):
+                upcoming = decoder.submit(load, chunks[index + 1])
+            yield images, errors
