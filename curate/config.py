@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 
@@ -171,11 +172,50 @@ class DecideConfig:
 
 
 @dataclass
+class ReferenceSet:
+    """An evaluation set no training image may duplicate (ImageNet val, Places205 val, ...)."""
+
+    name: str = ""
+    # Exactly one of: a folder of images; a file of hashes (CSV/Parquet with a sha256 and/or a phash column,
+    # phash as 16 hex digits); a .npy (N, D) of L2-normalised CLIP embeddings of the same model as detect's.
+    folder: str = ""
+    hashes: str = ""
+    embeddings: str = ""
+
+
+@dataclass
+class DedupConfig:
+    # Exact duplicates: same sha256 of the bytes.
+    exact: bool = True
+    # Near duplicates: 64-bit DCT pHash within this Hamming distance (-1 = off). Re-encoding and halving the
+    # size move it by 0-4; crops of a few percent by 4-20 (CLIP embeddings catch those better).
+    phash_distance: int = 5
+    # Also match left-right mirror images.
+    flip: bool = False
+    # Semantic duplicates: cosine of detect's CLIP embeddings at or above this (0 = off; needs detect.clip_model).
+    embedding_cosine: float = 0.95
+    # faiss: exact flat search up to this many images, an IVF index beyond it.
+    flat_max: int = 200_000
+    ivf_nprobe: int = 16
+    references: list[ReferenceSet] = field(default_factory=list)
+
+
+@dataclass
 class ReleaseConfig:
     version: str = "v1"
     name: str = "PASS-rebuild"
     # Where the generated data card is also written (besides the release folder); empty = run.dir/data_cards.
     data_card_dir: str = ""
+    # At most this many released images per Flickr owner (PASS: 80; 0 = no cap).
+    owner_cap: int = 0
+    # Then a seeded sample down to this many released images (PASS: 1,280,000; 0 = keep all).
+    target_size: int = 0
+    seed: int = 0
+    # A previous release folder (with its manifest.parquet): diff.parquet lists what was added, removed, kept.
+    previous: str = ""
+    # CSV files of image_id,reason,date: those images are removed from this release and recorded. A previous
+    # release's takedowns carry over.
+    takedowns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -190,6 +230,7 @@ class CurateConfig:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
 
@@ -244,6 +285,25 @@ def validate(cfg: CurateConfig) -> None:
     need(cfg.detect.person_tiles >= 1, "detect.person_tiles must be >= 1 (1 = no tiles)")
     for key in ("face", "person", "clip", "face_review", "person_review", "clip_review"):
         need(0.0 <= getattr(cfg.decide, key) <= 1.0, f"decide.{key} must be within 0..1")
+    d = cfg.dedup
+    need(-1 <= d.phash_distance <= 16, "dedup.phash_distance must be within -1..16 (-1 = off)")
+    need(0.0 <= d.embedding_cosine <= 1.0, "dedup.embedding_cosine must be within 0..1 (0 = off)")
+    for ref in d.references:
+        given = [k for k in ("folder", "hashes", "embeddings") if getattr(ref, k)]
+        need(bool(ref.name), "each dedup.references entry needs a name")
+        need(len(given) == 1, f"dedup.references {ref.name!r}: give exactly one of folder, hashes, embeddings")
+        for key in given:
+            need(
+                Path(getattr(ref, key)).exists(), f"dedup.references {ref.name!r}: {key}={getattr(ref, key)} not found"
+            )
+    r = cfg.release
+    need(r.owner_cap >= 0 and r.target_size >= 0, "release.owner_cap and release.target_size must be >= 0")
+    need(
+        not r.previous or (Path(r.previous) / "manifest.parquet").exists(),
+        f"release.previous={r.previous!r} must be a release folder holding manifest.parquet",
+    )
+    for path in r.takedowns:
+        need(Path(path).is_file(), f"release.takedowns: {path} not found")
     need(cfg.dask.gpus >= 0, "dask.gpus must be >= 0")
     need(cfg.dask.n_workers >= 0, "dask.n_workers must be >= 0 (0 = one per core)")
     need(

@@ -10,6 +10,7 @@ import platform
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -23,8 +24,10 @@ FUNNEL = [
     ("license", "licence allowed"),
     ("fetch", "downloaded and valid"),
     ("detect", "scored by the human filter"),
+    ("dedup", "not a duplicate"),
+    ("select", "within the owner cap and the sample, not taken down"),
 ]
-NOT_YET = ["dedup", "review (flagged images go unreleased until it exists)"]
+NOT_YET = ["review (flagged images go unreleased until it exists)"]
 SOFTWARE = ["dask", "distributed", "pandas", "pyarrow", "pillow", "requests", "flickrapi", "hydra-core"]
 
 
@@ -81,7 +84,15 @@ def card_config(cfg: CurateConfig) -> dict[str, object]:
         "fetch": fetch,
         "detect": {k: v for k, v in asdict(cfg.detect).items() if k not in ("device", "batch_size", "torch_threads")},
         "decide": asdict(thresholds(cfg.decide)),
-        "release": {"version": cfg.release.version, "name": cfg.release.name},
+        "dedup": {**asdict(cfg.dedup), "references": [r.name for r in cfg.dedup.references]},
+        "release": {
+            "version": cfg.release.version,
+            "name": cfg.release.name,
+            "owner_cap": cfg.release.owner_cap,
+            "target_size": cfg.release.target_size,
+            "seed": cfg.release.seed,
+            "previous": Path(cfg.release.previous).name if cfg.release.previous else "",
+        },
     }
 
 
@@ -97,6 +108,7 @@ class Tally:
     licences: Counter[str] = field(default_factory=Counter)
     formats: Counter[str] = field(default_factory=Counter)
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    dedup_groups: int = 0
 
     def add(self, frame: pd.DataFrame) -> None:
         kept = frame[frame["status"] == "kept"]
@@ -111,6 +123,8 @@ class Tally:
             for pair, n in pairs.value_counts().items():
                 code, why = str(pair).split("/", 1)
                 self.outcomes[(stage, code, why)] += int(n)
+        # a group lives in one shard's rows or across several; its representative's id names it, so count those
+        self.dedup_groups += int((frame["dedup_group"] == frame["image_id"]).sum())
         self.licences.update(kept["license_code"].dropna().astype(str))
         self.formats.update(kept["format"].dropna().astype(str))
         decided = frame["decision"].notna()
@@ -118,7 +132,7 @@ class Tally:
                                   frame.loc[decided, "decision_reason"].astype(str), strict=True))  # fmt: skip
 
 
-def render_data_card(cfg: CurateConfig, tally: Tally, num_shards: int) -> str:
+def render_data_card(cfg: CurateConfig, tally: Tally, num_shards: int, extra: list[str] | None = None) -> str:
     funnel_rows: list[tuple[object, ...]] = [("candidates", tally.candidates)]
     funnel_rows += [(f"{stage}: {label}", tally.stage_ok[stage]) for stage, label in FUNNEL]
     funnel_rows.append(("human filter: kept", sum(n for (d, _), n in tally.decisions.items() if d == "keep")))
@@ -173,6 +187,17 @@ def render_data_card(cfg: CurateConfig, tally: Tally, num_shards: int) -> str:
         "",
         "## Models",
         _table(("family", "model", "weights sha256", "licence"), _models(cfg)),
+        "",
+        "## Duplicates",
+        f"{tally.dedup_groups} duplicate group(s); each keeps one representative (highest resolution, then "
+        "earliest date, then smallest image_id); the others are `dedup_status=rejected` with their "
+        "`dedup_group` and `dedup_of`. Settings: "
+        + ", ".join(f"{k}={v}" for k, v in asdict(cfg.dedup).items() if k != "references")
+        + "; reference sets: "
+        + (", ".join(r.name for r in cfg.dedup.references) or "none")
+        + ".",
+        "",
+        *(extra or []),
         "",
     ]
     return "\n".join(parts)

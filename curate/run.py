@@ -28,7 +28,7 @@ log = logging.getLogger("curate")
 PIPELINES_ENV = "CURATE_PIPELINES_DIR"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 IMPLEMENTED = ["ingest", "license", "fetch", "detect", "release"]
-PLANNED = {"dedup": "issue #4", "review": "issue #5"}
+PLANNED = {"review": "issue #5"}
 ORDER = ["ingest", "license", "fetch", "detect", "dedup", "review", "release"]
 
 
@@ -161,6 +161,8 @@ def stages_for(stage: Stage) -> list[str]:
 
 
 def run(cfg: CurateConfig) -> list[StageReport]:
+    from curate.stages.dedup import UPSTREAM as DEDUP_INPUTS
+    from curate.stages.dedup import DedupStage
     from curate.stages.detect import DetectStage
     from curate.stages.fetch import FetchStage
     from curate.stages.ingest import run_ingest
@@ -171,6 +173,7 @@ def run(cfg: CurateConfig) -> list[StageReport]:
         "license": (LicenseStage, ["ingest"]),
         "fetch": (FetchStage, ["ingest", "license"]),
         "detect": (DetectStage, ["ingest", "license", "fetch"]),
+        "dedup": (DedupStage, DEDUP_INPUTS),
         "release": (ReleaseStage, RELEASE_INPUTS),
     }
     reports: list[StageReport] = []

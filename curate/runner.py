@@ -178,6 +178,11 @@ class Runner:
         started = time.perf_counter()
         num_shards = self.run.num_shards()
         report = StageReport(stage.name, num_shards)
+        stage.prepare(self, report)  # a run-wide step (dedup's grouping, release's selection) before the shards
+        if report.failures:
+            report.wall_s = time.perf_counter() - started
+            self.record(report)
+            return report
         todo: dict[int, str] = {}
         for shard in range(num_shards):
             fp = shard_fingerprint(stage, self.run, upstream, shard)

@@ -52,8 +52,11 @@ REASONS: dict[str, frozenset[str]] = {
         }
     ),
     "detect": frozenset({"ok", "decode_error"}),
+    "dedup": frozenset({"ok", "exact_duplicate", "near_duplicate", "semantic_duplicate", "reference_duplicate"}),
     # Applied at release from the stored scores (curate.detect.decide).
     "decision": frozenset({"ok", "face", "person", "clip_human", "uncertain"}),
+    # Applied at release over every shard, after the decision: cap per owner, seeded sample, takedowns.
+    "select": frozenset({"ok", "owner_cap", "sampled_out", "takedown"}),
 }
 # release repeats, per row, the first reason that stopped it as "<stage>:<reason>" (or "ok").
 REASONS["release"] = frozenset(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
 from curate.config import CurateConfig
 from curate.rundir import RunDir
+
+if TYPE_CHECKING:
+    from curate.runner import Runner, StageReport
 
 
 class ShardStage(ABC):
@@ -42,6 +45,11 @@ class ShardStage(ABC):
 
     @abstractmethod
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame: ...
+
+    def prepare(self, runner: Runner, report: StageReport) -> None:
+        """Runs once in the client before the shards: a step that needs every shard (global grouping). Whatever it
+        produces must enter `fingerprint_config`, so that shards are redone when it changes."""
+        return None
 
     def wants_rerun(self, run: RunDir, shard: int) -> bool:
         """Whether a finished shard must run again although its fingerprint matches (e.g. retries)."""

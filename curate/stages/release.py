@@ -5,6 +5,8 @@ release/<version>/webdataset/NNNNN.tar    <image_id>.jpg + <image_id>.json
 release/<version>/pass_metadata.csv       hash, unickname, latitude, longitude, datetaken, licence + URLs
 release/<version>/pass_urls.txt
 release/<version>/manifest.parquet        every candidate, kept or not, with each stage's status/reason
+release/<version>/diff.parquet            with release.previous: image_id, change (added|removed|kept), reason
+release/<version>/takedowns_unmatched.csv takedown ids this run does not hold (reported, never ignored)
 release/<version>/DATA_CARD.md            also copied to <release.data_card_dir>/<version>.md
 release/<version>/SHA256SUMS              written last: the release is complete when it exists
 """
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -22,13 +25,19 @@ import pyarrow.parquet as pq
 
 from curate.datacard import Tally, render_data_card
 from curate.detect.decide import Scores, decide, thresholds
-from curate.io.atomic import atomic_open, atomic_path, sha256_file
+from curate.io.atomic import atomic_open, atomic_path, read_parquet, sha256_file, write_json, write_parquet
 from curate.io.tars import SortedTarWriter, read_members
 from curate.rundir import RunDir
+from curate.selection import diff, previous_takedowns, read_takedowns, select
 from curate.stages.base import ShardStage
 
-# Stages whose columns the release reads, in pipeline order (detect/dedup/review join here once they exist).
-RELEASE_INPUTS = ["ingest", "license", "fetch", "detect"]
+if TYPE_CHECKING:
+    from curate.runner import Runner, StageReport
+
+log = logging.getLogger("curate")
+
+# Stages whose columns the release reads, in pipeline order (review joins here once it exists).
+RELEASE_INPUTS = ["ingest", "license", "fetch", "detect", "dedup"]
 PASS_SUFFIX = {"jpeg": "jpeg", "png": "png", "webp": "webp"}
 PASS_COLUMNS = {
     "hash": "hash",
@@ -88,27 +97,112 @@ def sample_json(row: dict[Any, Any]) -> bytes:
     return json.dumps(clean, sort_keys=True, default=str).encode("utf-8")
 
 
+def with_decision(rows: pd.DataFrame, cfg: Any) -> pd.DataFrame:
+    """The rows with the human filter's decision applied to their stored scores."""
+    verdict, why = decide(Scores.from_manifest(rows), cfg.decide)
+    reached = (rows["detect_status"] == "ok").to_numpy()
+    return rows.assign(
+        decision=pd.Series(verdict, index=rows.index, dtype="string").where(reached),
+        decision_reason=pd.Series(why, index=rows.index, dtype="string").where(reached),
+    )
+
+
+def status_columns(run: RunDir, shard: int) -> pd.DataFrame:
+    """Just the columns that decide a row's status (the selection reads every shard: no images, no embeddings)."""
+    frames = []
+    for stage in RELEASE_INPUTS:
+        path = run.part(stage, shard)
+        names = pq.read_schema(path).names
+        wanted = [
+            n
+            for n in names
+            if n in ("image_id", "owner_nsid", "clip_human_prob") or n.endswith(("_status", "_reason", "_max"))
+        ]
+        frames.append(read_parquet_columns(path, wanted))
+    return pd.concat(frames, axis=1)
+
+
+def read_parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame:
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
 class ReleaseStage(ShardStage):
     name = "release"
-    version = "1"
+    version = "2"
     sees_all_rows = True
     runtime_keys = frozenset({"data_card_dir"})
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self._selection_sha: str | None = None
 
     def out_dir(self, run: RunDir) -> Path:
         return run.release_dir(self.cfg.release.version)
 
+    def work(self, run: RunDir) -> Path:
+        return run.root / "work" / "release" / self.cfg.release.version
+
     def fingerprint_config(self) -> dict[str, Any]:
-        # The decision thresholds are applied here, so a changed threshold re-releases without re-detecting.
-        return {**super().fingerprint_config(), "decide": dataclasses.asdict(thresholds(self.cfg.decide))}
+        # The decision thresholds are applied here, so a changed threshold re-releases without re-detecting;
+        # the selection depends on every shard, so its digest joins every shard's fingerprint.
+        return {
+            **super().fingerprint_config(),
+            "decide": dataclasses.asdict(thresholds(self.cfg.decide)),
+            "selection": self._selection_sha,
+        }
+
+    def prepare(self, runner: Runner, report: StageReport) -> None:
+        """Cap per owner, seeded sample and takedowns over every shard's releasable rows."""
+        run, r = runner.run, self.cfg.release
+        num_shards = run.num_shards()
+        takedowns = read_takedowns(list(r.takedowns))
+        if r.previous:  # earlier takedowns stay in force; a new entry for the same id wins
+            carried = previous_takedowns(r.previous)
+            takedowns = pd.concat([carried, takedowns]).drop_duplicates("image_id", keep="last")
+        takedowns = takedowns.sort_values("image_id").reset_index(drop=True)
+        stamp = {
+            "inputs": [
+                [(run.read_marker(s, n) or {}).get("output_sha256") for s in RELEASE_INPUTS] for n in range(num_shards)
+            ],
+            "decide": dataclasses.asdict(thresholds(self.cfg.decide)),
+            "select": [r.owner_cap, r.target_size, r.seed],
+            "takedowns": takedowns.astype(object).where(takedowns.notna(), None).to_dict("records"),
+        }
+        out = self.work(run) / "selection.parquet"
+        marker = out.with_suffix(".json")
+        previous_stamp = json.loads(marker.read_text()) if marker.exists() else None
+        if not out.exists() or previous_stamp != json.loads(json.dumps(stamp)):
+            candidates, known = [], []
+            for shard in range(num_shards):
+                rows = with_decision(status_columns(run, shard), self.cfg)
+                status, _ = overall_status(rows, RELEASE_INPUTS)
+                known.append(rows["image_id"])
+                candidates.append(rows.loc[status == "kept", ["image_id", "owner_nsid"]].assign(shard=shard))
+            chosen = pd.concat(candidates, ignore_index=True)
+            chosen["select_reason"] = select(chosen, r.owner_cap, r.target_size, r.seed)
+            taken = chosen["image_id"].isin(takedowns["image_id"]) & (chosen["select_reason"] == "ok")
+            chosen.loc[taken, "select_reason"] = "takedown"
+            write_parquet(self.work(run) / "takedowns.parquet", takedowns)
+            every_id = pd.concat(known, ignore_index=True)
+            write_parquet(self.work(run) / "takedowns_unmatched.parquet",
+                          takedowns[~takedowns["image_id"].isin(every_id)].reset_index(drop=True))  # fmt: skip
+            write_parquet(out, chosen[["image_id", "shard", "select_reason"]].astype({"select_reason": "string"}))
+            write_json(marker, stamp)
+        self._selection_sha = sha256_file(out) + sha256_file(self.work(run) / "takedowns.parquet")
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
-        verdict, why = decide(Scores.from_manifest(rows), self.cfg.decide)
-        reached = (rows["detect_status"] == "ok").to_numpy()
-        rows = rows.assign(
-            decision=pd.Series(verdict, index=rows.index, dtype="string").where(reached),
-            decision_reason=pd.Series(why, index=rows.index, dtype="string").where(reached),
-        )
+        rows = with_decision(rows, self.cfg)
         status, reason = overall_status(rows, RELEASE_INPUTS)
+        selection = read_parquet(self.work(run) / "selection.parquet")
+        by_id = selection[selection["shard"] == shard].set_index("image_id")["select_reason"]
+        select_reason = pd.Series(by_id.reindex(rows["image_id"]).to_numpy(), index=rows.index, dtype="string")
+        select_reason = select_reason.where(status == "kept")
+        dropped = select_reason.notna() & (select_reason != "ok")
+        status[dropped] = "rejected"
+        reason[dropped] = "select:" + select_reason[dropped]
+        takedowns = read_parquet(self.work(run) / "takedowns.parquet").set_index("image_id")
+        noted = takedowns.reindex(rows["image_id"]).reset_index(drop=True)
+        noted.index = rows.index
         kept = rows[status == "kept"]
         members = read_members(run.images(shard), set(kept["tar_member"]))
         out = self.out_dir(run)
@@ -126,6 +220,12 @@ class ReleaseStage(ShardStage):
             {
                 "decision": rows["decision"],
                 "decision_reason": rows["decision_reason"],
+                "select_status": select_reason.where(
+                    select_reason.isna(), select_reason.eq("ok").map({True: "ok", False: "rejected"})
+                ).astype("string"),
+                "select_reason": select_reason,
+                "takedown_reason": noted["takedown_reason"].astype("string"),
+                "takedown_date": noted["takedown_date"].astype("string"),
                 "status": status,
                 "reason": reason,
                 "shard": pd.array([shard] * len(rows), dtype="Int64"),
@@ -163,7 +263,8 @@ class ReleaseStage(ShardStage):
                 kept = kept[list(PASS_COLUMNS)].rename(columns=PASS_COLUMNS)
                 kept.to_csv(metadata, index=False, header=shard == 0, lineterminator="\n")
                 urls.writelines(f"{url}\n" for url in kept["image_url"])
-        card = render_data_card(self.cfg, tally, num_shards)
+        extra = self._versions(run, out)
+        card = render_data_card(self.cfg, tally, num_shards, extra)
         with atomic_open(out / "DATA_CARD.md", "w") as handle:
             handle.write(card)
         card_dir = Path(self.cfg.release.data_card_dir or run.root / "data_cards")
@@ -174,6 +275,52 @@ class ReleaseStage(ShardStage):
         )
         with atomic_open(out / "SHA256SUMS", "w") as handle:
             handle.writelines(f"{sha256_file(p)}  {p.relative_to(out).as_posix()}\n" for p in files)
+
+    def _versions(self, run: RunDir, out: Path) -> list[str]:
+        """diff.parquet against release.previous, the unmatched takedowns; their sections of the data card."""
+        parts: list[str] = []
+        unmatched = read_parquet(self.work(run) / "takedowns_unmatched.parquet")
+        applied = read_parquet(self.work(run) / "takedowns.parquet")
+        if len(applied):
+            parts += ["## Takedowns", f"{len(applied)} takedown(s) in force ({len(applied) - len(unmatched)} "
+                      "matched an image of this run; rows carry `takedown_reason` and `takedown_date`)."]  # fmt: skip
+        if len(unmatched):
+            log.warning("%d takedown id(s) match no image of this run: see takedowns_unmatched.csv", len(unmatched))
+            with atomic_open(out / "takedowns_unmatched.csv", "w") as handle:
+                unmatched.to_csv(handle, index=False, lineterminator="\n")
+            shown = ", ".join(unmatched["image_id"].head(20))
+            parts += ["", f"**{len(unmatched)} takedown id(s) match no image of this run** "
+                      f"(`takedowns_unmatched.csv`): {shown}"]  # fmt: skip
+        else:
+            (out / "takedowns_unmatched.csv").unlink(missing_ok=True)
+        if self.cfg.release.previous:
+            previous = pd.read_parquet(
+                Path(self.cfg.release.previous) / "manifest.parquet", columns=["image_id", "status"]
+            )
+            current = pd.read_parquet(out / "manifest.parquet", columns=["image_id", "status", "reason"])
+            changes = diff(previous, current)
+            write_parquet(out / "diff.parquet", changes)
+            counts = changes["change"].value_counts()
+            removed = changes[changes["change"] == "removed"]["reason"].value_counts().sort_index()
+            parts += [
+                "",
+                f"## Changes since the previous release ({Path(self.cfg.release.previous).name})",
+                _table(("change", "images"), [(c, int(counts.get(c, 0))) for c in ("added", "removed", "kept")]),
+                "",
+                "Removed, by reason:",
+                "",
+                _table(("reason", "images"), [(k, int(v)) for k, v in removed.items()] or [("-", 0)]),
+                "",
+                "Every change is listed in `diff.parquet` (image_id, change, reason).",
+            ]
+        else:
+            (out / "diff.parquet").unlink(missing_ok=True)
+        return parts
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 # Bookkeeping columns that mean nothing outside the run directory.

@@ -1,0 +1,118 @@
+"""All pairs of 64-bit hashes within Hamming distance k, without comparing all pairs: multi-index hashing.
+
+The 64 bits are cut into m chunks of b bits. If two hashes differ in at most k bits, then (pigeonhole) some chunk
+differs in at most floor(k / m) bits. So for every chunk, each hash looks up the hashes whose chunk equals its own
+with up to floor(k / m) bits flipped (a direct-address table of 2^b buckets), and only those candidates are
+compared in full. m and b are chosen per call from the set's size to minimise the expected lookups plus
+candidates (Norouzi et al., "Fast Search in Hamming Space with Multi-Index Hashing", CVPR 2012).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from functools import cache
+
+import numpy as np
+
+MAX_TABLE_BITS = 24  # 16M buckets of int64 offsets = 128 MiB per table at most
+BLOCK = 1 << 22  # candidate pairs materialised at once
+
+
+@cache
+def flip_masks(bits: int, radius: int) -> np.ndarray:
+    """Every `bits`-bit mask with at most `radius` ones."""
+    masks = [0]
+    for r in range(1, radius + 1):
+        masks += [sum(1 << i for i in combo) for combo in itertools.combinations(range(bits), r)]
+    return np.array(masks, dtype=np.int64)
+
+
+def plan(n_index: int, n_query: int, k: int) -> tuple[int, int]:
+    """(m chunks, b bits per chunk) with the least expected work for uniform hashes."""
+    best: tuple[float, int, int] | None = None
+    for m in range(1, 9):
+        b = min(64 // m, MAX_TABLE_BITS)
+        probes = m * sum(math.comb(b, r) for r in range(k // m + 1))
+        cost = n_query * probes * (1.0 + n_index / 2.0**b)
+        if best is None or cost < best[0]:
+            best = (cost, m, b)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _chunk(hashes: np.ndarray, index: int, bits: int) -> np.ndarray:
+    return ((hashes >> np.uint64(index * bits)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+
+
+def _pairs_per_chunk(
+    index_hashes: np.ndarray, query_hashes: np.ndarray, k: int, m: int, b: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Candidate (query, index) position pairs within distance k, chunk table by chunk table (with repeats)."""
+    radius = k // m
+    masks = flip_masks(b, radius)
+    for c in range(m):
+        keys = _chunk(index_hashes, c, b)
+        order = np.argsort(keys, kind="stable")
+        offsets = np.zeros((1 << b) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(keys, minlength=1 << b), out=offsets[1:])
+        query_keys = _chunk(query_hashes, c, b)
+        for mask in masks:
+            target = query_keys ^ mask
+            start, count = offsets[target], offsets[target + 1] - offsets[target]
+            hit = np.nonzero(count)[0]
+            if len(hit) == 0:
+                continue
+            for lo in range(0, len(hit), BLOCK // 8):
+                part = hit[lo : lo + BLOCK // 8]
+                n = count[part]
+                queries = np.repeat(part, n)
+                # positions start[q] .. start[q] + n[q] - 1 of the sorted keys, for every hit query q
+                first = np.repeat(start[part] - np.cumsum(n) + n, n)
+                found = order[first + np.arange(len(queries))]
+                close = np.bitwise_count(query_hashes[queries] ^ index_hashes[found]) <= k
+                yield queries[close], found[close]
+
+
+def near_pairs(hashes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with i < j for every pair of positions in `hashes` (uint64) within Hamming distance k, each once."""
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    if k < 0 or len(hashes) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    m, b = plan(len(hashes), len(hashes), k)
+    keys = []
+    for q, f in _pairs_per_chunk(hashes, hashes, k, m, b):
+        keep = q < f
+        keys.append(q[keep] * len(hashes) + f[keep])
+    unique = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+    return unique // len(hashes), unique % len(hashes)
+
+
+def matches(index_hashes: np.ndarray, query_hashes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query position, index position) for every query within distance k of an index hash, each pair once."""
+    index_hashes = np.ascontiguousarray(index_hashes, dtype=np.uint64)
+    query_hashes = np.ascontiguousarray(query_hashes, dtype=np.uint64)
+    if k < 0 or len(index_hashes) == 0 or len(query_hashes) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    m, b = plan(len(index_hashes), len(query_hashes), k)
+    keys = [q * len(index_hashes) + f for q, f in _pairs_per_chunk(index_hashes, query_hashes, k, m, b)]
+    unique = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+    return unique // len(index_hashes), unique % len(index_hashes)
+
+
+def brute_force_pairs(hashes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The all-pairs reference (quadratic: tests and the benchmark's agreement check only)."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    out_i, out_j = [], []
+    for start in range(0, len(hashes), 1024):
+        block = hashes[start : start + 1024]
+        distance = np.bitwise_count(block[:, None] ^ hashes[None, :])
+        i, j = np.nonzero(distance <= k)
+        i = i + start
+        keep = i < j
+        out_i.append(i[keep])
+        out_j.append(j[keep])
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64)

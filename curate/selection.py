@@ -1,0 +1,81 @@
+"""Release-wide selection, applied after the human filter: a cap per owner, a seeded sample to a target size,
+then takedowns. A takedown comes last on purpose: it removes its image and pulls in no replacement, so vN+1
+differs from vN by exactly the images taken down (and whatever else changed upstream)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+TAKEDOWN_COLUMNS = ["image_id", "takedown_reason", "takedown_date"]
+
+
+def seeded_key(image_ids: pd.Series, seed: int) -> pd.Series:
+    """A stable pseudo-random order: the same seed and ids give the same order on every machine."""
+    return image_ids.map(lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+
+
+def select(candidates: pd.DataFrame, owner_cap: int, target_size: int, seed: int) -> pd.Series:
+    """'ok' | 'owner_cap' | 'sampled_out' per candidate (columns image_id, owner_nsid), same index."""
+    ranked = candidates.assign(_key=seeded_key(candidates["image_id"], seed)).sort_values(["_key", "image_id"])
+    reason = pd.Series("ok", index=ranked.index, dtype=object)
+    if owner_cap:
+        owned = ranked["owner_nsid"].notna()
+        rank = ranked[owned].groupby("owner_nsid", sort=False).cumcount()
+        reason[rank.index[rank.to_numpy() >= owner_cap]] = "owner_cap"
+    if target_size:
+        remaining = reason.index[reason.to_numpy() == "ok"]
+        reason[remaining[target_size:]] = "sampled_out"
+    return reason.reindex(candidates.index)
+
+
+def read_takedowns(paths: list[str]) -> pd.DataFrame:
+    """image_id, takedown_reason, takedown_date from CSV files with columns image_id, reason, date (the last
+    entry for an id wins)."""
+    frames = []
+    for path in paths:
+        table = pd.read_csv(Path(path), dtype=str, keep_default_na=False)
+        missing = {"image_id", "reason"} - set(table.columns)
+        if missing:
+            raise ValueError(f"takedown list {path} lacks columns {sorted(missing)} (need image_id, reason, date)")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "image_id": table["image_id"].str.strip(),
+                    "takedown_reason": table["reason"].str.strip(),
+                    "takedown_date": table["date"].str.strip() if "date" in table else "",
+                }
+            )
+        )
+    if not frames:
+        return pd.DataFrame(columns=TAKEDOWN_COLUMNS, dtype="string")
+    merged = pd.concat(frames, ignore_index=True)
+    merged = merged[merged["image_id"] != ""]
+    return merged.drop_duplicates("image_id", keep="last").reset_index(drop=True).astype("string")
+
+
+def previous_takedowns(previous_release: str) -> pd.DataFrame:
+    """The takedowns recorded in a previous release's manifest: they stay in force."""
+    import pyarrow.parquet as pq
+
+    manifest = Path(previous_release) / "manifest.parquet"
+    if not set(TAKEDOWN_COLUMNS) <= set(pq.read_schema(manifest).names):  # a release made before takedowns
+        return pd.DataFrame(columns=TAKEDOWN_COLUMNS, dtype="string")
+    table = pd.read_parquet(manifest, columns=TAKEDOWN_COLUMNS)
+    return table[table["takedown_reason"].notna()].reset_index(drop=True).astype("string")
+
+
+def diff(previous: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+    """image_id, change (added | removed | kept), reason: over the images released in either version.
+    `previous` has image_id and status; `current` has image_id, status and reason. A removed image's reason is
+    why this version did not release it ("absent" when this run does not have it at all)."""
+    before = set(previous.loc[previous["status"] == "kept", "image_id"])
+    now = current.set_index("image_id")
+    after = set(now.index[now["status"] == "kept"])
+    rows = [(i, "added", "ok") for i in after - before]
+    rows += [(i, "kept", "ok") for i in after & before]
+    rows += [(i, "removed", str(now.at[i, "reason"]) if i in now.index else "absent") for i in before - after]
+    out = pd.DataFrame(rows, columns=["image_id", "change", "reason"]).sort_values("image_id", kind="stable")
+    return out.reset_index(drop=True).astype("string")
