@@ -194,8 +194,8 @@ class DedupConfig:
     flip: bool = False
     # Semantic duplicates: cosine of detect's CLIP embeddings at or above this (0 = off; needs detect.clip_model).
     embedding_cosine: float = 0.95
-    # faiss: exact flat search up to this many images, an IVF index beyond it.
-    flat_max: int = 200_000
+    # faiss: exact flat search up to this many images (quadratic: 20k take about 2 s on 2 cores), IVF beyond.
+    flat_max: int = 20_000
     ivf_nprobe: int = 16
     references: list[ReferenceSet] = field(default_factory=list)
 
@@ -211,7 +211,8 @@ class ReleaseConfig:
     # Then a seeded sample down to this many released images (PASS: 1,280,000; 0 = keep all).
     target_size: int = 0
     seed: int = 0
-    # A previous release folder (with its manifest.parquet): diff.parquet lists what was added, removed, kept.
+    # A previous release folder (its manifest.parquet, or only pass_metadata.csv for a release made elsewhere):
+    # diff.parquet lists what was added, removed and kept.
     previous: str = ""
     # CSV files of image_id,reason,date: those images are removed from this release and recorded. A previous
     # release's takedowns carry over.
@@ -299,8 +300,8 @@ def validate(cfg: CurateConfig) -> None:
     r = cfg.release
     need(r.owner_cap >= 0 and r.target_size >= 0, "release.owner_cap and release.target_size must be >= 0")
     need(
-        not r.previous or (Path(r.previous) / "manifest.parquet").exists(),
-        f"release.previous={r.previous!r} must be a release folder holding manifest.parquet",
+        not r.previous or any((Path(r.previous) / name).exists() for name in ("manifest.parquet", "pass_metadata.csv")),
+        f"release.previous={r.previous!r} must be a release folder holding manifest.parquet or pass_metadata.csv",
     )
     for path in r.takedowns:
         need(Path(path).is_file(), f"release.takedowns: {path} not found")

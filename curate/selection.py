@@ -61,10 +61,25 @@ def previous_takedowns(previous_release: str) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     manifest = Path(previous_release) / "manifest.parquet"
-    if not set(TAKEDOWN_COLUMNS) <= set(pq.read_schema(manifest).names):  # a release made before takedowns
+    # a release made elsewhere, or before takedowns existed, has none on record
+    if not manifest.exists() or not set(TAKEDOWN_COLUMNS) <= set(pq.read_schema(manifest).names):
         return pd.DataFrame(columns=TAKEDOWN_COLUMNS, dtype="string")
     table = pd.read_parquet(manifest, columns=TAKEDOWN_COLUMNS)
     return table[table["takedown_reason"].notna()].reset_index(drop=True).astype("string")
+
+
+def previous_release(folder: str) -> pd.DataFrame:
+    """image_id and status of every row of a previous release: its manifest.parquet, or for a release made
+    elsewhere (PASS itself) its pass_metadata.csv, whose rows were all released, keyed as the pass_release source
+    keys them."""
+    from curate.schema import safe_id
+
+    manifest = Path(folder) / "manifest.parquet"
+    if manifest.exists():
+        return pd.read_parquet(manifest, columns=["image_id", "status"])
+    table = pd.read_csv(Path(folder) / "pass_metadata.csv", dtype=str, keep_default_na=False)
+    ids = [safe_id(h.strip()) if h.strip() else f"pass-row-{n + 1}" for n, h in enumerate(table["hash"])]
+    return pd.DataFrame({"image_id": ids, "status": "kept"})
 
 
 def diff(previous: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:

@@ -50,8 +50,8 @@ def test_missing_input_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: 
 
 
 def test_stages_not_built_yet_say_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    err = fails_with(capsys, tmp_path / "r", "stage=dedup")
-    assert "not implemented yet" in err and "issue #4" in err
+    err = fails_with(capsys, tmp_path / "r", "stage=review")
+    assert "not implemented yet" in err and "issue #5" in err
 
 
 def test_stage_before_its_input_says_which_to_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from conftest import MODELS, REPO, encode, photo
+from conftest import MODELS, NO_SELECT, REPO, encode, photo
 from faultserver import fault_server
 
 N_IMAGES = 48
@@ -24,7 +24,7 @@ def command(urls: Path, run_dir: Path) -> list[str]:
         "pipeline=sample", "ingest.source=urls", "ingest.assume_license=cc-by", f"ingest.path={urls}",
         f"ingest.num_shards={SHARDS}", f"run.dir={run_dir}", "run.progress=false",
         # One shard at a time, two downloads in flight: slow enough to kill half-way.
-        "dask.processes=false", "dask.n_workers=1", "fetch.concurrency=2", f"models.dir={MODELS}",
+        "dask.processes=false", "dask.n_workers=1", "fetch.concurrency=2", f"models.dir={MODELS}", *NO_SELECT,
     ]  # fmt: skip
 
 

@@ -47,7 +47,9 @@ def bits_to_uint64(bits: np.ndarray) -> np.ndarray:
 
 def hashes(coefficients: np.ndarray) -> np.ndarray:
     """(N, 8, 8) coefficients -> (N,) uint64 hashes: each coefficient above the block's median is a 1 bit."""
-    flat = coefficients.reshape(len(coefficients), -1)
+    if len(coefficients) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    flat = coefficients.reshape(len(coefficients), LOW * LOW)
     return bits_to_uint64(flat > np.median(flat, axis=1, keepdims=True))
 
 

@@ -150,6 +150,8 @@ def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
     """Step 2: every row's group, representative, status and reason."""
     d = cfg.dedup
     n = len(features)
+    # shards without a live row have typeless columns: after the concat a bool column may come back as float
+    features = features.assign(phash_ok=features["phash_ok"].fillna(False).astype(bool))
     links: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if d.exact and n:
         codes = pd.factorize(features["sha256"].fillna(features["image_id"]))[0]

@@ -28,7 +28,7 @@ from curate.detect.decide import Scores, decide, thresholds
 from curate.io.atomic import atomic_open, atomic_path, read_parquet, sha256_file, write_json, write_parquet
 from curate.io.tars import SortedTarWriter, read_members
 from curate.rundir import RunDir
-from curate.selection import diff, previous_takedowns, read_takedowns, select
+from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
 from curate.stages.base import ShardStage
 
 if TYPE_CHECKING:
@@ -294,9 +294,7 @@ class ReleaseStage(ShardStage):
         else:
             (out / "takedowns_unmatched.csv").unlink(missing_ok=True)
         if self.cfg.release.previous:
-            previous = pd.read_parquet(
-                Path(self.cfg.release.previous) / "manifest.parquet", columns=["image_id", "status"]
-            )
+            previous = previous_release(self.cfg.release.previous)
             current = pd.read_parquet(out / "manifest.parquet", columns=["image_id", "status", "reason"])
             changes = diff(previous, current)
             write_parquet(out / "diff.parquet", changes)
