@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint strip-notebooks
 install: $(VENV)/.installed
 
 # Offline machines need the weights in a folder: MODELS_DIR=/path (the dev machines' ../shared/models is used
@@ -25,3 +25,7 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(VENV)/bin/pytest -q
+
+# Notebook outputs may show people: never commit them (tests/test_review.py fails on any).
+strip-notebooks: $(VENV)/.installed
+	$(PY) -m curate.review.strip notebooks/*.ipynb

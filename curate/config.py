@@ -22,6 +22,9 @@ class Stage(str, Enum):
     review = "review"
     release = "release"
     all = "all"
+    # Not part of `all`: run by hand when wanted.
+    audit = "audit"
+    report = "report"
 
 
 class Source(str, Enum):
@@ -201,6 +204,21 @@ class DedupConfig:
 
 
 @dataclass
+class ReviewConfig:
+    # Kept images whose best score is within this fraction of its threshold are shown as borderline.
+    borderline_margin: float = 0.5
+
+
+@dataclass
+class AuditConfig:
+    # stage=audit draws this many released images at random (seeded) for people to check.
+    size: int = 100
+    seed: int = 0
+    # The release to audit; empty = release.version.
+    version: str = ""
+
+
+@dataclass
 class ReleaseConfig:
     version: str = "v1"
     name: str = "PASS-rebuild"
@@ -232,6 +250,8 @@ class CurateConfig:
     detect: DetectConfig = field(default_factory=DetectConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
 
@@ -297,6 +317,8 @@ def validate(cfg: CurateConfig) -> None:
             need(
                 Path(getattr(ref, key)).exists(), f"dedup.references {ref.name!r}: {key}={getattr(ref, key)} not found"
             )
+    need(cfg.audit.size >= 1, "audit.size must be >= 1")
+    need(0.0 <= cfg.review.borderline_margin <= 1.0, "review.borderline_margin must be within 0..1")
     r = cfg.release
     need(r.owner_cap >= 0 and r.target_size >= 0, "release.owner_cap and release.target_size must be >= 0")
     need(

@@ -25,9 +25,9 @@ FUNNEL = [
     ("fetch", "downloaded and valid"),
     ("detect", "scored by the human filter"),
     ("dedup", "not a duplicate"),
+    ("review", "not removed by a reviewer"),
     ("select", "within the owner cap and the sample, not taken down"),
 ]
-NOT_YET = ["review (flagged images go unreleased until it exists)"]
 SOFTWARE = ["dask", "distributed", "pandas", "pyarrow", "pillow", "requests", "flickrapi", "hydra-core"]
 
 
@@ -51,9 +51,8 @@ def _screening_note(cfg: CurateConfig) -> str:
     if not (cfg.detect.face or cfg.detect.person or cfg.detect.clip_model):
         return "> **Not screened for people**: every detector was switched off. Do not publish this as human-free."
     return (
-        "> Screened by the automated human filter below. Not built yet: "
-        + ", ".join(NOT_YET)
-        + ". Automated filters miss people (PASS v1 let at least 603 through): check a sample by eye."
+        "> Screened by the automated human filter below, and by people where the review section says so. "
+        "Automated filters miss people (PASS v1 let at least 603 through): the audit below estimates how many."
     )
 
 
@@ -109,6 +108,7 @@ class Tally:
     formats: Counter[str] = field(default_factory=Counter)
     decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
     dedup_groups: int = 0
+    reviews: Counter[str] = field(default_factory=Counter)
 
     def add(self, frame: pd.DataFrame) -> None:
         kept = frame[frame["status"] == "kept"]
@@ -124,6 +124,7 @@ class Tally:
                 code, why = str(pair).split("/", 1)
                 self.outcomes[(stage, code, why)] += int(n)
         # a group lives in one shard's rows or across several; its representative's id names it, so count those
+        self.reviews.update(frame["review_decision"].dropna().astype(str))
         self.dedup_groups += int((frame["dedup_group"] == frame["image_id"]).sum())
         self.licences.update(kept["license_code"].dropna().astype(str))
         self.formats.update(kept["format"].dropna().astype(str))

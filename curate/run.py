@@ -27,8 +27,6 @@ log = logging.getLogger("curate")
 
 PIPELINES_ENV = "CURATE_PIPELINES_DIR"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
-IMPLEMENTED = ["ingest", "license", "fetch", "detect", "release"]
-PLANNED = {"review": "issue #5"}
 ORDER = ["ingest", "license", "fetch", "detect", "dedup", "review", "release"]
 
 
@@ -106,6 +104,19 @@ def load_config(argv: list[str]) -> CurateConfig:
     return cfg
 
 
+def load_run_config(run_dir: Path | str) -> CurateConfig:
+    """The config a run directory was last run with (its config.yaml), for notebooks and reports."""
+    _register()
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml: run python -m curate.run run.dir={run_dir} first")
+    merged = OmegaConf.merge(OmegaConf.structured(CurateConfig), OmegaConf.load(path))
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, CurateConfig)
+    cfg.run.dir = str(run_dir)
+    return cfg
+
+
 def save_config(cfg: CurateConfig) -> None:
     root = Path(cfg.run.dir)
     (root / "invocations").mkdir(parents=True, exist_ok=True)
@@ -168,12 +179,15 @@ def run(cfg: CurateConfig) -> list[StageReport]:
     from curate.stages.ingest import run_ingest
     from curate.stages.license import LicenseStage
     from curate.stages.release import RELEASE_INPUTS, ReleaseStage
+    from curate.stages.review import UPSTREAM as REVIEW_INPUTS
+    from curate.stages.review import ReviewStage
 
     shard_stages = {
         "license": (LicenseStage, ["ingest"]),
         "fetch": (FetchStage, ["ingest", "license"]),
         "detect": (DetectStage, ["ingest", "license", "fetch"]),
         "dedup": (DedupStage, DEDUP_INPUTS),
+        "review": (ReviewStage, REVIEW_INPUTS),
         "release": (ReleaseStage, RELEASE_INPUTS),
     }
     reports: list[StageReport] = []
@@ -185,9 +199,6 @@ def run(cfg: CurateConfig) -> list[StageReport]:
     lock = hold_run_lock(Path(cfg.run.dir))
     try:
         for name in stages_for(cfg.stage):
-            if name in PLANNED:
-                log.warning("stage %s is not implemented yet (%s): skipped", name, PLANNED[name])
-                continue
             if name == "ingest":
                 report = run_ingest(runner)
             else:
@@ -200,6 +211,26 @@ def run(cfg: CurateConfig) -> list[StageReport]:
         runner.close()
         lock.close()
     return reports
+
+
+def run_tool(cfg: CurateConfig) -> int:
+    """stage=audit (draw the sample to check) and stage=report (the static HTML report): read-only helpers
+    over a finished run, outside `all`."""
+    try:
+        if cfg.stage == Stage.audit:
+            from curate.review.audit import draw, sample_path
+
+            sample = draw(cfg)
+            print(f"audit: {len(sample)} released images drawn (seed {cfg.audit.seed}) -> {sample_path(cfg)}")
+            print("check them in notebooks/review_flagged.ipynb with mode='audit', then run stage=release again")
+        else:
+            from curate.review.report import write_report
+
+            print(f"report: {write_report(cfg)} (it shows flagged images: keep it inside the run directory)")
+    except FileNotFoundError as err:
+        print(f"curate: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def hold_run_lock(root: Path) -> IO[str]:
@@ -238,14 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2
-    if cfg.stage.value in PLANNED:
-        print(
-            f"curate: stage={cfg.stage.value} is not implemented yet ({PLANNED[cfg.stage.value]}); "
-            f"available now: {', '.join(IMPLEMENTED)}, all",
-            file=sys.stderr,
-        )
-        return 2
     save_config(cfg)
+    if cfg.stage in (Stage.audit, Stage.report):
+        return run_tool(cfg)
     try:
         reports = run(cfg)
     except (ConfigError, FileNotFoundError) as err:

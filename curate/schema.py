@@ -53,6 +53,7 @@ REASONS: dict[str, frozenset[str]] = {
     ),
     "detect": frozenset({"ok", "decode_error"}),
     "dedup": frozenset({"ok", "exact_duplicate", "near_duplicate", "semantic_duplicate", "reference_duplicate"}),
+    "review": frozenset({"not_reviewed", "kept", "removed", "unsure"}),
     # Applied at release from the stored scores (curate.detect.decide).
     "decision": frozenset({"ok", "face", "person", "clip_human", "uncertain"}),
     # Applied at release over every shard, after the decision: cap per owner, seeded sample, takedowns.

@@ -49,11 +49,6 @@ def test_missing_input_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert "ingest.path" in err
 
 
-def test_stages_not_built_yet_say_so(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    err = fails_with(capsys, tmp_path / "r", "stage=review")
-    assert "not implemented yet" in err and "issue #5" in err
-
-
 def test_stage_before_its_input_says_which_to_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run_curate(f"run.dir={tmp_path / 'r'}", "stage=fetch") == 2
     assert "stage=ingest" in capsys.readouterr().err

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("curate")
 
-# Stages whose columns the release reads, in pipeline order (review joins here once it exists).
-RELEASE_INPUTS = ["ingest", "license", "fetch", "detect", "dedup"]
+# Stages whose columns the release reads, in pipeline order.
+RELEASE_INPUTS = ["ingest", "license", "fetch", "detect", "dedup", "review"]
 PASS_SUFFIX = {"jpeg": "jpeg", "png": "png", "webp": "webp"}
 PASS_COLUMNS = {
     "hash": "hash",
@@ -67,10 +67,16 @@ def overall_status(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd
         stopped = (status == "kept") & (rows[f"{stage}_status"] != "ok")
         status[stopped] = rows.loc[stopped, f"{stage}_status"].astype("string")
         reason[stopped] = stage + ":" + rows.loc[stopped, f"{stage}_reason"].astype("string")
-    # The human filter's verdict: a rejection is final, "review" waits for a person (never released unseen).
+    # The human filter's verdict: a rejection is final, "review" waits for a person (never released unseen),
+    # unless a reviewer looked and decided keep.
     verdict = rows["decision"]
+    overruled = (
+        rows["review_reason"].eq("kept").fillna(False).astype(bool)
+        if "review_reason" in rows
+        else pd.Series(False, index=rows.index)
+    )
     for value, label in (("reject", "rejected"), ("review", "review")):
-        hit = (status == "kept") & (verdict == value)
+        hit = (status == "kept") & (verdict == value) & ~overruled
         status[hit] = label
         reason[hit] = "detect:" + rows.loc[hit, "decision_reason"].astype("string")
     return status, reason
@@ -263,7 +269,7 @@ class ReleaseStage(ShardStage):
                 kept = kept[list(PASS_COLUMNS)].rename(columns=PASS_COLUMNS)
                 kept.to_csv(metadata, index=False, header=shard == 0, lineterminator="\n")
                 urls.writelines(f"{url}\n" for url in kept["image_url"])
-        extra = self._versions(run, out)
+        extra = self._versions(run, out) + audit_section(self.cfg, tally)
         card = render_data_card(self.cfg, tally, num_shards, extra)
         with atomic_open(out / "DATA_CARD.md", "w") as handle:
             handle.write(card)
@@ -314,6 +320,28 @@ class ReleaseStage(ShardStage):
         else:
             (out / "diff.parquet").unlink(missing_ok=True)
         return parts
+
+
+def audit_section(cfg: Any, tally: Tally) -> list[str]:
+    """The data card's review counts and the audit's residual-rate estimate."""
+    from curate.review.audit import estimate
+
+    parts = ["", "## Human review", _table(("review decision", "images"), sorted(tally.reviews.items()) or [("-", 0)])]
+    found = estimate(cfg)
+    if found is None:
+        parts += ["", "No audit sample was drawn (`stage=audit`): the residual rate of humans is not estimated."]
+    elif found.checked == 0:
+        parts += ["", f"An audit sample of {found.sample} images of {found.version} was drawn; none checked yet."]
+    else:
+        parts += [
+            "",
+            f"**Residual humans (audit of {found.version}):** {found.humans} of {found.checked} checked images "
+            f"(a seeded random sample of {found.sample} from {found.population} released) showed a human: "
+            f"{found.rate:.2%}, 95 % Wilson interval {found.low:.2%} – {found.high:.2%}"
+            + (f"; {found.unsure} marked unsure are not counted." if found.unsure else "."),
+            "Images found with a human are removed from the next release through the ledger.",
+        ]
+    return parts
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:

@@ -1,0 +1,69 @@
+"""The rows a reviewer looks at, read from the run's stage parts (no model runs): scores, boxes, the decision
+the current thresholds give, and the latest review decision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from curate.config import CurateConfig
+from curate.detect.decide import Scores, decide, thresholds
+from curate.review import ledger
+from curate.rundir import RunDir
+
+KEEP_COLUMNS = ("image_id", "owner_nsid", "title", "tar_member", "width", "height", "clip_top_class")
+
+
+def _read(path: Path, wanted: Callable[[str], bool]) -> pd.DataFrame:
+    names = [n for n in pq.read_schema(path).names if wanted(n)]
+    return pq.read_table(path, columns=names).to_pandas()
+
+
+def scored_rows(cfg: CurateConfig) -> pd.DataFrame:
+    """Every image detect scored (and dedup did not drop), with family scores, decision and review state."""
+    run = RunDir(Path(cfg.run.dir))
+    frames = []
+    for shard in range(run.num_shards()):
+        parts = [
+            _read(run.part("ingest", shard), lambda n: n in KEEP_COLUMNS),
+            _read(run.part("fetch", shard), lambda n: n in KEEP_COLUMNS),
+            _read(
+                run.part("detect", shard),
+                lambda n: n.endswith(("_max", "_boxes")) or n in ("clip_human_prob", "clip_top_class", "detect_status"),
+            ),
+        ]
+        if run.part("dedup", shard).exists():
+            parts.append(_read(run.part("dedup", shard), lambda n: n in ("dedup_status", "dedup_reason")))
+        frame = pd.concat(parts, axis=1)
+        frame["shard"] = shard
+        keep = frame["detect_status"].eq("ok").fillna(False)
+        if "dedup_status" in frame:
+            keep &= frame["dedup_status"].eq("ok").fillna(False)
+        frames.append(frame[keep.to_numpy(dtype=bool)])
+    rows = pd.concat(frames, ignore_index=True)
+    scores = Scores.from_manifest(rows)
+    rows["face"], rows["person"], rows["clip"] = scores.face, scores.person, scores.clip
+    decision, reason = decide(scores, cfg.decide)
+    rows["decision"], rows["decision_reason"] = decision, reason
+    # how close each image comes to being flagged: its largest score / threshold ratio over the families
+    t = thresholds(cfg.decide)
+    ratios = [
+        np.nan_to_num(rows[f].to_numpy(float), nan=0.0) / max(getattr(t, f), 1e-6) for f in ("face", "person", "clip")
+    ]
+    rows["closeness"] = np.max(np.stack(ratios), axis=0)
+    rows["top_score"] = rows[["face", "person", "clip"]].max(axis=1, skipna=True).fillna(0.0)
+    reviewed = ledger.latest(cfg.run.dir)
+    rows["review_decision"] = rows["image_id"].map(reviewed["decision"]).astype("string")
+    return rows
+
+
+def flagged_and_borderline(rows: pd.DataFrame, margin: float) -> pd.DataFrame:
+    """Rows the filter rejected or sent to review, and kept rows within `margin` (relative) of a threshold."""
+    borderline = (rows["decision"] == "keep") & (rows["closeness"] >= 1.0 - margin)
+    out = rows[(rows["decision"] != "keep") | borderline].copy()
+    out["group"] = np.where(out["decision"] == "keep", "borderline", out["decision_reason"])
+    return out

@@ -1,0 +1,63 @@
+"""review: applies the reviewers' ledger (review/decisions.parquet, latest decision per image) to the rows.
+
+`remove` rejects a row (review:removed); `keep` overrides the human filter's reject or review verdict at
+release; `unsure` leaves the verdict as it is (an image sent to review stays unreleased). The ledger's
+digest is part of every shard's fingerprint, so new decisions redo review and release and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from curate.config import CurateConfig
+from curate.io.atomic import read_parquet, sha256_file, write_parquet
+from curate.review import ledger
+from curate.rundir import RunDir
+from curate.stages.base import ShardStage
+
+if TYPE_CHECKING:
+    from curate.runner import Runner, StageReport
+
+UPSTREAM = ["ingest", "license", "fetch", "detect", "dedup"]
+REASON_OF = {"keep": "kept", "remove": "removed", "unsure": "unsure"}
+
+
+def latest_path(run: RunDir) -> Path:
+    return run.root / "work" / "review" / "latest.parquet"
+
+
+class ReviewStage(ShardStage):
+    name = "review"
+    version = "1"
+    runtime_keys = frozenset({"borderline_margin"})  # only changes what the notebook shows
+
+    def __init__(self, cfg: CurateConfig) -> None:
+        super().__init__(cfg)
+        self._ledger_sha: str | None = None
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        return {**super().fingerprint_config(), "ledger": self._ledger_sha}
+
+    def prepare(self, runner: Runner, report: StageReport) -> None:
+        path = latest_path(runner.run)
+        write_parquet(path, ledger.latest(runner.run.root).reset_index())
+        self._ledger_sha = sha256_file(path)
+
+    def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
+        latest = read_parquet(latest_path(run)).set_index("image_id")
+        found = latest.reindex(rows["image_id"].astype("string")).reset_index(drop=True)
+        decision = found["decision"].astype("string")
+        reason = decision.map(REASON_OF).fillna("not_reviewed").astype("string")
+        return pd.DataFrame(
+            {
+                "review_status": reason.where(reason != "removed", "rejected").where(reason == "removed", "ok"),
+                "review_reason": reason,
+                "review_decision": decision,
+                "review_reviewer": found["reviewer"].astype("string"),
+                "review_timestamp": found["timestamp"].astype("string"),
+                "review_note": found["note"].astype("string"),
+            }
+        )
