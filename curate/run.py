@@ -222,7 +222,7 @@ def run_tool(cfg: CurateConfig) -> int:
 
             sample = draw(cfg)
             print(f"audit: {len(sample)} released images drawn (seed {cfg.audit.seed}) -> {sample_path(cfg)}")
-            print("check them in notebooks/review_flagged.ipynb with mode='audit', then run stage=release again")
+            print("check them in notebooks/review_flagged.ipynb with mode='audit', then run stage=all again")
         else:
             from curate.review.report import write_report
 
