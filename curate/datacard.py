@@ -135,8 +135,10 @@ class Tally:
 
 def render_data_card(cfg: CurateConfig, tally: Tally, num_shards: int, extra: list[str] | None = None) -> str:
     funnel_rows: list[tuple[object, ...]] = [("candidates", tally.candidates)]
-    funnel_rows += [(f"{stage}: {label}", tally.stage_ok[stage]) for stage, label in FUNNEL]
-    funnel_rows.append(("human filter: kept", sum(n for (d, _), n in tally.decisions.items() if d == "keep")))
+    for stage, label in FUNNEL:
+        if stage == "select":  # the selection applies to what the human filter kept
+            funnel_rows.append(("human filter: kept", sum(n for (d, _), n in tally.decisions.items() if d == "keep")))
+        funnel_rows.append((f"{stage}: {label}", tally.stage_ok[stage]))
     funnel_rows.append(("released", tally.released))
     order = {stage: i for i, (stage, _) in enumerate(FUNNEL)}
     reason_rows: list[tuple[object, ...]] = [

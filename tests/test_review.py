@@ -139,3 +139,23 @@ def test_html_report_loads_in_a_headless_browser(sample_run: Path, tmp_path: Pat
                    capture_output=True, timeout=120, check=True)  # fmt: skip
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 20 and (pixels < 200).mean() > 0.05  # thumbnails and text, not a blank page
+
+
+def test_keyboard_entry_through_the_widgets_reaches_the_ledger(sample_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(sample_run, run_dir)
+    browser = ReviewBrowser(run_dir, reviewer="keys", page_size=4)
+    panel = browser.widget()
+    controls, actions, _status, grid = panel.children
+    assert len(grid.children) == 4  # one page of cards
+    first_two = list(browser.page_rows()["image_id"][:2])
+    quick, save = actions.children[2], actions.children[3]
+    quick.value = "1r 2k"  # what Enter in the quick-entry box delivers
+    assert browser.pending == {first_two[0]: "remove", first_two[1]: "keep"}
+    save.click()
+    saved = ledger.latest(run_dir)
+    assert saved.loc[first_two[0], "decision"] == "remove" and saved.loc[first_two[1], "reviewer"] == "keys"
+    with pytest.raises(ValueError, match="card number"):
+        browser.quick_entry("9x")
+    controls.children[0].value = browser.reasons()[1]  # filter by one reason: back to page 1 of that reason
+    assert set(browser.page_rows()["group"]) == {browser.reasons()[1]}

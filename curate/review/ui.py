@@ -116,7 +116,9 @@ class ReviewBrowser:
         scores = w.FloatRangeSlider(value=self.score_range, min=0.0, max=1.0, step=0.01, description="score")
         sort = w.Dropdown(options=list(SORTS), value=self.sort, description="sort")
         previous, following = w.Button(description="◀ page"), w.Button(description="page ▶")
-        quick = w.Text(placeholder="quick entry: 1r 2k 3u, Enter", layout=w.Layout(width="320px"))
+        # continuous_update=False: the value changes (and on_quick runs) when Enter is pressed or focus leaves
+        quick = w.Text(placeholder="quick entry: 1r 2k 3u, Enter", layout=w.Layout(width="320px"),
+                       continuous_update=False)  # fmt: skip
         save = w.Button(description="save decisions", button_style="success")
         status = w.HTML()
         grid = w.GridBox(layout=w.Layout(grid_template_columns="repeat(6, 270px)"))
@@ -144,6 +146,8 @@ class ReviewBrowser:
             render()
 
         def on_quick(_: Any) -> None:
+            if not quick.value.strip():
+                return
             try:
                 self.pending.update(self.quick_entry(quick.value))
                 quick.value = ""
@@ -161,7 +165,7 @@ class ReviewBrowser:
             control.observe(refilter, names="value")
         previous.on_click(lambda _: turn(-1))
         following.on_click(lambda _: turn(1))
-        quick.on_submit(on_quick)
+        quick.observe(on_quick, names="value")
         save.on_click(on_save)
         render()
         return w.VBox([w.HBox([reason, scores, sort]), w.HBox([previous, following, quick, save]), status, grid])

@@ -43,7 +43,9 @@ class ReviewStage(ShardStage):
 
     def prepare(self, runner: Runner, report: StageReport) -> None:
         path = latest_path(runner.run)
-        write_parquet(path, ledger.latest(runner.run.root).reset_index())
+        latest = ledger.latest(runner.run.root).reset_index()
+        if not path.exists() or not read_parquet(path).equals(latest):  # a finished run writes nothing
+            write_parquet(path, latest)
         self._ledger_sha = sha256_file(path)
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
