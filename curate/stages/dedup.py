@@ -5,13 +5,14 @@ Groups must be formed over the whole run, not per shard, so the stage has three 
    CLIP embedding -> work/dedup/features/part-N.parquet (skipped when its inputs did not change);
 2. grouping, once, in the client: pairs from each method, connected components, one representative per group
    (highest resolution, then earliest date, then smallest image_id), reference matches ->
-   work/dedup/assignments.parquet, fingerprinted by every shard's features and the config;
+   work/dedup/assignments/part-N.parquet, stamped with every shard's features and the config;
 3. per shard (the usual ShardStage step): each row gets dedup_group, dedup_of, dedup_status, dedup_reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,10 @@ def work_dir(run: RunDir) -> Path:
 
 def features_path(run: RunDir, shard: int) -> Path:
     return work_dir(run) / "features" / f"part-{shard:05d}.parquet"
+
+
+def assignments_path(run: RunDir, shard: int) -> Path:
+    return work_dir(run) / "assignments" / f"part-{shard:05d}.parquet"
 
 
 def shard_features(cfg: CurateConfig, shard: int) -> dict[str, Any]:
@@ -122,19 +127,20 @@ class DedupStage(ShardStage):
         inputs = [sha256_file(features_path(run, shard)) for shard in range(num_shards)]
         settings = dataclasses.asdict(self.cfg.dedup)
         stamp = {"inputs": inputs, "config": settings, "version": self.version}
-        out = work_dir(run) / "assignments.parquet"
-        marker = out.with_suffix(".json")
-        if not out.exists() or _read_json(marker) != stamp:
+        marker = work_dir(run) / "assignments.json"
+        parts = [assignments_path(run, shard) for shard in range(num_shards)]
+        if not all(p.exists() for p in parts) or _read_json(marker) != stamp:
             features = pd.concat([read_parquet(features_path(run, s)) for s in range(num_shards)], ignore_index=True)
-            write_parquet(out, assign_groups(features, self.cfg))
+            assigned = assign_groups(features, self.cfg)
+            for shard, path in enumerate(parts):  # one file per shard: a shard task reads only its own
+                write_parquet(path, assigned[assigned["shard"] == shard].drop(columns="shard").reset_index(drop=True))
             write_json(marker, stamp)
-        self._assignments_sha = sha256_file(out)
+        self._assignments_sha = hashlib.sha256("".join(sha256_file(p) for p in parts).encode()).hexdigest()
 
     # -- step 3 ------------------------------------------------------------------------------------------------
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
-        assigned = read_parquet(work_dir(run) / "assignments.parquet")
-        assigned = assigned[assigned["shard"] == shard].drop(columns="shard").set_index("image_id")
+        assigned = read_parquet(assignments_path(run, shard)).set_index("image_id")
         frame = assigned.reindex(rows["image_id"].astype("string")).reset_index(drop=True)
         return frame
 

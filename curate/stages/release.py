@@ -14,6 +14,7 @@ release/<version>/SHA256SUMS              written last: the release is complete 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -174,10 +175,10 @@ class ReleaseStage(ShardStage):
             "select": [r.owner_cap, r.target_size, r.seed],
             "takedowns": takedowns.astype(object).where(takedowns.notna(), None).to_dict("records"),
         }
-        out = self.work(run) / "selection.parquet"
-        marker = out.with_suffix(".json")
+        parts = [self.selection_path(run, shard) for shard in range(num_shards)]
+        marker = self.work(run) / "selection.json"
         previous_stamp = json.loads(marker.read_text()) if marker.exists() else None
-        if not out.exists() or previous_stamp != json.loads(json.dumps(stamp)):
+        if not all(p.exists() for p in parts) or previous_stamp != json.loads(json.dumps(stamp)):
             candidates, known = [], []
             for shard in range(num_shards):
                 rows = with_decision(status_columns(run, shard), self.cfg)
@@ -192,15 +193,21 @@ class ReleaseStage(ShardStage):
             every_id = pd.concat(known, ignore_index=True)
             write_parquet(self.work(run) / "takedowns_unmatched.parquet",
                           takedowns[~takedowns["image_id"].isin(every_id)].reset_index(drop=True))  # fmt: skip
-            write_parquet(out, chosen[["image_id", "shard", "select_reason"]].astype({"select_reason": "string"}))
+            chosen = chosen.astype({"select_reason": "string"})
+            for shard, path in enumerate(parts):  # one file per shard: a shard task reads only its own
+                mine = chosen[chosen["shard"] == shard]
+                write_parquet(path, mine[["image_id", "select_reason"]].reset_index(drop=True))
             write_json(marker, stamp)
-        self._selection_sha = sha256_file(out) + sha256_file(self.work(run) / "takedowns.parquet")
+        digests = [sha256_file(p) for p in [*parts, self.work(run) / "takedowns.parquet"]]
+        self._selection_sha = hashlib.sha256("".join(digests).encode()).hexdigest()
+
+    def selection_path(self, run: RunDir, shard: int) -> Path:
+        return self.work(run) / "selection" / f"part-{shard:05d}.parquet"
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
         rows = with_decision(rows, self.cfg)
         status, reason = overall_status(rows, RELEASE_INPUTS)
-        selection = read_parquet(self.work(run) / "selection.parquet")
-        by_id = selection[selection["shard"] == shard].set_index("image_id")["select_reason"]
+        by_id = read_parquet(self.selection_path(run, shard)).set_index("image_id")["select_reason"]
         select_reason = pd.Series(by_id.reindex(rows["image_id"]).to_numpy(), index=rows.index, dtype="string")
         select_reason = select_reason.where(status == "kept")
         dropped = select_reason.notna() & (select_reason != "ok")
