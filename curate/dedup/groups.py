@@ -27,16 +27,26 @@ def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 def representatives(features: pd.DataFrame, label: np.ndarray) -> np.ndarray:
     """Position of each group's representative, per row: the highest resolution, then the earliest date taken
-    (unknown dates last), then the smallest image_id."""
+    (unknown dates last), then the smallest image_id. Only rows in groups of two or more are sorted: a single
+    row represents itself."""
+    n = len(label)
+    rep = np.arange(n, dtype=np.int64)
+    grouped = np.nonzero(np.bincount(label, minlength=n)[label] > 1)[0]
+    if len(grouped) == 0:
+        return rep
+    members = features.iloc[grouped]
     order = pd.DataFrame(
         {
-            "label": label,
-            "pixels": -(features["width"].fillna(0).astype("int64") * features["height"].fillna(0).astype("int64")),
-            "undated": features["date_taken"].isna(),
-            "date": features["date_taken"].fillna(""),
-            "image_id": features["image_id"],
-            "position": np.arange(len(features)),
+            "label": label[grouped],
+            "pixels": -(
+                members["width"].fillna(0).astype("int64") * members["height"].fillna(0).astype("int64")
+            ).to_numpy(),
+            "undated": members["date_taken"].isna().to_numpy(),
+            "date": members["date_taken"].fillna("").to_numpy(),
+            "image_id": members["image_id"].to_numpy(),
+            "position": grouped,
         }
     ).sort_values(["label", "pixels", "undated", "date", "image_id"], kind="stable")
     first = order.groupby("label", sort=False)["position"].first()
-    return first.reindex(label).to_numpy()
+    rep[grouped] = first.reindex(label[grouped]).to_numpy()
+    return rep

@@ -142,6 +142,10 @@ class DedupStage(ShardStage):
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
         assigned = read_parquet(assignments_path(run, shard)).set_index("image_id")
         frame = assigned.reindex(rows["image_id"].astype("string")).reset_index(drop=True)
+        bits = frame["phash"]
+        frame["phash"] = pd.Series(
+            [None if pd.isna(v) else f"{int(v) & 0xFFFFFFFFFFFFFFFF:016x}" for v in bits], dtype="string"
+        )
         return frame
 
 
@@ -202,7 +206,8 @@ def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
         {
             "image_id": features["image_id"].astype("string"),
             "shard": features["shard"],
-            "phash": [f"{v:016x}" for v in values] if n else pd.Series([], dtype="string"),
+            # the 64 bits as int64 here; each shard task writes them as 16 hex digits (see process)
+            "phash": features["phash"].to_numpy(),
             "dedup_group": pd.Series(group, dtype="string"),
             "dedup_of": pd.Series(dedup_of, dtype="string"),
             "dedup_match": pd.array([None] * n, dtype="string"),
@@ -211,7 +216,8 @@ def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
         }
     )
     _mark_reference_duplicates(out, features, values, hashed, vectors, embedded, label, cfg)
-    out["phash"] = out["phash"].where(features["phash_ok"].to_numpy(), None).astype("string")
+    out["phash"] = pd.array(out["phash"].to_numpy(), dtype="Int64")
+    out.loc[~features["phash_ok"].to_numpy(), "phash"] = pd.NA
     return out
 
 
