@@ -34,7 +34,8 @@ PAGE = """<!doctype html>
 body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #222; }}
 .sheet {{ display: grid; grid-template-columns: repeat(auto-fill, 200px); gap: 8px; margin-bottom: 24px; }}
 figure {{ margin: 0; }} figure img {{ width: 200px; height: 200px; object-fit: contain; background: #eee; }}
-figcaption {{ font-size: 11px; width: 200px; overflow-wrap: anywhere; }} .bar {{ fill: #3b7dd8; }} .warn {{ color: #a00; }}
+figcaption {{ font-size: 11px; width: 200px; overflow-wrap: anywhere; }}
+.bar {{ fill: #3b7dd8; }} .warn {{ color: #a00; }}
 </style></head>
 <body data-images="{count}">
 <h1>curate report: {name} {version}</h1>
