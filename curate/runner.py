@@ -124,7 +124,9 @@ def run_shard(stage: ShardStage, upstream: list[str], shard: int, fp: str) -> di
     return write_marker(run, stage.name, shard, fp, frame, started)
 
 
-def shard_fingerprint(stage: ShardStage, run: RunDir, upstream: list[str], shard: int) -> str:
+def shard_fingerprint(
+    stage: ShardStage, run: RunDir, upstream: list[str], shard: int, prepared: str | None = None
+) -> str:
     inputs = {}
     for name in upstream:
         marker = run.read_marker(name, shard)
@@ -132,7 +134,13 @@ def shard_fingerprint(stage: ShardStage, run: RunDir, upstream: list[str], shard
             raise ConfigError(f"stage {name} has not finished shard {shard}: run stage={name} first")
         inputs[name] = marker["output_sha256"]
     return fingerprint(
-        {"stage": stage.name, "version": stage.version, "config": stage.fingerprint_config(), "inputs": inputs}
+        {
+            "stage": stage.name,
+            "version": stage.version,
+            "config": stage.fingerprint_config(),
+            "inputs": inputs,
+            "prepared": prepared,  # the digest of the stage's run-wide step, if it has one
+        }
     )
 
 
@@ -178,14 +186,14 @@ class Runner:
         started = time.perf_counter()
         num_shards = self.run.num_shards()
         report = StageReport(stage.name, num_shards)
-        stage.prepare(self, report)  # a run-wide step (dedup's grouping, release's selection) before the shards
+        prepared = stage.prepare(self, report)  # a run-wide step (dedup's grouping, release's selection)
         if report.failures:
             report.wall_s = time.perf_counter() - started
             self.record(report)
             return report
         todo: dict[int, str] = {}
         for shard in range(num_shards):
-            fp = shard_fingerprint(stage, self.run, upstream, shard)
+            fp = shard_fingerprint(stage, self.run, upstream, shard, prepared)
             marker = self.run.read_marker(stage.name, shard)
             if marker is not None and marker["fingerprint"] == fp and not stage.wants_rerun(self.run, shard):
                 report.skipped += 1

@@ -350,7 +350,8 @@ class RetinaFaceDetector:
         self.batch_size = batch_size
         self.max_side = max_side
         self.max_pad_waste = max_pad_waste
-        # On CUDA every new input shape costs cuDNN a plan search (about a second for this network), and PASS
+        # On CUDA a new input shape was slow (about a second for this network on an H100; a cuDNN plan search, we
+        # infer: repeated shapes were fast), and PASS
         # images come in many sizes: batches go onto square canvases whose side is a multiple of canvas_step,
         # with the batch count rounded up to a power of two, so a few shapes recur. The padding masks keep the
         # results those of each image alone. On the CPU the tight padding of size_batches costs less.

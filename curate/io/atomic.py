@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +55,25 @@ def write_parquet(path: Path, frame: pd.DataFrame) -> None:
 
 def read_parquet(path: Path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing or unreadable (stamps and markers are never trusted blind)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_columns(path: Path, wanted: Callable[[str], bool]) -> pd.DataFrame:
+    """The columns of a Parquet file whose names `wanted` accepts, and no others (no images, no embeddings)."""
+    names = [n for n in pq.read_schema(path).names if wanted(n)]
+    return pq.read_table(path, columns=names).to_pandas()
+
+
+def digest_files(paths: list[Path]) -> str:
+    """One sha256 over several files' sha256s, in order."""
+    return hashlib.sha256("".join(sha256_file(p) for p in paths).encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

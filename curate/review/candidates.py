@@ -3,24 +3,18 @@ the current thresholds give, and the latest review decision."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from curate.config import CurateConfig
 from curate.detect.decide import Scores, decide, thresholds
+from curate.io.atomic import read_columns
 from curate.review import ledger
 from curate.rundir import RunDir
 
 KEEP_COLUMNS = ("image_id", "owner_nsid", "title", "tar_member", "width", "height", "clip_top_class")
-
-
-def _read(path: Path, wanted: Callable[[str], bool]) -> pd.DataFrame:
-    names = [n for n in pq.read_schema(path).names if wanted(n)]
-    return pq.read_table(path, columns=names).to_pandas()
 
 
 def scored_rows(cfg: CurateConfig) -> pd.DataFrame:
@@ -29,15 +23,15 @@ def scored_rows(cfg: CurateConfig) -> pd.DataFrame:
     frames = []
     for shard in range(run.num_shards()):
         parts = [
-            _read(run.part("ingest", shard), lambda n: n in KEEP_COLUMNS),
-            _read(run.part("fetch", shard), lambda n: n in KEEP_COLUMNS),
-            _read(
+            read_columns(run.part("ingest", shard), lambda n: n in KEEP_COLUMNS),
+            read_columns(run.part("fetch", shard), lambda n: n in KEEP_COLUMNS),
+            read_columns(
                 run.part("detect", shard),
                 lambda n: n.endswith(("_max", "_boxes")) or n in ("clip_human_prob", "clip_top_class", "detect_status"),
             ),
         ]
         if run.part("dedup", shard).exists():
-            parts.append(_read(run.part("dedup", shard), lambda n: n in ("dedup_status", "dedup_reason")))
+            parts.append(read_columns(run.part("dedup", shard), lambda n: n in ("dedup_status", "dedup_reason")))
         frame = pd.concat(parts, axis=1)
         frame["shard"] = shard
         keep = frame["detect_status"].eq("ok").fillna(False)

@@ -123,10 +123,12 @@ class ReviewBrowser:
         status = w.HTML()
         grid = w.GridBox(layout=w.Layout(grid_template_columns="repeat(6, 270px)"))
 
+        saved = self.rows.set_index("image_id")["review_decision"]
+
         def render(*_: Any) -> None:
             cards = []
             for n, (image_id, image, text) in enumerate(self.thumbnails(self.page_rows())):
-                current = self.pending.get(image_id) or self.rows.set_index("image_id")["review_decision"].get(image_id)
+                current = self.pending.get(image_id) or saved.get(image_id)
                 buttons = w.ToggleButtons(options=list(ledger.DECISIONS), value=current if pd.notna(current) else None,
                                           style={"button_width": "76px"})  # fmt: skip
                 buttons.observe(lambda change, i=image_id: self.pending.__setitem__(i, change["new"]), names="value")

@@ -46,9 +46,10 @@ class ShardStage(ABC):
     @abstractmethod
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame: ...
 
-    def prepare(self, runner: Runner, report: StageReport) -> None:
-        """Runs once in the client before the shards: a step that needs every shard (global grouping). Whatever it
-        produces must enter `fingerprint_config`, so that shards are redone when it changes."""
+    def prepare(self, runner: Runner, report: StageReport) -> str | None:
+        """Runs once in the client before the shards: a step that needs every shard (global grouping). Returns a
+        digest of what it produced; the runner puts it into every shard's fingerprint, so that shards are redone
+        exactly when it changes."""
         return None
 
     def wants_rerun(self, run: RunDir, shard: int) -> bool:

@@ -12,8 +12,6 @@ Groups must be formed over the whole run, not per shard, so the stage has three 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +24,7 @@ from curate.dedup import hamming_index
 from curate.dedup.groups import components, representatives
 from curate.dedup.phash import hashes, low_frequencies, mirrored, thumbnail
 from curate.dedup.references import load as load_reference
-from curate.io.atomic import read_parquet, sha256_file, write_json, write_parquet
+from curate.io.atomic import digest_files, read_json, read_parquet, sha256_file, write_json, write_parquet
 from curate.io.tars import read_members
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
@@ -93,17 +91,9 @@ class DedupStage(ShardStage):
     name = "dedup"
     version = "1"
 
-    def __init__(self, cfg: CurateConfig) -> None:
-        super().__init__(cfg)
-        self._assignments_sha: str | None = None
-
-    def fingerprint_config(self) -> dict[str, Any]:
-        # Every shard's result depends on every shard's features, through the groups.
-        return {**super().fingerprint_config(), "assignments": self._assignments_sha}
-
     # -- steps 1 and 2 -----------------------------------------------------------------------------------------
 
-    def prepare(self, runner: Runner, report: StageReport) -> None:
+    def prepare(self, runner: Runner, report: StageReport) -> str | None:
         run = runner.run
         num_shards = run.num_shards()
         todo = []
@@ -111,7 +101,7 @@ class DedupStage(ShardStage):
             stamp = {m: (run.read_marker(m, shard) or {}).get("output_sha256") for m in UPSTREAM}
             stamp["version"] = FEATURES_VERSION
             marker = features_path(run, shard).with_suffix(".json")
-            if not features_path(run, shard).exists() or _read_json(marker) != stamp:
+            if not features_path(run, shard).exists() or read_json(marker) != stamp:
                 todo.append((shard, stamp, marker))
         if todo:
             futures = {
@@ -123,19 +113,20 @@ class DedupStage(ShardStage):
                 stamp, marker = stamps[shard]
                 write_json(marker, stamp)
             if report.failures:
-                return  # the runner stops this stage: no grouping over missing features
+                return None  # the runner stops this stage: no grouping over missing features
         inputs = [sha256_file(features_path(run, shard)) for shard in range(num_shards)]
         settings = dataclasses.asdict(self.cfg.dedup)
         stamp = {"inputs": inputs, "config": settings, "version": self.version}
         marker = work_dir(run) / "assignments.json"
         parts = [assignments_path(run, shard) for shard in range(num_shards)]
-        if not all(p.exists() for p in parts) or _read_json(marker) != stamp:
+        if not all(p.exists() for p in parts) or read_json(marker) != stamp:
             features = pd.concat([read_parquet(features_path(run, s)) for s in range(num_shards)], ignore_index=True)
             assigned = assign_groups(features, self.cfg)
             for shard, path in enumerate(parts):  # one file per shard: a shard task reads only its own
                 write_parquet(path, assigned[assigned["shard"] == shard].drop(columns="shard").reset_index(drop=True))
             write_json(marker, stamp)
-        self._assignments_sha = hashlib.sha256("".join(sha256_file(p) for p in parts).encode()).hexdigest()
+        # every shard's result depends on every shard's features, through the groups
+        return digest_files(parts)
 
     # -- step 3 ------------------------------------------------------------------------------------------------
 
@@ -147,13 +138,6 @@ class DedupStage(ShardStage):
             [None if pd.isna(v) else f"{int(v) & 0xFFFFFFFFFFFFFFFF:016x}" for v in bits], dtype="string"
         )
         return frame
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:

@@ -14,7 +14,6 @@ release/<version>/SHA256SUMS              written last: the release is complete 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -26,7 +25,17 @@ import pyarrow.parquet as pq
 
 from curate.datacard import Tally, render_data_card
 from curate.detect.decide import Scores, decide, thresholds
-from curate.io.atomic import atomic_open, atomic_path, read_parquet, sha256_file, write_json, write_parquet
+from curate.io.atomic import (
+    atomic_open,
+    atomic_path,
+    digest_files,
+    read_columns,
+    read_json,
+    read_parquet,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
 from curate.io.tars import SortedTarWriter, read_members
 from curate.rundir import RunDir
 from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
@@ -116,21 +125,11 @@ def with_decision(rows: pd.DataFrame, cfg: Any) -> pd.DataFrame:
 
 def status_columns(run: RunDir, shard: int) -> pd.DataFrame:
     """Just the columns that decide a row's status (the selection reads every shard: no images, no embeddings)."""
-    frames = []
-    for stage in RELEASE_INPUTS:
-        path = run.part(stage, shard)
-        names = pq.read_schema(path).names
-        wanted = [
-            n
-            for n in names
-            if n in ("image_id", "owner_nsid", "clip_human_prob") or n.endswith(("_status", "_reason", "_max"))
-        ]
-        frames.append(read_parquet_columns(path, wanted))
-    return pd.concat(frames, axis=1)
 
+    def wanted(name: str) -> bool:
+        return name in ("image_id", "owner_nsid", "clip_human_prob") or name.endswith(("_status", "_reason", "_max"))
 
-def read_parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame:
-    return pq.read_table(path, columns=columns).to_pandas()
+    return pd.concat([read_columns(run.part(stage, shard), wanted) for stage in RELEASE_INPUTS], axis=1)
 
 
 class ReleaseStage(ShardStage):
@@ -139,10 +138,6 @@ class ReleaseStage(ShardStage):
     sees_all_rows = True
     runtime_keys = frozenset({"data_card_dir"})
 
-    def __init__(self, cfg: Any) -> None:
-        super().__init__(cfg)
-        self._selection_sha: str | None = None
-
     def out_dir(self, run: RunDir) -> Path:
         return run.release_dir(self.cfg.release.version)
 
@@ -150,15 +145,14 @@ class ReleaseStage(ShardStage):
         return run.root / "work" / "release" / self.cfg.release.version
 
     def fingerprint_config(self) -> dict[str, Any]:
-        # The decision thresholds are applied here, so a changed threshold re-releases without re-detecting;
-        # the selection depends on every shard, so its digest joins every shard's fingerprint.
+        # The decision thresholds are applied here, so a changed threshold re-releases without re-detecting
+        # (the selection's digest, from prepare, joins every shard's fingerprint through the runner).
         return {
             **super().fingerprint_config(),
             "decide": dataclasses.asdict(thresholds(self.cfg.decide)),
-            "selection": self._selection_sha,
         }
 
-    def prepare(self, runner: Runner, report: StageReport) -> None:
+    def prepare(self, runner: Runner, report: StageReport) -> str | None:
         """Cap per owner, seeded sample and takedowns over every shard's releasable rows."""
         run, r = runner.run, self.cfg.release
         num_shards = run.num_shards()
@@ -177,8 +171,8 @@ class ReleaseStage(ShardStage):
         }
         parts = [self.selection_path(run, shard) for shard in range(num_shards)]
         marker = self.work(run) / "selection.json"
-        previous_stamp = json.loads(marker.read_text()) if marker.exists() else None
-        if not all(p.exists() for p in parts) or previous_stamp != json.loads(json.dumps(stamp)):
+        # (through JSON and back: the stored stamp has lists where this one may have tuples)
+        if not all(p.exists() for p in parts) or read_json(marker) != json.loads(json.dumps(stamp)):
             candidates, known = [], []
             for shard in range(num_shards):
                 rows = with_decision(status_columns(run, shard), self.cfg)
@@ -198,8 +192,7 @@ class ReleaseStage(ShardStage):
                 mine = chosen[chosen["shard"] == shard]
                 write_parquet(path, mine[["image_id", "select_reason"]].reset_index(drop=True))
             write_json(marker, stamp)
-        digests = [sha256_file(p) for p in [*parts, self.work(run) / "takedowns.parquet"]]
-        self._selection_sha = hashlib.sha256("".join(digests).encode()).hexdigest()
+        return digest_files([*parts, self.work(run) / "takedowns.parquet"])
 
     def selection_path(self, run: RunDir, shard: int) -> Path:
         return self.work(run) / "selection" / f"part-{shard:05d}.parquet"

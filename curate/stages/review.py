@@ -8,11 +8,10 @@ digest is part of every shard's fingerprint, so new decisions redo review and re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from curate.config import CurateConfig
 from curate.io.atomic import read_parquet, sha256_file, write_parquet
 from curate.review import ledger
 from curate.rundir import RunDir
@@ -34,19 +33,12 @@ class ReviewStage(ShardStage):
     version = "1"
     runtime_keys = frozenset({"borderline_margin"})  # only changes what the notebook shows
 
-    def __init__(self, cfg: CurateConfig) -> None:
-        super().__init__(cfg)
-        self._ledger_sha: str | None = None
-
-    def fingerprint_config(self) -> dict[str, Any]:
-        return {**super().fingerprint_config(), "ledger": self._ledger_sha}
-
-    def prepare(self, runner: Runner, report: StageReport) -> None:
+    def prepare(self, runner: Runner, report: StageReport) -> str | None:
         path = latest_path(runner.run)
         latest = ledger.latest(runner.run.root).reset_index()
         if not path.exists() or not read_parquet(path).equals(latest):  # a finished run writes nothing
             write_parquet(path, latest)
-        self._ledger_sha = sha256_file(path)
+        return sha256_file(path)
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
         latest = read_parquet(latest_path(run)).set_index("image_id")
