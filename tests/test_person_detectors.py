@@ -17,6 +17,7 @@ from curate.detect.yolox import (
     YoloxDetector,
     build_yolox,
     cut_by_window,
+    cutting_sides,
     load_yolox,
     state_dict_from_onnx,
     tile_windows,
@@ -182,8 +183,17 @@ def test_tile_windows_cover_with_overlap():
     assert wins[-1][2:] == (600, 400)
     assert tw - x == pytest.approx(0.2 * tw, abs=2) and th - y == pytest.approx(0.2 * th, abs=2)
     boxes = torch.tensor([[10.0, 10, 50, 50], [300, 10, 340, 50], [10, 200, 50, 240]])
-    cut = cut_by_window(boxes, (0, 0, 340, 240), (400, 600), margin=2)
+    window = (0, 0, 340, 240)
+    assert cutting_sides(window, (400, 600)) == (False, False, True, True)
+    cut = cut_by_window(
+        boxes,
+        torch.tensor([window] * 3).float(),
+        torch.tensor([cutting_sides(window, (400, 600))] * 3),
+        torch.full((3,), 2.0),
+    )
     assert cut.tolist() == [False, True, True]
+    # a side on the image's border never cuts, however close the box
+    assert cutting_sides((0, 0, 600, 400), (400, 600)) == (False,) * 4
 
 
 @needs_onnx

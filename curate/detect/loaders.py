@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.config import ConfigError, CurateConfig, DetectConfig, ModelsConfig
-from curate.detect.types import Detector
+from curate.detect.types import COUNT_ABOVE, Detector
 from curate.models.registry import ModelMissing, resolve
 
 TORCHVISION_ARCHS = (
@@ -84,6 +84,8 @@ def face_detectors(cfg: DetectConfig, models: ModelsConfig, device: str) -> list
         options: tuple[tuple[str, Any], ...] = (("batch_size", cfg.batch_size),)
         if name != "retinaface_mnet025":  # always float32: see curate.detect.retinaface.full_float32
             options += (("half", half),)
+        else:
+            options += (("report_floor", report_floor(cfg)),)
         if cfg.face_max_side:
             options += (("max_side", cfg.face_max_side),)
         built.append(_build(name, str(resolve(name, models)), device, options))
@@ -93,7 +95,18 @@ def face_detectors(cfg: DetectConfig, models: ModelsConfig, device: str) -> list
 def person_detectors(cfg: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
     half = cfg.half and device.startswith("cuda")
     options = (("batch_size", cfg.batch_size), ("half", half), ("tiles", cfg.person_tiles))
-    return [_build(name, str(resolve(name, models)), device, options) for name in cfg.person]
+    built = []
+    for name in cfg.person:
+        extra = (("report_floor", report_floor(cfg)),) if name.startswith("yolox_") else ()
+        built.append(_build(name, str(resolve(name, models)), device, options + extra))
+    return built
+
+
+def report_floor(cfg: DetectConfig) -> float:
+    """The lowest box score the detect stage stores or counts (boxes >= box_floor, counts above COUNT_ABOVE):
+    detectors that support it skip the boxes below, which saves their NMS most of its work and changes no stored
+    value."""
+    return min(cfg.box_floor, COUNT_ABOVE)
 
 
 @functools.lru_cache(maxsize=4)

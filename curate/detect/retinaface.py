@@ -27,13 +27,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from curate.detect.images import Image, image_hw, to_chw
+from curate.detect.postprocess import grouped_nms, rank_in_group, sort_by_group_then_score, split_to_host
 from curate.detect.types import Detections
 
 MEAN_BGR = (104.0, 117.0, 123.0)
@@ -318,6 +318,9 @@ class RetinaFaceDetector:
     (x1, y1, x2, y2) and landmarks (5 × (x, y)) in the original image's pixels and face probabilities,
     sorted by decreasing score. ``max_side`` optionally shrinks images whose long side exceeds it first
     (None = original size, as PASS). The network always runs in full float32 (see ``full_float32``).
+    ``report_floor``: boxes scoring below it are not returned, while ``best`` still gives the image's top score.
+    This changes no box at or above it: greedy NMS never lets a lower box suppress a higher one, and the top-k
+    and keep limits cut lists sorted by score.
     ``max_pad_waste``: a batch is cut short when padding its images to a common size would add more than this
     fraction of their pixels (``inf`` = plain chunks of ``batch_size`` in size order).
     """
@@ -332,6 +335,7 @@ class RetinaFaceDetector:
         nms_iou: float = 0.4,
         top_k: int = 5000,
         keep: int = 750,
+        report_floor: float = 0.0,
         batch_size: int = 16,
         max_side: int | None = None,
         max_pad_waste: float = 0.25,
@@ -347,6 +351,7 @@ class RetinaFaceDetector:
         self.nms_iou = nms_iou
         self.top_k = top_k
         self.keep = keep
+        self.report_floor = report_floor
         self.batch_size = batch_size
         self.max_side = max_side
         self.max_pad_waste = max_pad_waste
@@ -371,15 +376,44 @@ class RetinaFaceDetector:
         return tensor, (1.0, 1.0)
 
     def _postprocess(
-        self, loc: torch.Tensor, conf: torch.Tensor, landmarks: torch.Tensor, prior: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scores = torch.softmax(conf.float(), dim=-1)[:, 1]
-        candidates = torch.nonzero(scores > self.score_floor).squeeze(1)
-        candidates = candidates[torch.argsort(scores[candidates], descending=True)[: self.top_k]]
-        boxes, points = decode(loc[candidates].float(), landmarks[candidates].float(), prior[candidates])
-        scores = scores[candidates]
-        kept = nms_plus_one(boxes, scores, self.nms_iou)[: self.keep]
-        return boxes[kept], scores[kept], points[kept]
+        self,
+        loc: torch.Tensor,
+        conf: torch.Tensor,
+        landmarks: torch.Tensor,
+        height: int,
+        width: int,
+        sizes: Sequence[tuple[int, int]] | None,
+        factors: Sequence[tuple[float, float]],
+    ) -> list[Detections]:
+        """Network outputs (B, P, ·) for an input of height × width -> one ``Detections`` per image, for the whole
+        batch at once (see ``curate.detect.postprocess``). ``sizes``: each image's own size when padded."""
+        n = len(factors)
+        prior, strides = _prior_grid(height, width, self.device)
+        scores = torch.softmax(conf[:n].float(), dim=-1)[..., 1]
+        if sizes is not None:
+            # the cell of a prior starts at (cx, cy) - stride / 2; it exists for the lone image iff it starts inside
+            own = torch.tensor(sizes, device=self.device, dtype=torch.float32)
+            cell_x, cell_y = prior[:, 0] - strides / 2, prior[:, 1] - strides / 2
+            scores = torch.where((cell_y[None] < own[:, :1]) & (cell_x[None] < own[:, 1:]), scores, 0.0)
+        best = scores.amax(dim=1)
+        best = torch.where(best > self.score_floor, best, 0.0)  # no candidate at all: 0, as with no boxes
+        image, anchor = torch.nonzero((scores > self.score_floor) & (scores >= self.report_floor), as_tuple=True)
+        face = scores[image, anchor]
+        order = sort_by_group_then_score(image, face)
+        order = order[rank_in_group(image[order], n) < self.top_k]
+        image, anchor, face = image[order], anchor[order], face[order]
+        boxes, points = decode(loc[image, anchor].float(), landmarks[image, anchor].float(), prior[anchor])
+        kept = grouped_nms(boxes, image, self.nms_iou, plus_one=True)
+        kept = kept[rank_in_group(image[kept], n) < self.keep]
+        image = image[kept]
+        scale = torch.tensor(factors, device=self.device, dtype=torch.float32)[image]
+        boxes = (boxes[kept].reshape(-1, 2, 2) * scale[:, None]).reshape(-1, 4)
+        points = (points[kept].reshape(-1, 5, 2) * scale[:, None]).reshape(-1, 10)
+        per_image = split_to_host(image, n, boxes, face[kept], points)
+        return [
+            Detections(boxes=b, scores=f, landmarks=p, best=top)
+            for (b, f, p), top in zip(per_image, best.cpu().tolist(), strict=True)
+        ]
 
     def _run_batch(self, images: Sequence[Image]) -> list[Detections]:
         tensors, factors = zip(*(self._prepare(image) for image in images), strict=True)
@@ -397,24 +431,7 @@ class RetinaFaceDetector:
         valid = torch.tensor(sizes + [(height, width)] * (count - len(sizes)), device=self.device) if padded else None
         with full_float32():
             loc, conf, landmarks = self.net(batch, valid)
-        prior, strides = _prior_grid(height, width, self.device)
-        # the cell of a prior starts at (cx, cy) - stride / 2; it exists for the lone image iff it starts inside
-        cell_x, cell_y = prior[:, 0] - strides / 2, prior[:, 1] - strides / 2
-        results = []
-        for i, ((h, w), (fx, fy)) in enumerate(zip(sizes, factors, strict=True)):
-            inside = torch.nonzero((cell_y < h) & (cell_x < w)).squeeze(1) if padded else slice(None)
-            boxes, scores, points = self._postprocess(
-                loc[i, inside], conf[i, inside], landmarks[i, inside], prior[inside]
-            )
-            scale = boxes.new_tensor([fx, fy])
-            results.append(
-                Detections(
-                    boxes=(boxes.reshape(-1, 2, 2) * scale).reshape(-1, 4).cpu().numpy().astype(np.float32),
-                    scores=scores.cpu().numpy().astype(np.float32),
-                    landmarks=(points.reshape(-1, 5, 2) * scale).reshape(-1, 10).cpu().numpy().astype(np.float32),
-                )
-            )
-        return results
+        return self._postprocess(loc, conf, landmarks, height, width, sizes if padded else None, factors)
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         results: list[Detections | None] = [None] * len(images)

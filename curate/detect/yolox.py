@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import nms
 
 from curate.detect.images import Image, image_hw, to_chw
+from curate.detect.postprocess import grouped_nms, sort_by_group_then_score, split_to_host
 from curate.detect.types import Detections
 
 # variant -> (depth multiplier, width multiplier, depthwise convs, default input size)
@@ -435,23 +435,30 @@ def tile_windows(h: int, w: int, tiles: int, overlap: float = 0.2) -> list[tuple
     return [(x0, y0, x1, y1) for y0, y1 in spans(h) for x0, x1 in spans(w)]
 
 
-def cut_by_window(
-    boxes: torch.Tensor, window: tuple[int, int, int, int], image_hw: tuple[int, ...], margin: float
-) -> torch.Tensor:
-    """Which boxes (image coordinates) reach within ``margin`` of a side of the crop ``window`` that cuts through
-    the image (a side not on the image border): objects that probably go on beyond the crop."""
+def cutting_sides(window: tuple[int, int, int, int], image_hw: tuple[int, ...]) -> tuple[bool, bool, bool, bool]:
+    """Which sides (left, top, right, bottom) of the crop ``window`` (x0, y0, x1, y1) cut through the image, i.e.
+    are not on its border."""
     x0, y0, x1, y1 = window
     h, w = image_hw[:2]
-    cut = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
-    if x0 > 0:
-        cut |= boxes[:, 0] <= x0 + margin
-    if y0 > 0:
-        cut |= boxes[:, 1] <= y0 + margin
-    if x1 < w:
-        cut |= boxes[:, 2] >= x1 - margin
-    if y1 < h:
-        cut |= boxes[:, 3] >= y1 - margin
-    return cut
+    return x0 > 0, y0 > 0, x1 < w, y1 < h
+
+
+def cut_by_window(
+    boxes: torch.Tensor, windows: torch.Tensor, cutting: torch.Tensor, margin: torch.Tensor
+) -> torch.Tensor:
+    """Which boxes (N, 4), in image coordinates, reach within ``margin`` (N,) of a side of their crop ``windows``
+    (N, 4) that cuts through the image (``cutting`` (N, 4), from ``cutting_sides``): objects that probably go on
+    beyond the crop."""
+    near = torch.stack(
+        [
+            boxes[:, 0] <= windows[:, 0] + margin,
+            boxes[:, 1] <= windows[:, 1] + margin,
+            boxes[:, 2] >= windows[:, 2] - margin,
+            boxes[:, 3] >= windows[:, 3] - margin,
+        ],
+        dim=1,
+    )
+    return (near & cutting).any(dim=1)
 
 
 _GRID_CACHE: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -499,7 +506,9 @@ class YoloxDetector:
     crops of them mostly add false positives), and with ``tile_drop_cut`` a tile's boxes that touch a side of the
     tile cutting through the image are dropped (parts of an object that the neighbouring tile, which overlaps,
     or the full-image pass sees whole). Every letterboxed input of a batch of ``batch_size`` images goes through
-    one forward pass. ``half`` (float16 weights and inputs) applies on CUDA only.
+    one forward pass. ``half`` (float16 weights and inputs) applies on CUDA only. ``report_floor``: boxes scoring
+    below it are not returned (NMS never lets a lower box suppress a higher one, so no box above it changes),
+    while ``best`` still gives the image's top score.
     """
 
     name = "yolox"
@@ -518,6 +527,7 @@ class YoloxDetector:
         tile_overlap: float = 0.2,
         tile_min_side: int | None = None,
         tile_drop_cut: bool = True,
+        report_floor: float = 0.0,
     ) -> None:
         self.variant = canonical_variant(variant)
         if input_size is None:
@@ -533,6 +543,7 @@ class YoloxDetector:
         self.tile_overlap = tile_overlap
         self.tile_min_side = input_size if tile_min_side is None else tile_min_side
         self.tile_drop_cut = tile_drop_cut
+        self.report_floor = report_floor
         self.half = half and self.device.type == "cuda"
         model = load_yolox(Path(weights), self.variant).fuse()
         # channels-last: about 2x faster on CPU for this network (depthwise and 1x1 convs)
@@ -575,36 +586,50 @@ class YoloxDetector:
             filler[:count] = batch
             batch = filler
         raw = self.raw_outputs(batch)[:count]
-        boxes = decode_boxes(raw, self.input_size)
+        return self._postprocess(raw, meta, [image_hw(image) for image in images])
+
+    def _postprocess(
+        self,
+        raw: torch.Tensor,
+        meta: Sequence[tuple[int, float, tuple[int, int, int, int] | None]],
+        sizes: Sequence[tuple[int, int]],
+    ) -> list[Detections]:
+        """Raw outputs of every input (image or tile) -> one ``Detections`` per image, for the whole batch at once
+        (see ``curate.detect.postprocess``): tiles' boxes are mapped back, cut ones dropped, then each image's
+        boxes go through NMS together."""
+        n = len(sizes)
+        # per input: its image, ratio r, the window it shows (x0, y0, x1, y1) and which of its sides cut the image
+        image_of = torch.tensor([i for i, _, _ in meta], device=self.device)
+        ratio = torch.tensor([r for _, r, _ in meta], device=self.device, dtype=torch.float32)
+        windows = [w if w is not None else (0, 0, sizes[i][1], sizes[i][0]) for i, _, w in meta]
+        window_t = torch.tensor(windows, device=self.device, dtype=torch.float32)
+        cutting = [
+            cutting_sides(w, sizes[i]) if self.tile_drop_cut else (False,) * 4
+            for (i, _, _), w in zip(meta, windows, strict=True)
+        ]
+        cut_t = torch.tensor(cutting, device=self.device)
         scores = raw[..., 4] * raw[..., 5 + PERSON]
-        per_image_boxes: list[list[torch.Tensor]] = [[] for _ in images]
-        per_image_scores: list[list[torch.Tensor]] = [[] for _ in images]
-        for k, (i, r, window) in enumerate(meta):
-            keep = scores[k] > self.score_floor
-            b, sc = boxes[k][keep] / r, scores[k][keep]
-            if window is not None:
-                b[:, 0::2] += window[0]
-                b[:, 1::2] += window[1]
-                if self.tile_drop_cut:
-                    whole = ~cut_by_window(b, window, image_hw(images[i]), margin=2.0 / r)
-                    b, sc = b[whole], sc[whole]
-            per_image_boxes[i].append(b)
-            per_image_scores[i].append(sc)
-        results = []
-        for i, image in enumerate(images):
-            h, w = image_hw(image)
-            b = torch.cat(per_image_boxes[i])
-            sc = torch.cat(per_image_scores[i])
-            b[:, 0::2] = b[:, 0::2].clamp(0, w)
-            b[:, 1::2] = b[:, 1::2].clamp(0, h)
-            keep = nms(b, sc, self.nms_iou)
-            results.append(
-                Detections(
-                    boxes=b[keep].cpu().numpy().astype(np.float32),
-                    scores=sc[keep].cpu().numpy().astype(np.float32),
-                )
-            )
-        return results
+        entry, anchor = torch.nonzero(scores > self.score_floor, as_tuple=True)
+        boxes = decode_boxes(raw, self.input_size)[entry, anchor] / ratio[entry, None]
+        boxes = boxes + window_t[entry][:, [0, 1, 0, 1]]
+        score = scores[entry, anchor]
+        # a tile's box reaching within 2 input pixels of a side that cuts through the image: probably a part of an
+        # object that goes on beyond the tile (the overlapping neighbour or the full-image pass sees it whole)
+        whole = ~cut_by_window(boxes, window_t[entry], cut_t[entry], 2.0 / ratio[entry])
+        image = image_of[entry][whole]
+        boxes, score = boxes[whole], score[whole]
+        own = torch.tensor(sizes, device=self.device, dtype=torch.float32)[image]  # (h, w) per box
+        boxes = torch.minimum(boxes.clamp(min=0.0), own[:, [1, 0, 1, 0]])
+        best = torch.zeros(n, device=self.device).scatter_reduce(0, image, score, "amax")
+        reported = score >= self.report_floor
+        image, boxes, score = image[reported], boxes[reported], score[reported]
+        order = sort_by_group_then_score(image, score)
+        image, boxes, score = image[order], boxes[order], score[order]
+        kept = grouped_nms(boxes, image, self.nms_iou)
+        per_image = split_to_host(image[kept], n, boxes[kept], score[kept])
+        return [
+            Detections(boxes=b, scores=f, best=top) for (b, f), top in zip(per_image, best.cpu().tolist(), strict=True)
+        ]
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         out: list[Detections] = []

@@ -17,7 +17,7 @@ import pandas as pd
 from curate.config import CurateConfig
 from curate.detect.decoding import DECODE_ERRORS, decode, decode_batch
 from curate.detect.images import Image
-from curate.detect.types import Detections
+from curate.detect.types import COUNT_ABOVE, Detections
 from curate.io.tars import read_members
 from curate.models.registry import REGISTRY
 from curate.rundir import RunDir
@@ -58,7 +58,7 @@ class Scorer:
                 found = detector.detect(batch) if batch else []
                 prefix = f"{family}_{name}"
                 results[f"{prefix}_max"] = spread(ok, n, [d.max_score for d in found])
-                results[f"{prefix}_count"] = spread(ok, n, [d.count_above(0.5) for d in found])
+                results[f"{prefix}_count"] = spread(ok, n, [d.count_above(COUNT_ABOVE) for d in found])
                 results[f"{prefix}_boxes"] = spread(ok, n, [flatten(d, self.cfg.box_floor) for d in found])
         if self.clip is not None:
             scored = self.clip.score(batch) if batch else None
