@@ -76,9 +76,10 @@ def test_groups_never_suppress_each_other() -> None:
 
 def test_rank_and_split() -> None:
     groups = torch.tensor([0, 0, 0, 2, 2, 3])
-    assert rank_in_group(groups, 5).tolist() == [0, 1, 2, 0, 1, 0]
+    assert rank_in_group(groups).tolist() == [0, 1, 2, 0, 1, 0]
     values = torch.arange(12, dtype=torch.float32).reshape(6, 2)
-    parts = split_to_host(groups, 5, values, values[:, 0])
+    parts, best = split_to_host(groups, 5, (values, values[:, 0]), torch.tensor([0.5, 0, 0.25, 1, 0]))
+    assert best.tolist() == [0.5, 0, 0.25, 1, 0]
     assert [len(p[1]) for p in parts] == [3, 0, 2, 1, 0]
     np.testing.assert_array_equal(parts[2][0], [[6, 7], [8, 9]])
     assert parts[1][0].shape == (0, 2) and parts[3][1].tolist() == [10.0]

@@ -319,10 +319,10 @@ class ClipHumanFilter:
     def _prepare(self, image: ImageInput) -> torch.Tensor:
         return self.preprocess(_as_rgb_pil(to_hwc_numpy(image)))
 
-    def _prepare_on_device(self, image: ImageInput) -> torch.Tensor:
-        """open_clip's val transform (short side to the input size, bicubic, centre crop, normalise) done with
-        torch on the device, for images already decoded there. It differs from the PIL path only by rounding."""
-        pixels = to_chw(image, self.device).float().div_(255.0)[None]
+    def _resize_on_device(self, image: ImageInput) -> torch.Tensor:
+        """open_clip's val transform up to the crop (short side to the input size, bicubic with antialias, centre
+        crop), done with torch on the device, on the 0..255 scale; ``_normalise`` finishes it."""
+        pixels = to_chw(image, self.device).float()[None]
         height, width = pixels.shape[-2:]
         size = self.input_size
         if height <= width:
@@ -332,12 +332,21 @@ class ClipHumanFilter:
         if (new_h, new_w) != (height, width):
             pixels = F.interpolate(pixels, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
         top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
-        pixels = pixels[0, :, top : top + size, left : left + size].clamp_(0.0, 1.0)
-        return (pixels - self._pixel_mean) / self._pixel_std
+        return pixels[0, :, top : top + size, left : left + size]
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Resized 0..255 pixels (..., 3, S, S) -> clamped to 0..1 and normalised with the model's mean and std."""
+        return (pixels.clamp(0.0, 255.0) / 255.0 - self._pixel_mean) / self._pixel_std
+
+    def _prepare_on_device(self, image: ImageInput) -> torch.Tensor:
+        """open_clip's val transform done with torch on the device, for images already decoded there. It differs
+        from the PIL path only by rounding."""
+        return self._normalise(self._resize_on_device(image))
 
     def _pixels(self, images: Sequence[ImageInput], pool: ThreadPoolExecutor | None) -> torch.Tensor:
         if all(is_tensor(image) for image in images):
-            return torch.stack([self._prepare_on_device(image) for image in images])
+            # one stack and one normalisation for the batch, not one per image: fewer kernel launches
+            return self._normalise(torch.stack([self._resize_on_device(image) for image in images]))
         tensors = list(pool.map(self._prepare, images)) if pool is not None else [self._prepare(i) for i in images]
         batch = torch.stack(tensors)
         if self.device.type == "cuda":

@@ -9,6 +9,7 @@ together, tagged with their image's index (their *group*), and the helpers below
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -26,11 +27,11 @@ def sort_by_group_then_score(groups: torch.Tensor, scores: torch.Tensor) -> torc
     return torch.sort(key, stable=True).indices
 
 
-def rank_in_group(groups: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """For candidates already sorted by group: each one's position within its own group (0, 1, 2, ...)."""
-    counts = torch.bincount(groups, minlength=n_groups)
-    starts = torch.cumsum(counts, 0) - counts
-    return torch.arange(len(groups), device=groups.device) - starts[groups]
+def rank_in_group(groups: torch.Tensor) -> torch.Tensor:
+    """For candidates already sorted by group: each one's position within its own group (0, 1, 2, ...).
+    (``searchsorted`` finds each group's first position without the host synchronisation ``bincount`` needs.)"""
+    first = torch.searchsorted(groups, groups, side="left")
+    return torch.arange(len(groups), device=groups.device) - first
 
 
 def grouped_nms(boxes: torch.Tensor, groups: torch.Tensor, iou: float, plus_one: bool = False) -> torch.Tensor:
@@ -69,18 +70,29 @@ def grouped_nms(boxes: torch.Tensor, groups: torch.Tensor, iou: float, plus_one:
     return torch.cat(kept)
 
 
-def split_to_host(groups: torch.Tensor, n_groups: int, *columns: torch.Tensor) -> list[list[np.ndarray]]:
-    """Per group, the rows of each column (candidates sorted by group), as float32 NumPy arrays, with a single
-    transfer to the host. Returns ``[per group][per column]``."""
+def split_to_host(
+    groups: torch.Tensor, n_groups: int, columns: Sequence[torch.Tensor], per_group: torch.Tensor
+) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """Per group, the rows of each column (candidates sorted by group) as float32 NumPy arrays, and
+    ``per_group`` (n_groups,) as a NumPy array: everything in a single transfer to the host.
+    Returns ``([per group][per column], per_group)``."""
     widths = [1 if c.ndim == 1 else c.shape[1] for c in columns]
-    packed = torch.cat([c.float().reshape(len(groups), w) for c, w in zip(columns, widths, strict=True)], dim=1)
-    host = packed.cpu().numpy()
-    counts = np.bincount(groups.cpu().numpy(), minlength=n_groups) if len(groups) else np.zeros(n_groups, int)
-    bounds = np.cumsum([0, *widths])
+    rows = len(groups)
+    packed = torch.cat(
+        [
+            groups.float()[:, None],  # exact: group numbers are far below 2**24
+            *(c.float().reshape(rows, w) for c, w in zip(columns, widths, strict=True)),
+        ],
+        dim=1,
+    )
+    host = torch.cat([packed.reshape(-1), per_group.float().reshape(-1)]).cpu().numpy()
+    table = host[: packed.numel()].reshape(rows, 1 + sum(widths))
+    counts = np.bincount(table[:, 0].astype(np.int64), minlength=n_groups) if rows else np.zeros(n_groups, int)
+    bounds = np.cumsum([1, *widths])
     out = []
-    for rows in np.split(host, np.cumsum(counts)[:-1]):
-        out.append([_column(rows, bounds[j], bounds[j + 1], widths[j]) for j in range(len(columns))])
-    return out
+    for part in np.split(table, np.cumsum(counts)[:-1]):
+        out.append([_column(part, bounds[j], bounds[j + 1], widths[j]) for j in range(len(columns))])
+    return out, host[packed.numel() :]
 
 
 def _column(rows: np.ndarray, start: int, stop: int, width: int) -> np.ndarray:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.postprocess import grouped_nms, rank_in_group, sort_by_group_then_score, split_to_host
@@ -218,6 +219,20 @@ def load_network(weights: Path | str, slope: float = 0.1) -> RetinaFaceMobileNet
     return net.eval()
 
 
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Every Conv2d + BatchNorm2d pair of a Sequential, in eval mode, folded into one biased Conv2d (the norm
+    becomes an Identity, so the checkpoint's indices keep their places). The same affine map in one pass
+    instead of two: one kernel less per layer. Results move by float32 rounding only (about 1e-6); the padding
+    masks sit before the convolutions and are unaffected."""
+    for sequential in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for index in range(len(sequential) - 1):
+            conv, norm = sequential[index], sequential[index + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                sequential[index] = fuse_conv_bn_eval(conv, norm)
+                sequential[index + 1] = nn.Identity()
+    return module
+
+
 # --------------------------------------------------------------------------------------------------- priors
 
 
@@ -346,7 +361,8 @@ class RetinaFaceDetector:
         self.device = torch.device(device)
         self.dtype = torch.float32
         # channels-last is the faster layout for these small convolutions on CPU (oneDNN) and on CUDA alike
-        self.net = load_network(weights).to(self.device, self.dtype).to(memory_format=torch.channels_last)
+        net = fold_batch_norms(load_network(weights))
+        self.net = net.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         self.score_floor = score_floor
         self.nms_iou = nms_iou
         self.top_k = top_k
@@ -400,38 +416,62 @@ class RetinaFaceDetector:
         image, anchor = torch.nonzero((scores > self.score_floor) & (scores >= self.report_floor), as_tuple=True)
         face = scores[image, anchor]
         order = sort_by_group_then_score(image, face)
-        order = order[rank_in_group(image[order], n) < self.top_k]
+        order = order[rank_in_group(image[order]) < self.top_k]
         image, anchor, face = image[order], anchor[order], face[order]
         boxes, points = decode(loc[image, anchor].float(), landmarks[image, anchor].float(), prior[anchor])
         kept = grouped_nms(boxes, image, self.nms_iou, plus_one=True)
-        kept = kept[rank_in_group(image[kept], n) < self.keep]
+        kept = kept[rank_in_group(image[kept]) < self.keep]
         image = image[kept]
         scale = torch.tensor(factors, device=self.device, dtype=torch.float32)[image]
         boxes = (boxes[kept].reshape(-1, 2, 2) * scale[:, None]).reshape(-1, 4)
         points = (points[kept].reshape(-1, 5, 2) * scale[:, None]).reshape(-1, 10)
-        per_image = split_to_host(image, n, boxes, face[kept], points)
+        per_image, tops = split_to_host(image, n, (boxes, face[kept], points), best)
         return [
-            Detections(boxes=b, scores=f, landmarks=p, best=top)
-            for (b, f, p), top in zip(per_image, best.cpu().tolist(), strict=True)
+            Detections(boxes=b, scores=f, landmarks=p, best=float(top))
+            for (b, f, p), top in zip(per_image, tops, strict=True)
         ]
 
     def _run_batch(self, images: Sequence[Image]) -> list[Detections]:
-        tensors, factors = zip(*(self._prepare(image) for image in images), strict=True)
-        sizes = [tuple(t.shape[1:]) for t in tensors]
+        if self.max_side is not None:
+            prepared, factors = zip(*(self._prepare(image) for image in images), strict=True)
+            sizes = [(int(t.shape[1]), int(t.shape[2])) for t in prepared]
+        else:  # the common case: pixels go into the batch as they are, with one copy each (see _fill)
+            prepared, factors = tuple(images), ((1.0, 1.0),) * len(images)
+            sizes = [image_hw(image) for image in images]
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        count = len(tensors)
+        count = len(sizes)
         if self.canvas_step:
             height = width = math.ceil(max(height, width) / self.canvas_step) * self.canvas_step
             count = max(count, min(self.batch_size, 1 << (count - 1).bit_length()))
-        batch = torch.zeros((count, 3, height, width), device=self.device, dtype=self.dtype)
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        for i, tensor in enumerate(tensors):
-            batch[i, :, : tensor.shape[1], : tensor.shape[2]] = tensor
         padded = any(s != (height, width) for s in sizes)
         valid = torch.tensor(sizes + [(height, width)] * (count - len(sizes)), device=self.device) if padded else None
+        batch = self._fill(prepared, count, height, width, valid, already_prepared=self.max_side is not None)
         with full_float32():
             loc, conf, landmarks = self.net(batch, valid)
         return self._postprocess(loc, conf, landmarks, height, width, sizes if padded else None, factors)
+
+    def _fill(
+        self,
+        images: Sequence[Image | torch.Tensor],
+        count: int,
+        height: int,
+        width: int,
+        valid: torch.Tensor | None,
+        already_prepared: bool,
+    ) -> torch.Tensor:
+        """The network's input batch (count, 3, height, width), channels-last: each image in the top-left corner,
+        BGR minus the mean, zero elsewhere. Raw images cost one copy each (uint8 to float on the way); the channel
+        flip, the mean and the zeroing are then done once for the whole batch, which saves a few kernel launches
+        per image: on a GPU those, not the arithmetic, set the pace."""
+        batch = torch.zeros((count, 3, height, width), device=self.device, dtype=self.dtype)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        for i, image in enumerate(images):
+            tensor = image if already_prepared else to_chw(image, self.device)
+            batch[i, :, : tensor.shape[1], : tensor.shape[2]] = tensor
+        if already_prepared:
+            return batch
+        batch = batch.flip(1) - self._mean
+        return PaddingMasks(valid)(batch, 1)
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         results: list[Detections | None] = [None] * len(images)

@@ -406,18 +406,19 @@ def load_yolox(weights: Path, variant: str = "nano") -> YOLOX:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def letterbox_bgr(image_chw_bgr: torch.Tensor, size: int, out: torch.Tensor) -> float:
-    """Resize a (3, H, W) float BGR image (0..255) by r = min(size/H, size/W) with bilinear interpolation,
-    rounded to whole pixel values as a uint8 resize would, into the top-left corner of ``out`` (3, size, size),
-    which already holds the pad value. Returns r."""
-    h, w = image_chw_bgr.shape[-2:]
+def letterbox(image_chw: torch.Tensor, size: int, out: torch.Tensor) -> float:
+    """Resize a (3, H, W) image (any dtype, 0..255) by r = min(size/H, size/W) with bilinear interpolation into
+    the top-left corner of ``out`` (3, size, size) float, which already holds the pad value. Returns r. The
+    caller rounds ``out`` to whole pixel values afterwards, as a uint8 resize would (the pad value and unresized
+    pixels are whole already), and flips it to BGR: both once per batch rather than once per image."""
+    h, w = image_chw.shape[-2:]
     r = min(size / h, size / w)
     nh, nw = max(int(h * r), 1), max(int(w * r), 1)
-    img = image_chw_bgr
     if (nh, nw) != (h, w):
-        img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        img = img.round_().clamp_(0, 255)
-    out[:, :nh, :nw] = img
+        resized = F.interpolate(image_chw.float()[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+        out[:, :nh, :nw] = resized
+    else:
+        out[:, :nh, :nw] = image_chw
     return r
 
 
@@ -562,20 +563,19 @@ class YoloxDetector:
         """All letterboxed inputs (each image, then its tiles) of ``images`` and, per input, (image index,
         ratio r, crop window (x0, y0, x1, y1) in the image, or None for the full image)."""
         s = self.input_size
-        inputs: list[torch.Tensor] = []
-        meta: list[tuple[int, float, tuple[int, int, int, int] | None]] = []
+        plans: list[tuple[int, torch.Tensor, tuple[int, int, int, int] | None]] = []
         for i, image in enumerate(images):
-            bgr = to_chw(image, self.device).flip(0).float()
+            rgb = to_chw(image, self.device)
             h, w = image_hw(image)
             windows: list[tuple[int, int, int, int] | None] = [None]
             if max(h, w) > self.tile_min_side:
                 windows += tile_windows(h, w, self.tiles, self.tile_overlap)
-            for window in windows:  # letterbox now: the full-size float image is freed before the next one
-                view = bgr if window is None else bgr[:, window[1] : window[3], window[0] : window[2]]
-                canvas = torch.full((3, s, s), PAD_VALUE, device=self.device)
-                meta.append((i, letterbox_bgr(view, s, canvas), window))
-                inputs.append(canvas)
-        return torch.stack(inputs), meta
+            for window in windows:
+                view = rgb if window is None else rgb[:, window[1] : window[3], window[0] : window[2]]
+                plans.append((i, view, window))
+        batch = torch.full((len(plans), 3, s, s), PAD_VALUE, device=self.device)
+        meta = [(i, letterbox(view, s, batch[k]), window) for k, (i, view, window) in enumerate(plans)]
+        return batch.round_().clamp_(0, 255).flip(1), meta
 
     def _detect_batch(self, images: Sequence[Image]) -> list[Detections]:
         batch, meta = self.preprocess(images)
@@ -626,10 +626,8 @@ class YoloxDetector:
         order = sort_by_group_then_score(image, score)
         image, boxes, score = image[order], boxes[order], score[order]
         kept = grouped_nms(boxes, image, self.nms_iou)
-        per_image = split_to_host(image[kept], n, boxes[kept], score[kept])
-        return [
-            Detections(boxes=b, scores=f, best=top) for (b, f), top in zip(per_image, best.cpu().tolist(), strict=True)
-        ]
+        per_image, tops = split_to_host(image[kept], n, (boxes[kept], score[kept]), best)
+        return [Detections(boxes=b, scores=f, best=float(top)) for (b, f), top in zip(per_image, tops, strict=True)]
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         out: list[Detections] = []
