@@ -353,11 +353,13 @@ class ClipHumanFilter:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return batch
 
-    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """(N, D) float32 L2-normalised image embeddings."""
+    def submit_embed(self, images: Sequence[ImageInput]) -> Callable[[], np.ndarray]:
+        """Queue the image encoder's work on ``images``; returns the function that waits for it and gives the
+        (N, D) float32 L2-normalised embeddings. In between, a caller can queue other models' work."""
         if len(images) == 0:
-            return np.zeros((0, self.text_embeddings()[0].shape[1]), np.float32)
-        out = []
+            width = self.text_embeddings()[0].shape[1]
+            return lambda: np.zeros((0, width), np.float32)
+        queued = []
         workers = min(self.preprocess_workers, len(images))
         pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
         try:
@@ -365,19 +367,31 @@ class ClipHumanFilter:
                 for start in range(0, len(images), self.batch_size):
                     pixels = self._pixels(images[start : start + self.batch_size], pool)
                     with self._autocast():
-                        features = self.model.encode_image(pixels)
-                    out.append(features.float().cpu().numpy())
+                        queued.append(self.model.encode_image(pixels).float())
         finally:
             if pool is not None:
                 pool.shutdown()
-        return _l2_normalise(np.concatenate(out, axis=0)).astype(np.float32)
+        return lambda: _l2_normalise(torch.cat(queued).cpu().numpy()).astype(np.float32)
+
+    def embed(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """(N, D) float32 L2-normalised image embeddings."""
+        return self.submit_embed(images)()
+
+    def submit(self, images: Sequence[ImageInput]) -> Callable[[], ClipScores]:
+        """As ``score``, in two steps: queue the work now, finish it (waiting for the device) when called."""
+        human_text, other_text = self.text_embeddings()
+        embeddings_when_done = self.submit_embed(images)
+
+        def finish() -> ClipScores:
+            embeddings = embeddings_when_done()
+            probs = class_probabilities(embeddings, human_text, other_text, self.logit_scale)
+            n_human = len(human_text)
+            human_prob = np.clip(probs[:, :n_human].sum(axis=1), 0.0, 1.0).astype(np.float32)
+            top = [self.human_classes[i] for i in probs[:, :n_human].argmax(axis=1)] if len(embeddings) else []
+            return ClipScores(human_prob=human_prob, top_human_class=top, embeddings=embeddings)
+
+        return finish
 
     def score(self, images: Sequence[ImageInput]) -> ClipScores:
         """Human probability, best human class and embedding for each RGB uint8 (H, W, 3) image of any size."""
-        human_text, other_text = self.text_embeddings()
-        embeddings = self.embed(images)
-        probs = class_probabilities(embeddings, human_text, other_text, self.logit_scale)
-        n_human = len(human_text)
-        human_prob = np.clip(probs[:, :n_human].sum(axis=1), 0.0, 1.0).astype(np.float32)
-        top = [self.human_classes[i] for i in probs[:, :n_human].argmax(axis=1)] if len(embeddings) else []
-        return ClipScores(human_prob=human_prob, top_human_class=top, embeddings=embeddings)
+        return self.submit(images)()

@@ -23,7 +23,7 @@ col·stride < width). The result equals single-image inference up to floating-po
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -431,7 +431,8 @@ class RetinaFaceDetector:
             for (b, f, p), top in zip(per_image, tops, strict=True)
         ]
 
-    def _run_batch(self, images: Sequence[Image]) -> list[Detections]:
+    def _forward(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
+        """Queue one batch's network work; returns the post-processing that finishes it."""
         if self.max_side is not None:
             prepared, factors = zip(*(self._prepare(image) for image in images), strict=True)
             sizes = [(int(t.shape[1]), int(t.shape[2])) for t in prepared]
@@ -448,7 +449,7 @@ class RetinaFaceDetector:
         batch = self._fill(prepared, count, height, width, valid, already_prepared=self.max_side is not None)
         with full_float32():
             loc, conf, landmarks = self.net(batch, valid)
-        return self._postprocess(loc, conf, landmarks, height, width, sizes if padded else None, factors)
+        return lambda: self._postprocess(loc, conf, landmarks, height, width, sizes if padded else None, factors)
 
     def _fill(
         self,
@@ -473,15 +474,27 @@ class RetinaFaceDetector:
         batch = batch.flip(1) - self._mean
         return PaddingMasks(valid)(batch, 1)
 
-    def detect(self, images: Sequence[Image]) -> list[Detections]:
-        results: list[Detections | None] = [None] * len(images)
+    def submit(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
+        """Queue the network's work on ``images`` and return the function that finishes it: post-processing,
+        which waits for the device. In between, a caller can queue other models' work, so that the device is not
+        left idle while the host prepares their inputs."""
         sizes = [image_hw(image) for image in images]
         if self.canvas_step:
             groups = canvas_batches(sizes, self.batch_size, self.canvas_step)
         else:
             groups = size_batches(sizes, self.batch_size, self.max_pad_waste)
         with torch.inference_mode():
-            for group in groups:
-                for index, detections in zip(group, self._run_batch([images[i] for i in group]), strict=True):
-                    results[index] = detections
-        return [r if r is not None else Detections() for r in results]
+            pending = [(group, self._forward([images[i] for i in group])) for group in groups]
+
+        def finish() -> list[Detections]:
+            results: list[Detections | None] = [None] * len(images)
+            with torch.inference_mode():
+                for group, postprocess in pending:
+                    for index, detections in zip(group, postprocess(), strict=True):
+                        results[index] = detections
+            return [r if r is not None else Detections() for r in results]
+
+        return finish
+
+    def detect(self, images: Sequence[Image]) -> list[Detections]:
+        return self.submit(images)()

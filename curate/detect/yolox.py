@@ -20,7 +20,7 @@ corner of a square canvas filled with 114.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -577,7 +577,8 @@ class YoloxDetector:
         meta = [(i, letterbox(view, s, batch[k]), window) for k, (i, view, window) in enumerate(plans)]
         return batch.round_().clamp_(0, 255).flip(1), meta
 
-    def _detect_batch(self, images: Sequence[Image]) -> list[Detections]:
+    def _forward(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
+        """Queue one batch's network work; returns the post-processing that finishes it."""
         batch, meta = self.preprocess(images)
         count = len(batch)
         if self.device.type == "cuda" and count & (count - 1):
@@ -586,7 +587,8 @@ class YoloxDetector:
             filler[:count] = batch
             batch = filler
         raw = self.raw_outputs(batch)[:count]
-        return self._postprocess(raw, meta, [image_hw(image) for image in images])
+        sizes = [image_hw(image) for image in images]
+        return lambda: self._postprocess(raw, meta, sizes)
 
     def _postprocess(
         self,
@@ -629,8 +631,17 @@ class YoloxDetector:
         per_image, tops = split_to_host(image[kept], n, (boxes[kept], score[kept]), best)
         return [Detections(boxes=b, scores=f, best=float(top)) for (b, f), top in zip(per_image, tops, strict=True)]
 
+    def submit(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
+        """Queue the network's work on ``images`` and return the function that finishes it (post-processing,
+        which waits for the device); see ``RetinaFaceDetector.submit``."""
+        with torch.inference_mode():
+            pending = [self._forward(images[s : s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
+
+        def finish() -> list[Detections]:
+            with torch.inference_mode():
+                return [detections for postprocess in pending for detections in postprocess()]
+
+        return finish
+
     def detect(self, images: Sequence[Image]) -> list[Detections]:
-        out: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            out.extend(self._detect_batch(images[start : start + self.batch_size]))
-        return out
+        return self.submit(images)()

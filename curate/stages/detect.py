@@ -7,7 +7,7 @@ re-runs a model. Images are decoded one batch ahead of inference: by PIL in a CP
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +17,7 @@ import pandas as pd
 from curate.config import CurateConfig
 from curate.detect.decoding import DECODE_ERRORS, decode, decode_batch
 from curate.detect.images import Image
-from curate.detect.types import COUNT_ABOVE, Detections
+from curate.detect.types import COUNT_ABOVE, Detections, Detector
 from curate.io.tars import read_members
 from curate.models.registry import REGISTRY
 from curate.rundir import RunDir
@@ -52,21 +52,39 @@ class Scorer:
         ok = [i for i, image in enumerate(images) if image is not None]
         batch = [image for image in images if image is not None]
         n = len(images)
+        # Every model's work is queued before any result is awaited: while the device runs one model, the host
+        # prepares the next one's inputs, instead of the two taking turns.
+        pending = [
+            (f"{family}_{name}", queue(detector, batch))
+            for family, names, detectors in self.families
+            for name, detector in zip(names, detectors, strict=True)
+        ]
+        clip_pending = self.clip.submit(batch) if self.clip is not None and batch else None
         results: dict[str, list[Any]] = {}
-        for family, names, detectors in self.families:
-            for name, detector in zip(names, detectors, strict=True):
-                found = detector.detect(batch) if batch else []
-                prefix = f"{family}_{name}"
-                results[f"{prefix}_max"] = spread(ok, n, [d.max_score for d in found])
-                results[f"{prefix}_count"] = spread(ok, n, [d.count_above(COUNT_ABOVE) for d in found])
-                results[f"{prefix}_boxes"] = spread(ok, n, [flatten(d, self.cfg.box_floor) for d in found])
+        for prefix, finish in pending:
+            found = finish()
+            results[f"{prefix}_max"] = spread(ok, n, [d.max_score for d in found])
+            results[f"{prefix}_count"] = spread(ok, n, [d.count_above(COUNT_ABOVE) for d in found])
+            results[f"{prefix}_boxes"] = spread(ok, n, [flatten(d, self.cfg.box_floor) for d in found])
         if self.clip is not None:
-            scored = self.clip.score(batch) if batch else None
+            scored = clip_pending() if clip_pending is not None else None
             results["clip_human_prob"] = spread(ok, n, [float(p) for p in scored.human_prob] if scored else [])
             results["clip_top_class"] = spread(ok, n, list(scored.top_human_class) if scored else [])
             embeddings = [e.astype(np.float32).tolist() for e in scored.embeddings] if scored else []
             results["clip_embedding"] = spread(ok, n, embeddings)
         return results
+
+
+def queue(detector: Detector, images: Sequence[Image]) -> Callable[[], list[Detections]]:
+    """The detector's two-step form where it has one (``submit``: queue now, finish later), else a deferred
+    ``detect``. No images: nothing to run."""
+    if not images:
+        return list
+    submit = getattr(detector, "submit", None)
+    if submit is not None:
+        finish: Callable[[], list[Detections]] = submit(images)
+        return finish
+    return lambda: detector.detect(images)
 
 
 def spread(ok: list[int], n: int, values: Sequence[Any]) -> list[Any]:
