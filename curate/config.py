@@ -146,8 +146,11 @@ class DetectConfig:
     batch_size: int = 16
     # Faces: PASS ran at the original size (0); a cap bounds the cost of huge originals.
     face_max_side: int = 0
-    # Persons: extra passes on an N x N grid of overlapping crops, for small distant people (1 = off).
-    person_tiles: int = 1
+    # Persons: extra passes on an N x N grid of overlapping crops, for small distant people (1 = off). Their best
+    # score is stored apart (person_<name>_tiles_max), for decide.person_tiles; the strict preset was tuned with 3.
+    person_tiles: int = 3
+    # Only images whose long side exceeds this get tiles (0 = all; the strict preset was tuned with 0).
+    person_tile_min_side: int = 0
     # Boxes at or above this score are kept in the manifest (scores below it only count in *_max).
     box_floor: float = 0.1
     # fp16 on CUDA for the person detectors and CLIP (RetinaFace MobileNet-0.25 always runs in float32).
@@ -167,10 +170,13 @@ class DecideConfig:
     preset: str = "strict"
     face: float = 0.5
     person: float = 0.5
+    # the person detectors' scores on tiles (detect.person_tiles > 1): upscaled crops fire more easily
+    person_tiles: float = 0.5
     clip: float = 0.5
     # Scores between these and the thresholds above go to human review ("uncertain"); 1.0 = no band.
     face_review: float = 1.0
     person_review: float = 1.0
+    person_tiles_review: float = 1.0
     clip_review: float = 1.0
 
 
@@ -305,7 +311,9 @@ def validate(cfg: CurateConfig) -> None:
     )
     need(cfg.detect.batch_size >= 1, "detect.batch_size must be >= 1")
     need(cfg.detect.person_tiles >= 1, "detect.person_tiles must be >= 1 (1 = no tiles)")
-    for key in ("face", "person", "clip", "face_review", "person_review", "clip_review"):
+    need(cfg.detect.person_tile_min_side >= 0, "detect.person_tile_min_side must be >= 0 (0 = tile every image)")
+    for key in ("face", "person", "person_tiles", "clip", "face_review", "person_review", "person_tiles_review",
+                "clip_review"):  # fmt: skip
         need(0.0 <= getattr(cfg.decide, key) <= 1.0, f"decide.{key} must be within 0..1")
     d = cfg.dedup
     need(-1 <= d.phash_distance <= 16, "dedup.phash_distance must be within -1..16 (-1 = off)")

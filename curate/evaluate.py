@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from curate.config import ConfigError, CurateConfig
-from curate.detect.decide import Scores, decide, thresholds
+from curate.detect.decide import Scores, decide, family_of, thresholds
 from curate.detect.decoding import decode
 from curate.run import load_config
 from curate.stages.detect import Scorer
@@ -47,11 +47,10 @@ def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
     human = scored["label"] == "human"
     t = thresholds(cfg.decide)
     per_detector: dict[str, Any] = {}
-    for column in [c for c in scored.columns if c.endswith("_max")] + (
-        ["clip_human_prob"] if "clip_human_prob" in scored else []
-    ):
-        family = column.split("_", 1)[0]
-        limit = {"face": t.face, "person": t.person, "clip": t.clip}[family]
+    for column, family in [(c, family_of(c)) for c in scored.columns]:
+        if family is None:
+            continue
+        limit = {"face": t.face, "person": t.person, "person_tiles": t.person_tiles, "clip": t.clip}[family]
         fired = scored[column].astype(float).fillna(-1) > limit
         name = column.removesuffix("_max")
         per_detector[name] = {

@@ -73,6 +73,7 @@ def _build(name: str, weights: str, device: str, options: tuple[tuple[str, Any],
         from curate.detect.torchvision_person import TorchvisionPersonDetector
 
         kwargs.pop("tiles", None)
+        kwargs.pop("tile_min_side", None)
         return TorchvisionPersonDetector(arch=name, weights=Path(weights), device=device, **kwargs)
     raise ConfigError(f"no loader for detector {name!r}")
 
@@ -94,7 +95,8 @@ def face_detectors(cfg: DetectConfig, models: ModelsConfig, device: str) -> list
 
 def person_detectors(cfg: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
     half = cfg.half and device.startswith("cuda")
-    options = (("batch_size", cfg.batch_size), ("half", half), ("tiles", cfg.person_tiles))
+    options: tuple[tuple[str, Any], ...] = (("batch_size", cfg.batch_size), ("half", half))
+    options += (("tiles", cfg.person_tiles), ("tile_min_side", cfg.person_tile_min_side))
     built = []
     for name in cfg.person:
         extra = (("report_floor", report_floor(cfg)),) if name.startswith("yolox_") else ()

@@ -18,12 +18,14 @@ class Detections:
     landmarks (N, 10) as five (x, y) points for face detectors, else None.
 
     ``best``: the image's highest score, when a detector returns only its boxes above a reporting floor
-    (None: the best of ``scores``)."""
+    (None: the best of ``scores``). ``tiles_best``: for a person detector that also looked at tiles of the
+    image, the best score found on the tiles alone (``best`` then covers the full view only)."""
 
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     landmarks: np.ndarray | None = None
     best: float | None = None
+    tiles_best: float | None = None
 
     @property
     def max_score(self) -> float:

@@ -500,16 +500,20 @@ class YoloxDetector:
 
     ``weights``: an ONNX export of an official model (initializers are read, onnxruntime is not used) or an
     official ``.pth`` checkpoint. ``input_size`` defaults to the variant's official test size (416 for nano and
-    tiny, 640 for s/m/l/x). ``tiles`` > 1 adds a tiles x tiles grid of overlapping crops (``tile_overlap``
-    of a crop's size) per image, each letterboxed to ``input_size``, for small distant people; their boxes are
-    mapped back and merged with the full-image pass by NMS. Tiles are only cut from images whose long side exceeds
-    ``tile_min_side`` (default ``input_size``: smaller images are already seen at full resolution, and upscaled
-    crops of them mostly add false positives), and with ``tile_drop_cut`` a tile's boxes that touch a side of the
-    tile cutting through the image are dropped (parts of an object that the neighbouring tile, which overlaps,
-    or the full-image pass sees whole). Every letterboxed input of a batch of ``batch_size`` images goes through
-    one forward pass. ``half`` (float16 weights and inputs) applies on CUDA only. ``report_floor``: boxes scoring
-    below it are not returned (NMS never lets a lower box suppress a higher one, so no box above it changes),
-    while ``best`` still gives the image's top score.
+    tiny, 640 for s/m/l/x). ``half`` (float16 weights and inputs) applies on CUDA only. Every letterboxed input
+    of a batch of ``batch_size`` images goes through one forward pass.
+
+    Tiles, for small distant people: ``tiles`` > 1 adds a tiles x tiles grid of overlapping crops
+    (``tile_overlap`` of a crop's size) per image, each letterboxed to ``input_size``. They are cut only from
+    images whose long side exceeds ``tile_min_side`` (default ``input_size``: smaller images are already seen at
+    full resolution; the pipeline sets 0, as its decision holds tile scores to a bar of their own). With
+    ``tile_drop_cut``, a tile's boxes that touch a side of the tile cutting through the image are dropped: parts
+    of an object that the overlapping neighbour or the full-image pass sees whole. Boxes of all views go through
+    one NMS; ``best`` is the best score of the full view alone, ``tiles_best`` that of the tiles alone (None
+    without tiles).
+
+    ``report_floor``: boxes scoring below it are not returned (NMS never lets a lower box suppress a higher one,
+    so no box above it changes), while ``best`` and ``tiles_best`` still give the top scores.
     """
 
     name = "yolox"
@@ -622,14 +626,23 @@ class YoloxDetector:
         boxes, score = boxes[whole], score[whole]
         own = torch.tensor(sizes, device=self.device, dtype=torch.float32)[image]  # (h, w) per box
         boxes = torch.minimum(boxes.clamp(min=0.0), own[:, [1, 0, 1, 0]])
-        best = torch.zeros(n, device=self.device).scatter_reduce(0, image, score, "amax")
+        # the image's best score from its full view and, separately, from its tiles: the decision holds tile
+        # scores to a bar of their own (upscaled crops fire more easily)
+        from_tile = torch.tensor([w is not None for _, _, w in meta], device=self.device)[entry][whole]
+        best = torch.zeros((2, n), device=self.device)
+        best[0].scatter_reduce_(0, image, torch.where(from_tile, 0.0, score), "amax")
+        best[1].scatter_reduce_(0, image, torch.where(from_tile, score, 0.0), "amax")
         reported = score >= self.report_floor
         image, boxes, score = image[reported], boxes[reported], score[reported]
         order = sort_by_group_then_score(image, score)
         image, boxes, score = image[order], boxes[order], score[order]
         kept = grouped_nms(boxes, image, self.nms_iou)
-        per_image, tops = split_to_host(image[kept], n, (boxes[kept], score[kept]), best)
-        return [Detections(boxes=b, scores=f, best=float(top)) for (b, f), top in zip(per_image, tops, strict=True)]
+        per_image, tops = split_to_host(image[kept], n, (boxes[kept], score[kept]), best.T)
+        tiled = self.tiles > 1
+        return [
+            Detections(boxes=b, scores=f, best=float(full), tiles_best=float(tile) if tiled else None)
+            for (b, f), (full, tile) in zip(per_image, tops.reshape(n, 2), strict=True)
+        ]
 
     def submit(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
         """Queue the network's work on ``images`` and return the function that finishes it (post-processing,

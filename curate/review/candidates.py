@@ -41,15 +41,15 @@ def scored_rows(cfg: CurateConfig) -> pd.DataFrame:
     rows = pd.concat(frames, ignore_index=True)
     scores = Scores.from_manifest(rows)
     rows["face"], rows["person"], rows["clip"] = scores.face, scores.person, scores.clip
+    rows["person_tiles"] = scores.person_tiles if scores.person_tiles is not None else np.nan
     decision, reason = decide(scores, cfg.decide)
     rows["decision"], rows["decision_reason"] = decision, reason
     # how close each image comes to being flagged: its largest score / threshold ratio over the families
     t = thresholds(cfg.decide)
-    ratios = [
-        np.nan_to_num(rows[f].to_numpy(float), nan=0.0) / max(getattr(t, f), 1e-6) for f in ("face", "person", "clip")
-    ]
+    families = ("face", "person", "person_tiles", "clip")
+    ratios = [np.nan_to_num(rows[f].to_numpy(float), nan=0.0) / max(getattr(t, f), 1e-6) for f in families]
     rows["closeness"] = np.max(np.stack(ratios), axis=0)
-    rows["top_score"] = rows[["face", "person", "clip"]].max(axis=1, skipna=True).fillna(0.0)
+    rows["top_score"] = rows[list(families)].max(axis=1, skipna=True).fillna(0.0)
     reviewed = ledger.latest(cfg.run.dir)
     rows["review_decision"] = rows["image_id"].map(reviewed["decision"]).astype("string")
     return rows

@@ -65,7 +65,7 @@ def jpeg(image: Image.Image, quality: int = 85) -> bytes:
 
 
 def caption(row: pd.Series) -> str:
-    parts = [f"{f} {row[f]:.2f}" for f in ("face", "person", "clip") if f in row and pd.notna(row[f])]
+    parts = [f"{f} {row[f]:.2f}" for f in ("face", "person", "person_tiles", "clip") if f in row and pd.notna(row[f])]
     return " · ".join(parts) or "no scores"
 
 

@@ -55,15 +55,17 @@ class Scorer:
         # Every model's work is queued before any result is awaited: while the device runs one model, the host
         # prepares the next one's inputs, instead of the two taking turns.
         pending = [
-            (f"{family}_{name}", queue(detector, batch))
+            (f"{family}_{name}", detector, queue(detector, batch))
             for family, names, detectors in self.families
             for name, detector in zip(names, detectors, strict=True)
         ]
         clip_pending = self.clip.submit(batch) if self.clip is not None and batch else None
         results: dict[str, list[Any]] = {}
-        for prefix, finish in pending:
+        for prefix, detector, finish in pending:
             found = finish()
             results[f"{prefix}_max"] = spread(ok, n, [d.max_score for d in found])
+            if getattr(detector, "tiles", 1) > 1:  # a score of its own for what only the tiles saw
+                results[f"{prefix}_tiles_max"] = spread(ok, n, [d.tiles_best for d in found])
             results[f"{prefix}_count"] = spread(ok, n, [d.count_above(COUNT_ABOVE) for d in found])
             results[f"{prefix}_boxes"] = spread(ok, n, [flatten(d, self.cfg.box_floor) for d in found])
         if self.clip is not None:
