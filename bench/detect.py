@@ -1,7 +1,7 @@
 """Detect benchmark: images/s per detector and for the full stack, batched vs the PASS approach, in one run.
 
     .venv/bin/python bench/detect.py --models-dir ../shared/models [--images DIR] [--n 64] [--device cpu|cuda]
-        [--clip random] [--e2e 4096] [--pass-n 64]
+        [--clip random] [--e2e 4096] [--pass-n 64] [--set KEY=VALUE ...]
 
 1. Per detector and for the whole `Scorer` stack, on decoded images: batched vs one image at a time.
 2. `--e2e N`: end to end from JPEG bytes, as the detect stage runs (`curate.stages.detect.decoded_batches` then
@@ -114,6 +114,7 @@ def main() -> int:
     parser.add_argument("--e2e", type=int, default=0, help="PASS-sized JPEGs for the end-to-end run (0 = skip)")
     parser.add_argument("--pass-n", type=int, default=0, help="of those, how many the PASS approach gets")
     parser.add_argument("--skip-single", action="store_true", help="part 1: batched only")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -123,6 +124,7 @@ def main() -> int:
         f"detect.device={args.device}",
         f"detect.batch_size={args.batch}",
         f"detect.torch_threads={args.threads}",
+        *args.set,
     ]
     if args.clip == "random":
         models_dir = with_random_clip(models_dir, "ViT-B-32", "openai")
@@ -139,7 +141,7 @@ def main() -> int:
     card = torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
     print(f"device {device} ({card}); torch {torch.__version__}; torch threads {args.threads}; batch {args.batch}; "
           f"half {cfg.detect.half and device.startswith('cuda')}")  # fmt: skip
-    print(f"stack: {', '.join(stack)}")
+    print(f"stack: {', '.join(stack)}; person tiles {cfg.detect.person_tiles}")
     print(f"part 1: {len(images)} images from {args.images}, median {np.median(sizes):.2f} MP; "
           f"PIL decode (1 thread) {decode_rate:.1f} img/s")  # fmt: skip
     inputs: list = images if not device.startswith("cuda") else [to_chw(im, device) for im in images]

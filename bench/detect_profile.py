@@ -2,6 +2,7 @@
 top operators under torch.profiler. For finding the bottleneck; `bench/detect.py` gives the headline figures.
 
     python bench/detect_profile.py --models-dir DIR [--device cuda] [--n 4096] [--batch 128 256] [--profile]
+        [--set detect.person_tiles=1 ...]
 
 Images are PASS-sized JPEGs made from the sample photos (`bench/detect.py`'s `pass_sized_jpegs`). Every rate is
 images per second over all N images after one untimed warm-up pass over the first batches (new shapes are slow
@@ -21,11 +22,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detect import pass_sized_jpegs, source_files, sync, with_random_clip  # noqa: E402
+from detect import pass_sized_jpegs, source_files, sync, with_random_clip
 
-from curate.detect.decoding import decode, decode_batch  # noqa: E402
-from curate.run import SAMPLE_DIR, load_config  # noqa: E402
-from curate.stages.detect import Scorer, decoded_batches  # noqa: E402
+from curate.detect.decoding import decode, decode_batch
+from curate.run import SAMPLE_DIR, load_config
+from curate.stages.detect import Scorer, decoded_batches
 
 
 def rate(label: str, n: int, work: Callable[[], object]) -> float:
@@ -53,6 +54,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--batch", type=int, nargs="+", default=[128])
     parser.add_argument("--profile", action="store_true", help="torch.profiler over a few batches of the stack")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     args = parser.parse_args()
     gpu = args.device if args.device.startswith("cuda") else None
     card = torch.cuda.get_device_name() if gpu else "CPU"
@@ -68,10 +70,11 @@ def main() -> int:
                 f"detect.batch_size={batch}",
                 "detect.clip_model=ViT-B-32",
                 "detect.clip_pretrained=openai",
+                *args.set,
             ]
         )
         scorer = Scorer(cfg)
-        print(f"batch {batch}: {args.n} PASS-sized JPEGs", flush=True)
+        print(f"batch {batch}: {args.n} PASS-sized JPEGs; person tiles {cfg.detect.person_tiles}", flush=True)
         decoded: list = []
 
         def decode_all(out: list = decoded, size: int = batch) -> None:
@@ -95,7 +98,7 @@ def main() -> int:
             in_batches(run, warm, batch)()
             rate(label, args.n, in_batches(run, decoded, batch))
 
-        def end_to_end(size: int = batch) -> None:
+        def end_to_end(size: int = batch, scorer: Scorer = scorer) -> None:
             for images, _ in decoded_batches(list(blobs), size, gpu):
                 scorer.score(images)
 

@@ -28,7 +28,14 @@ FAST = ["dask.processes=false", "dask.n_workers=2", "run.progress=false", f"mode
 # Thresholds no score can pass, no de-duplication, no cap or sample: the release keeps every fetched image. For
 # tests of the pipeline's mechanics, which should not change when the human filter or the selection do.
 NO_SELECT = ["dedup.exact=false", "dedup.phash_distance=-1", "release.owner_cap=0", "release.target_size=0"]
-NO_FILTER = ["decide.preset=custom", "decide.face=1", "decide.person=1", "decide.clip=1", *NO_SELECT]
+NO_FILTER = [
+    "decide.preset=custom",
+    "decide.face=1",
+    "decide.person=1",
+    "decide.person_tiles=1",
+    "decide.clip=1",
+    *NO_SELECT,
+]
 
 
 def run_curate(*overrides: str) -> int:

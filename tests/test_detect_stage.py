@@ -29,7 +29,8 @@ def test_every_image_has_every_detectors_scores_and_a_decision(detected: Path) -
     manifest = pd.read_parquet(detected / "release" / "v1" / "manifest.parquet")
     scored = manifest[manifest["fetch_status"] == "ok"]
     assert len(scored) == 31 and (scored["detect_status"] == "ok").all()
-    for column in ("face_retinaface_mnet025_max", "person_yolox_nano_max", "face_retinaface_mnet025_boxes"):
+    columns = ("face_retinaface_mnet025_max", "person_yolox_nano_max", "person_yolox_nano_tiles_max")
+    for column in (*columns, "face_retinaface_mnet025_boxes"):
         assert scored[column].notna().all(), column
     assert scored["decision"].isin(["keep", "reject", "review"]).all()
     assert set(scored["decision_reason"]) <= {"ok", "face", "person", "clip_human", "uncertain"}
@@ -81,9 +82,18 @@ def test_evaluate_on_the_dev_set(tmp_path: Path) -> None:
     assert evaluate([f"images={dev}", f"labels={dev / 'labels.csv'}", f"out={out}", f"models.dir={MODELS}"]) == 0
     result = json.loads(out.read_text())
     assert set(result) >= {"recall", "false_removal_rate", "per_category", "per_detector", "missed"}
-    # Measured with the offline models and the strict preset: recall 0.939, false removals 0.143. The goal
-    # (recall >= 0.95 at <= 0.15) needs CLIP, whose weights do not exist offline.
-    assert result["recall"] >= 0.93
+    # The goal, with the offline models and the strict preset (tuned on this set, so optimistic): recall >= 0.95
+    # at a false-removal rate <= 0.15. Measured: 0.956 (109 of 114) at 0.143 (15 of 105).
+    assert result["recall"] >= 0.95
     assert result["false_removal_rate"] <= 0.15
     assert result["per_category"]["human/full_body"]["recall"] == 1.0
+    assert result["per_category"]["human/small_distant_people"]["recall"] >= 0.9
     assert result["per_detector"]["person_yolox_nano"]["recall"] >= 0.85
+    # tiles alone catch people the full view misses, and they have a bar of their own
+    tiles = result["per_detector"]["person_yolox_nano_tiles"]
+    assert tiles["threshold"] == 0.4 and tiles["recall"] >= 0.6
+    # without tiles the same preset misses more: the small distant people
+    no_tiles = tmp_path / "no_tiles.json"
+    assert evaluate([f"images={dev}", f"labels={dev / 'labels.csv'}", f"out={no_tiles}", f"models.dir={MODELS}",
+                     "detect.person_tiles=1"]) == 0  # fmt: skip
+    assert json.loads(no_tiles.read_text())["recall"] < result["recall"]

@@ -406,19 +406,21 @@ def load_yolox(weights: Path, variant: str = "nano") -> YOLOX:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def letterbox(image_chw: torch.Tensor, size: int, out: torch.Tensor) -> float:
-    """Resize a (3, H, W) image (any dtype, 0..255) by r = min(size/H, size/W) with bilinear interpolation into
-    the top-left corner of ``out`` (3, size, size) float, which already holds the pad value. Returns r. The
-    caller rounds ``out`` to whole pixel values afterwards, as a uint8 resize would (the pad value and unresized
-    pixels are whole already), and flips it to BGR: both once per batch rather than once per image."""
-    h, w = image_chw.shape[-2:]
+def letterbox(images: torch.Tensor, size: int, out: torch.Tensor) -> float:
+    """Resize (3, H, W) image(s), or a stack (N, 3, H, W) of same-sized ones, any dtype, 0..255, by
+    r = min(size/H, size/W) with bilinear interpolation into the top-left corner of ``out`` ((3 or N, 3), size,
+    size, float), which already holds the pad value. Returns r. The caller rounds ``out`` to whole pixel values
+    afterwards, as a uint8 resize would (the pad value and unresized pixels are whole already), and flips it to
+    BGR: both once per batch rather than once per image."""
+    h, w = images.shape[-2:]
     r = min(size / h, size / w)
     nh, nw = max(int(h * r), 1), max(int(w * r), 1)
     if (nh, nw) != (h, w):
-        resized = F.interpolate(image_chw.float()[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        out[:, :nh, :nw] = resized
+        stacked = images.float() if images.ndim == 4 else images.float()[None]
+        resized = F.interpolate(stacked, size=(nh, nw), mode="bilinear", align_corners=False)
+        out[..., :nh, :nw] = resized if images.ndim == 4 else resized[0]
     else:
-        out[:, :nh, :nw] = image_chw
+        out[..., :nh, :nw] = images
     return r
 
 
@@ -567,18 +569,19 @@ class YoloxDetector:
         """All letterboxed inputs (each image, then its tiles) of ``images`` and, per input, (image index,
         ratio r, crop window (x0, y0, x1, y1) in the image, or None for the full image)."""
         s = self.input_size
-        plans: list[tuple[int, torch.Tensor, tuple[int, int, int, int] | None]] = []
+        views: list[tuple[int, torch.Tensor, list[tuple[int, int, int, int]]]] = []
         for i, image in enumerate(images):
-            rgb = to_chw(image, self.device)
             h, w = image_hw(image)
-            windows: list[tuple[int, int, int, int] | None] = [None]
-            if max(h, w) > self.tile_min_side:
-                windows += tile_windows(h, w, self.tiles, self.tile_overlap)
-            for window in windows:
-                view = rgb if window is None else rgb[:, window[1] : window[3], window[0] : window[2]]
-                plans.append((i, view, window))
-        batch = torch.full((len(plans), 3, s, s), PAD_VALUE, device=self.device)
-        meta = [(i, letterbox(view, s, batch[k]), window) for k, (i, view, window) in enumerate(plans)]
+            windows = tile_windows(h, w, self.tiles, self.tile_overlap) if max(h, w) > self.tile_min_side else []
+            views.append((i, to_chw(image, self.device), windows))
+        batch = torch.full((sum(1 + len(w) for _, _, w in views), 3, s, s), PAD_VALUE, device=self.device)
+        meta: list[tuple[int, float, tuple[int, int, int, int] | None]] = []
+        for i, rgb, windows in views:
+            meta.append((i, letterbox(rgb, s, batch[len(meta)]), None))
+            if windows:  # a grid's tiles all have one size: one stack, one resize
+                crops = torch.stack([rgb[:, y0:y1, x0:x1] for x0, y0, x1, y1 in windows])
+                r = letterbox(crops, s, batch[len(meta) : len(meta) + len(windows)])
+                meta.extend((i, r, window) for window in windows)
         return batch.round_().clamp_(0, 255).flip(1), meta
 
     def _forward(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
