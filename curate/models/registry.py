@@ -6,6 +6,7 @@ pinned hash, and never loaded at import time.
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from curate.config import ConfigError, CurateConfig, ModelsConfig
 from curate.io.atomic import sha256_file
+
+log = logging.getLogger("curate")
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,8 @@ class ModelSpec:
     filename: str
     url: str
     # Full sha256 of the file. torchvision publishes only the first 8 hex digits (in the file name), and
-    # checks no more itself; such entries hold that prefix.
+    # checks no more itself; such entries hold that prefix. Empty: no digest is published and none could be taken
+    # here (no internet); the digest of the first download is recorded beside the file and checked from then on.
     sha256: str
     licence: str
     input_size: str
@@ -55,6 +59,18 @@ REGISTRY: dict[str, ModelSpec] = {
             preprocessing="BGR 0..255, top-left letterbox padded with 114",
         ),
         ModelSpec(
+            name="retinaface_r50",
+            kind="face",
+            filename="retinaface.pth",
+            # the file the retina-face package (0.0.19) itself downloads for its PyTorch network
+            url="https://github.com/serengil/deepface_models/releases/download/v1.0/retinaface.pth",
+            sha256="",
+            licence="MIT (serengil/retinaface; insightface RetinaFace-R50 weights)",
+            input_size="short side 1024 (long side at most 1980)",
+            preprocessing="RGB 0..255 (the network's first batch norm normalises)",
+            source="package",
+        ),
+        ModelSpec(
             name="fasterrcnn_resnet50_fpn_v2",
             kind="person",
             filename="fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth",
@@ -76,10 +92,32 @@ def _expand(path: str) -> Path:
     return Path(os.path.expanduser(path))
 
 
-def verify(spec: ModelSpec, path: Path) -> None:
+def recorded_pin(path: Path) -> Path:
+    """Where the digest of an unpinned model's first download is kept: beside the file."""
+    return path.with_name(path.name + ".sha256")
+
+
+def verify(spec: ModelSpec, path: Path, record: bool = False) -> None:
+    """The file's sha256 against the registry's pin; for a model without one (``sha256 == ""``), against the
+    digest recorded at its first download (``record``: this is that download, so record it)."""
     found = sha256_file(path)
-    if not found.startswith(spec.sha256):
-        raise ModelMissing(f"{path} has sha256 {found}, but {spec.name} is pinned to {spec.sha256}: remove the file")
+    if spec.sha256:
+        if not found.startswith(spec.sha256):
+            raise ModelMissing(
+                f"{path} has sha256 {found}, but {spec.name} is pinned to {spec.sha256}: remove the file"
+            )
+        return
+    pin = recorded_pin(path.with_name(spec.filename))
+    if record:
+        pin.write_text(found + "\n")
+        log.warning("%s has no published sha256: recorded %s in %s, checked from now on", spec.name, found, pin)
+    elif not pin.exists():
+        raise ModelMissing(
+            f"{path}: {spec.name} has no published sha256 and no digest was recorded at download "
+            f"({pin.name}); fetch it with `python -m curate.models download`, or write its sha256 to {pin}"
+        )
+    elif pin.read_text().strip() != found:
+        raise ModelMissing(f"{path} has sha256 {found}, but {pin} recorded {pin.read_text().strip()}: remove both")
 
 
 def locate(spec: ModelSpec, cfg: ModelsConfig) -> Path:
@@ -91,7 +129,7 @@ def how_to_get(spec: ModelSpec, cfg: ModelsConfig) -> str:
     return (
         f"{spec.name} needs {spec.filename} in {locate(spec, cfg).parent}: on a machine with internet run "
         f"`python -m curate.models download` (same pipeline and overrides) and copy the folder, "
-        f"or fetch {spec.url} (sha256 {spec.sha256})"
+        f"or fetch {spec.url} ({f'sha256 {spec.sha256}' if spec.sha256 else 'no published sha256'})"
     )
 
 
@@ -119,7 +157,11 @@ def download(spec: ModelSpec, path: Path) -> None:
     except OSError as err:
         partial.unlink(missing_ok=True)
         raise ModelMissing(f"could not download {spec.url}: {err}. {how_to_get(spec, ModelsConfig())}") from err
-    verify(spec, partial)
+    try:
+        verify(spec, partial, record=not spec.sha256)
+    except ModelMissing:
+        partial.unlink(missing_ok=True)  # a corrupt or substituted file is never left to be mistaken for weights
+        raise
     partial.replace(path)
 
 
