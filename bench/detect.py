@@ -89,6 +89,19 @@ def rate(run: Callable[[Sequence], object], images: Sequence, batch: int) -> flo
     return len(images) / seconds
 
 
+def scorer_parts(scorer: Scorer, clip_label: str, stack_label: str) -> list[tuple[str, Callable[[Sequence], object]]]:
+    """(label, batched call) for each of the scorer's detectors, its CLIP filter, and the whole stack."""
+    parts: list[tuple[str, Callable[[Sequence], object]]] = [
+        (f"{family}:{name}", detector.detect)
+        for family, names, detectors in scorer.families
+        for name, detector in zip(names, detectors, strict=True)
+    ]
+    if scorer.clip is not None:
+        parts.append((clip_label, scorer.clip.score))
+    parts.append((stack_label, scorer.score))
+    return parts
+
+
 def with_random_clip(models_dir: str, model: str, tag: str) -> str:
     """A temporary models dir: the real weights linked in, plus a randomly initialised CLIP checkpoint."""
     import open_clip
@@ -146,15 +159,7 @@ def main() -> int:
           f"PIL decode (1 thread) {decode_rate:.1f} img/s")  # fmt: skip
     inputs: list = images if not device.startswith("cuda") else [to_chw(im, device) for im in images]
     print(f"{'detector':<34} {'batched img/s':>14} {'one-at-a-time':>14} {'ratio':>7}")
-    parts: list[tuple[str, Callable[[Sequence], object]]] = [
-        (f"{family}:{name}", detector.detect)
-        for family, names, detectors in scorer.families
-        for name, detector in zip(names, detectors, strict=True)
-    ]
-    if scorer.clip is not None:
-        parts.append(("clip:ViT-B-32", scorer.clip.score))
-    parts.append(("full stack (Scorer)", scorer.score))
-    for label, run in parts:
+    for label, run in scorer_parts(scorer, "clip:ViT-B-32", "full stack (Scorer)"):
         batched = rate(run, inputs, args.batch)
         if args.skip_single:
             print(f"{label:<34} {batched:>14.1f}")

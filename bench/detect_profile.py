@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detect import pass_sized_jpegs, source_files, sync, with_random_clip
+from detect import pass_sized_jpegs, scorer_parts, source_files, sync, with_random_clip
 
 from curate.detect.decoding import decode, decode_batch
 from curate.run import SAMPLE_DIR, load_config
@@ -86,14 +86,7 @@ def main() -> int:
         decode_all()  # warm-up
         rate("decode only", args.n, decode_all)
         warm = decoded[: 2 * batch]
-        parts: list[tuple[str, Callable[[Sequence], object]]] = [
-            (f"{family}:{name}", detector.detect)
-            for family, names, detectors in scorer.families
-            for name, detector in zip(names, detectors, strict=True)
-        ]
-        if scorer.clip is not None:
-            parts.append(("clip:ViT-B-32 (random init)", scorer.clip.score))
-        parts.append(("stack on decoded images (Scorer.score)", scorer.score))
+        parts = scorer_parts(scorer, "clip:ViT-B-32 (random init)", "stack on decoded images (Scorer.score)")
         for label, run in parts:
             in_batches(run, warm, batch)()
             rate(label, args.n, in_batches(run, decoded, batch))

@@ -18,7 +18,8 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "list":
         for spec in REGISTRY.values():
-            print(f"{spec.name:<28} {spec.kind:<7} {spec.filename:<48} {spec.licence}")
+            pin = spec.sha256[:12] if spec.sha256 else "(recorded)"
+            print(f"{spec.name:<28} {spec.kind:<7} {spec.filename:<48} {pin:<12} {spec.licence}")
         return 0
     try:
         cfg = load_config(argv[1:])

@@ -59,6 +59,36 @@ REGISTRY: dict[str, ModelSpec] = {
             preprocessing="BGR 0..255, top-left letterbox padded with 114",
         ),
         ModelSpec(
+            name="yolox_tiny",
+            kind="person",
+            filename="yolox_tiny.pth",
+            url="https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_tiny.pth",
+            sha256="",  # none published; recorded at first download
+            licence="Apache-2.0 (Megvii YOLOX official weights)",
+            input_size="416 letterbox",
+            preprocessing="BGR 0..255, top-left letterbox padded with 114",
+        ),
+        ModelSpec(
+            name="yolox_s",
+            kind="person",
+            filename="yolox_s.pth",
+            url="https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_s.pth",
+            sha256="",  # none published; recorded at first download
+            licence="Apache-2.0 (Megvii YOLOX official weights)",
+            input_size="640 letterbox",
+            preprocessing="BGR 0..255, top-left letterbox padded with 114",
+        ),
+        ModelSpec(
+            name="yolox_m",
+            kind="person",
+            filename="yolox_m.pth",
+            url="https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_m.pth",
+            sha256="",  # none published; recorded at first download
+            licence="Apache-2.0 (Megvii YOLOX official weights)",
+            input_size="640 letterbox",
+            preprocessing="BGR 0..255, top-left letterbox padded with 114",
+        ),
+        ModelSpec(
             name="retinaface_r50",
             kind="face",
             filename="retinaface.pth",
