@@ -593,12 +593,7 @@ class YoloxDetector:
             filler = batch.new_full((1 << count.bit_length(), *batch.shape[1:]), PAD_VALUE)
             filler[:count] = batch
             batch = filler
-        if self.device.type == "cpu" and len(batch) > self.batch_size:
-            # with tiles a batch holds ten inputs per image; on the CPU one pass over all 160 of a batch of 16 ran
-            # at about half the speed of one image at a time (bench/detect.py: 3.8 against 7.1 img/s; not profiled)
-            raw = torch.cat([self.raw_outputs(part) for part in batch.split(self.batch_size)])[:count]
-        else:
-            raw = self.raw_outputs(batch)[:count]
+        raw = self.raw_outputs(batch)[:count]
         sizes = [image_hw(image) for image in images]
         return lambda: self._postprocess(raw, meta, sizes)
 
@@ -655,8 +650,14 @@ class YoloxDetector:
     def submit(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
         """Queue the network's work on ``images`` and return the function that finishes it (post-processing,
         which waits for the device); see ``RetinaFaceDetector.submit``."""
+        step = self.batch_size
+        if self.device.type == "cpu" and self.tiles > 1:
+            # With tiles an image makes up to 1 + tiles² inputs. On the CPU a batch of 16 images (160 inputs, 330 MB
+            # of canvases) ran at about half the speed of one image at a time (bench/detect.py: 3.8 against 7.1
+            # img/s; not profiled), so there a batch holds at most batch_size inputs.
+            step = max(1, self.batch_size // (1 + self.tiles**2))
         with torch.inference_mode():
-            pending = [self._forward(images[s : s + self.batch_size]) for s in range(0, len(images), self.batch_size)]
+            pending = [self._forward(images[s : s + step]) for s in range(0, len(images), step)]
 
         def finish() -> list[Detections]:
             with torch.inference_mode():
