@@ -175,6 +175,9 @@ def test_tiles_find_small_distant_people(nano):
     # a rider on a forest boardwalk: missed by the full-image pass, found on a tile
     assert single[0].max_score < 0.3 < tiles[0].tiles_best
     assert tiles[0].count_above(0.3) >= 1
+    # an image too small for tiles (tile_min_side) has no tile score, rather than a score of 0
+    small = YoloxDetector(ONNX, tiles=2, tile_min_side=10_000).detect(images[:1])[0]
+    assert small.tiles_best is None and small.max_score == pytest.approx(single[0].max_score, abs=1e-4)
 
 
 def test_tile_windows_cover_with_overlap():

@@ -511,8 +511,8 @@ class YoloxDetector:
     full resolution; the pipeline sets 0, as its decision holds tile scores to a bar of their own). With
     ``tile_drop_cut``, a tile's boxes that touch a side of the tile cutting through the image are dropped: parts
     of an object that the overlapping neighbour or the full-image pass sees whole. Boxes of all views go through
-    one NMS; ``best`` is the best score of the full view alone, ``tiles_best`` that of the tiles alone (None
-    without tiles).
+    one NMS; ``best`` is the best score of the full view alone, ``tiles_best`` that of the tiles alone (None for
+    an image that got no tiles).
 
     ``report_floor``: boxes scoring below it are not returned (NMS never lets a lower box suppress a higher one,
     so no box above it changes), while ``best`` and ``tiles_best`` still give the top scores.
@@ -641,10 +641,10 @@ class YoloxDetector:
         image, boxes, score = image[order], boxes[order], score[order]
         kept = grouped_nms(boxes, image, self.nms_iou)
         per_image, tops = split_to_host(image[kept], n, (boxes[kept], score[kept]), best.T)
-        tiled = self.tiles > 1
+        tiled = {i for i, _, window in meta if window is not None}  # images that got tiles (see tile_min_side)
         return [
-            Detections(boxes=b, scores=f, best=float(full), tiles_best=float(tile) if tiled else None)
-            for (b, f), (full, tile) in zip(per_image, tops.reshape(n, 2), strict=True)
+            Detections(boxes=b, scores=f, best=float(full), tiles_best=float(tile) if i in tiled else None)
+            for i, ((b, f), (full, tile)) in enumerate(zip(per_image, tops.reshape(n, 2), strict=True))
         ]
 
     def submit(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
