@@ -63,7 +63,8 @@ def _models(cfg: CurateConfig) -> list[tuple[object, ...]]:
     for family, names in (("face", cfg.detect.face), ("person", cfg.detect.person)):
         for name in names:
             spec = REGISTRY.get(name)
-            rows.append((family, name, spec.sha256 if spec else "-", spec.licence if spec else "-"))
+            pin = (spec.sha256 or "none published (recorded at first download)") if spec else "-"
+            rows.append((family, name, pin, spec.licence if spec else "-"))
     if cfg.detect.clip_model:
         rows.append(("clip", f"{cfg.detect.clip_model}/{cfg.detect.clip_pretrained}", "open_clip registry", "-"))
     return rows or [("-", "none", "-", "-")]
