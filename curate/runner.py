@@ -161,8 +161,13 @@ class Runner:
 
     def close(self) -> None:
         if self._client is not None:
+            # A client made from a cluster object does not own it: closing the client alone left the cluster's
+            # scheduler, workers and threads running, one set per invocation in a long-lived process (the tests).
+            cluster = getattr(self._client, "cluster", None)
             self._client.close()
             self._client = None
+            if cluster is not None:
+                cluster.close()
 
     def progress(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="shard", disable=not self.cfg.run.progress, leave=True)
