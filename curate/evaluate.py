@@ -50,7 +50,7 @@ def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
     for column, family in [(c, family_of(c)) for c in scored.columns]:
         if family is None:
             continue
-        limit = {"face": t.face, "person": t.person, "person_tiles": t.person_tiles, "clip": t.clip}[family]
+        limit = getattr(t, family)  # each family has a threshold of its name
         fired = scored[column].astype(float).fillna(-1) > limit
         name = column.removesuffix("_max")
         per_detector[name] = {

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torchvision
 
-# the CUDA NMS kernel keeps an N x N/64 bit mask: cap N per call so that it stays small (here about 56 MB)
+# the CUDA NMS kernel keeps an N x N/64 mask of 64-bit words: cap N per call so that it stays small (20k: 50 MB)
 NMS_CHUNK = 20_000
 
 
@@ -39,8 +39,8 @@ def grouped_nms(boxes: torch.Tensor, groups: torch.Tensor, iou: float, plus_one:
     ``sort_by_group_then_score`` leaves them). Returns the indices kept, in that same order.
 
     Each group's boxes are moved to a region of their own, so that boxes of different groups never overlap and
-    one kernel call serves many images. The shift is done in float64, where offsets of up to about 1e7 pixels
-    leave the IoU exact to about 1e-9; the boxes' own order is passed as the score, so that NMS visits them
+    one kernel call serves many images. The shift is done in float64, whose 53-bit mantissa still resolves
+    coordinates of 1e7 pixels to about 2e-9; the boxes' own order is passed as the score, so that NMS visits them
     exactly in the given order (ties included). ``plus_one``: the reference RetinaFace convention in which a
     box spans x2 - x1 + 1 pixels.
     """
@@ -71,10 +71,10 @@ def grouped_nms(boxes: torch.Tensor, groups: torch.Tensor, iou: float, plus_one:
 
 
 def split_to_host(
-    groups: torch.Tensor, n_groups: int, columns: Sequence[torch.Tensor], per_group: torch.Tensor
+    groups: torch.Tensor, n_groups: int, columns: Sequence[torch.Tensor], per_group: torch.Tensor | None = None
 ) -> tuple[list[list[np.ndarray]], np.ndarray]:
     """Per group, the rows of each column (candidates sorted by group) as float32 NumPy arrays, and
-    ``per_group`` (n_groups,) as a NumPy array: everything in a single transfer to the host.
+    ``per_group`` (values per group, any shape) as a flat NumPy array: everything in a single transfer to the host.
     Returns ``([per group][per column], per_group)``."""
     widths = [1 if c.ndim == 1 else c.shape[1] for c in columns]
     rows = len(groups)
@@ -85,7 +85,8 @@ def split_to_host(
         ],
         dim=1,
     )
-    host = torch.cat([packed.reshape(-1), per_group.float().reshape(-1)]).cpu().numpy()
+    extra = per_group.float().reshape(-1) if per_group is not None else packed.new_zeros(0)
+    host = torch.cat([packed.reshape(-1), extra]).cpu().numpy()
     table = host[: packed.numel()].reshape(rows, 1 + sum(widths))
     counts = np.bincount(table[:, 0].astype(np.int64), minlength=n_groups) if rows else np.zeros(n_groups, int)
     bounds = np.cumsum([1, *widths])

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from curate.detect.images import Image, image_hw, to_hwc_numpy
-from curate.detect.retinaface import PaddingMasks, nms_plus_one, size_batches
+from curate.detect.postprocess import grouped_nms, rank_in_group, sort_by_group_then_score, split_to_host
+from curate.detect.retinaface import PaddingMasks, size_batches
 from curate.detect.types import Detections
 
 PACKAGE_VERSION = "0.0.19"
@@ -249,25 +250,24 @@ class RetinaFaceR50Detector:
         deltas = torch.cat([b.permute(0, 2, 3, 1).reshape(batch_size, -1, 4) for _, b, _ in outputs], 1)
         points = torch.cat([m.permute(0, 2, 3, 1).reshape(batch_size, -1, 10) for _, _, m in outputs], 1)
         anchor, origin = anchors(height, width, self.device)
-        results = []
-        for i, ((h, w), (_, scale)) in enumerate(zip(sizes, prepared, strict=True)):
-            exists = (origin[:, 1] < h) & (origin[:, 0] < w)  # the cells a lone image of this size has
-            chosen = torch.nonzero(exists & (scores[i] >= self.score_floor)).squeeze(1)
-            chosen = chosen[torch.argsort(scores[i, chosen].float(), descending=True)[: self.top_k]]
-            boxes, marks = decode(anchor[chosen], deltas[i, chosen].float(), points[i, chosen].float())
-            limit = boxes.new_tensor([w - 1, h - 1, w - 1, h - 1])
-            boxes = torch.minimum(boxes, limit).clamp(min=0.0) / scale
-            marks = marks / scale
-            face = scores[i, chosen].float()
-            kept = nms_plus_one(boxes, face, self.nms_iou)[: self.keep]
-            results.append(
-                Detections(
-                    boxes=boxes[kept].cpu().numpy().astype(np.float32),
-                    scores=face[kept].cpu().numpy().astype(np.float32),
-                    landmarks=marks[kept].cpu().numpy().astype(np.float32),
-                )
-            )
-        return results
+        own = torch.tensor(sizes, device=self.device, dtype=torch.float32)  # (h, w) per image
+        # whole batch at once (curate.detect.postprocess); only the cells a lone image of its size has count
+        exists = (origin[None, :, 1] < own[:, :1]) & (origin[None, :, 0] < own[:, 1:])
+        face = scores.float()
+        image, index = torch.nonzero(exists & (face >= self.score_floor), as_tuple=True)
+        face = face[image, index]
+        order = sort_by_group_then_score(image, face)
+        order = order[rank_in_group(image[order]) < self.top_k]
+        image, index, face = image[order], index[order], face[order]
+        boxes, marks = decode(anchor[index], deltas[image, index].float(), points[image, index].float())
+        limit = (own[image] - 1.0)[:, [1, 0, 1, 0]]  # (w - 1, h - 1, w - 1, h - 1) of each box's image
+        scale = torch.tensor([s for _, s in prepared], device=self.device, dtype=torch.float32)[image, None]
+        boxes = torch.minimum(boxes, limit).clamp(min=0.0) / scale
+        marks = marks / scale
+        kept = grouped_nms(boxes, image, self.nms_iou, plus_one=True)
+        kept = kept[rank_in_group(image[kept]) < self.keep]
+        per_image, _ = split_to_host(image[kept], batch_size, (boxes[kept], face[kept], marks[kept]))
+        return [Detections(boxes=b, scores=f, landmarks=m) for b, f, m in per_image]
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         results: list[Detections | None] = [None] * len(images)

@@ -59,36 +59,6 @@ REGISTRY: dict[str, ModelSpec] = {
             preprocessing="BGR 0..255, top-left letterbox padded with 114",
         ),
         ModelSpec(
-            name="yolox_tiny",
-            kind="person",
-            filename="yolox_tiny.pth",
-            url="https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_tiny.pth",
-            sha256="",  # none published; recorded at first download
-            licence="Apache-2.0 (Megvii YOLOX official weights)",
-            input_size="416 letterbox",
-            preprocessing="BGR 0..255, top-left letterbox padded with 114",
-        ),
-        ModelSpec(
-            name="yolox_s",
-            kind="person",
-            filename="yolox_s.pth",
-            url="https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_s.pth",
-            sha256="",  # none published; recorded at first download
-            licence="Apache-2.0 (Megvii YOLOX official weights)",
-            input_size="640 letterbox",
-            preprocessing="BGR 0..255, top-left letterbox padded with 114",
-        ),
-        ModelSpec(
-            name="yolox_m",
-            kind="person",
-            filename="yolox_m.pth",
-            url="https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_m.pth",
-            sha256="",  # none published; recorded at first download
-            licence="Apache-2.0 (Megvii YOLOX official weights)",
-            input_size="640 letterbox",
-            preprocessing="BGR 0..255, top-left letterbox padded with 114",
-        ),
-        ModelSpec(
             name="retinaface_r50",
             kind="face",
             filename="retinaface.pth",
@@ -112,6 +82,18 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
     ]
 }
+# Megvii's official YOLOX checkpoints (the PyTorch YOLOX loads them strictly); no digest is published.
+for _variant, _size in (("tiny", 416), ("s", 640), ("m", 640)):
+    REGISTRY[f"yolox_{_variant}"] = ModelSpec(
+        name=f"yolox_{_variant}",
+        kind="person",
+        filename=f"yolox_{_variant}.pth",
+        url=f"https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_{_variant}.pth",
+        sha256="",
+        licence="Apache-2.0 (Megvii YOLOX official weights)",
+        input_size=f"{_size} letterbox",
+        preprocessing=REGISTRY["yolox_nano"].preprocessing,
+    )
 
 
 class ModelMissing(ConfigError):
@@ -146,8 +128,8 @@ def verify(spec: ModelSpec, path: Path, record: bool = False) -> None:
             f"{path}: {spec.name} has no published sha256 and no digest was recorded at download "
             f"({pin.name}); fetch it with `python -m curate.models download`, or write its sha256 to {pin}"
         )
-    elif pin.read_text().strip() != found:
-        raise ModelMissing(f"{path} has sha256 {found}, but {pin} recorded {pin.read_text().strip()}: remove both")
+    elif (recorded := pin.read_text().strip()) != found:
+        raise ModelMissing(f"{path} has sha256 {found}, but {pin} recorded {recorded}: remove both")
 
 
 def locate(spec: ModelSpec, cfg: ModelsConfig) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from curate.config import CurateConfig
-from curate.detect.decide import Scores, decide, thresholds
+from curate.detect.decide import FAMILIES, Scores, decide, thresholds
 from curate.io.atomic import read_columns
 from curate.review import ledger
 from curate.rundir import RunDir
@@ -40,16 +40,15 @@ def scored_rows(cfg: CurateConfig) -> pd.DataFrame:
         frames.append(frame[keep.to_numpy(dtype=bool)])
     rows = pd.concat(frames, ignore_index=True)
     scores = Scores.from_manifest(rows)
-    rows["face"], rows["person"], rows["clip"] = scores.face, scores.person, scores.clip
-    rows["person_tiles"] = scores.person_tiles if scores.person_tiles is not None else np.nan
+    for family in FAMILIES:  # from_manifest gives every family (NaN where it did not run)
+        rows[family] = getattr(scores, family)
     decision, reason = decide(scores, cfg.decide)
     rows["decision"], rows["decision_reason"] = decision, reason
     # how close each image comes to being flagged: its largest score / threshold ratio over the families
     t = thresholds(cfg.decide)
-    families = ("face", "person", "person_tiles", "clip")
-    ratios = [np.nan_to_num(rows[f].to_numpy(float), nan=0.0) / max(getattr(t, f), 1e-6) for f in families]
+    ratios = [np.nan_to_num(rows[f].to_numpy(float), nan=0.0) / max(getattr(t, f), 1e-6) for f in FAMILIES]
     rows["closeness"] = np.max(np.stack(ratios), axis=0)
-    rows["top_score"] = rows[list(families)].max(axis=1, skipna=True).fillna(0.0)
+    rows["top_score"] = rows[list(FAMILIES)].max(axis=1, skipna=True).fillna(0.0)
     reviewed = ledger.latest(cfg.run.dir)
     rows["review_decision"] = rows["image_id"].map(reviewed["decision"]).astype("string")
     return rows

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageDraw, ImageOps
 
+from curate.detect.decide import FAMILIES
 from curate.io.tars import read_members
 from curate.rundir import RunDir
 
@@ -65,7 +66,7 @@ def jpeg(image: Image.Image, quality: int = 85) -> bytes:
 
 
 def caption(row: pd.Series) -> str:
-    parts = [f"{f} {row[f]:.2f}" for f in ("face", "person", "person_tiles", "clip") if f in row and pd.notna(row[f])]
+    parts = [f"{f} {row[f]:.2f}" for f in FAMILIES if f in row and pd.notna(row[f])]
     return " · ".join(parts) or "no scores"
 
 
