@@ -41,6 +41,8 @@ class RunConfig:
     dir: str = "runs/sample"
     # Print the per-stage progress bars (turn off in batch logs).
     progress: bool = True
+    # Warn loudly in the summary when a stage or source rejects or fails more than this fraction of its rows.
+    alarm_fraction: float = 0.5
 
 
 @dataclass
@@ -53,6 +55,8 @@ class DaskConfig:
     processes: bool = True
     # Start one worker per GPU, each pinned with CUDA_VISIBLE_DEVICES and a GPU=1 resource (0 = no GPU workers).
     gpus: int = 0
+    # How many times Dask re-runs a shard task that raised (or whose worker died) before the shard counts as failed.
+    retries: int = 2
 
 
 @dataclass
@@ -105,7 +109,10 @@ class FetchConfig:
     # Wall-clock cap for one download, body included (defeats slow-drip servers).
     total_timeout_s: float = 30.0
     retries: int = 3
+    # Exponential back-off base between attempts, with full jitter (uniform 0..base*2^n).
     backoff_s: float = 0.5
+    # A server's Retry-After (429/503) is honoured up to this many seconds; longer waits fail the attempt now.
+    max_retry_after_s: float = 30.0
     max_redirects: int = 5
     max_bytes: int = 20_000_000
     min_side: int = 64
@@ -242,6 +249,9 @@ class ReleaseConfig:
     # CSV files of image_id,reason,date: those images are removed from this release and recorded. A previous
     # release's takedowns carry over.
     takedowns: list[str] = field(default_factory=list)
+    # Release although some shard of an earlier stage failed: that shard's rows are written as failed with
+    # reason shard_failed. False refuses to release while any shard is failed.
+    allow_failed_shards: bool = False
 
 
 @dataclass
@@ -337,6 +347,9 @@ def validate(cfg: CurateConfig) -> None:
     for path in r.takedowns:
         need(Path(path).is_file(), f"release.takedowns: {path} not found")
     need(cfg.dask.gpus >= 0, "dask.gpus must be >= 0")
+    need(cfg.dask.retries >= 0, "dask.retries must be >= 0")
+    need(0.0 <= cfg.run.alarm_fraction <= 1.0, "run.alarm_fraction must be within 0..1")
+    need(f.max_retry_after_s >= 0, "fetch.max_retry_after_s must be >= 0")
     need(cfg.dask.n_workers >= 0, "dask.n_workers must be >= 0 (0 = one per core)")
     need(
         not cfg.dask.address or cfg.dask.address.startswith(("tcp://", "tls://", "inproc://", "ucx://")),

@@ -26,6 +26,8 @@ REASONS: dict[str, frozenset[str]] = {
             "short_row",
             "missing_url",
             "duplicate_id",
+            "malformed_row",  # a line/record that could not be parsed into fields (kept, with its line number)
+            "bad_url",  # a URL that cannot be parsed (e.g. an unclosed IPv6 bracket)
         }
     ),
     "license": frozenset({"ok", "unknown_kept", "not_allowed", "unknown_license"}),
@@ -59,6 +61,11 @@ REASONS: dict[str, frozenset[str]] = {
     # Applied at release over every shard, after the decision: cap per owner, seeded sample, takedowns.
     "select": frozenset({"ok", "owner_cap", "sampled_out", "takedown"}),
 }
+# Every stage may fail one row (an exception while handling it: the shard goes on) or, at release with
+# release.allow_failed_shards=true, every row of a shard whose task kept failing.
+FAULT_REASONS = frozenset({"internal_error", "shard_failed"})
+for _stage in list(REASONS):
+    REASONS[_stage] = REASONS[_stage] | FAULT_REASONS
 # release repeats, per row, the first reason that stopped it as "<stage>:<reason>" (or "ok").
 REASONS["release"] = frozenset(
     {"ok"}
