@@ -18,5 +18,7 @@ def describe(err: BaseException) -> str:
     """'Type: message' plus the innermost frames of its traceback, short enough to sit in a manifest column."""
     message = str(err).replace("\n", " ")[:MAX_MESSAGE]
     frames = traceback.extract_tb(err.__traceback__)[-MAX_FRAMES:]
-    where = " < ".join(f"{frame.name} ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" for frame in reversed(frames))
+    where = " < ".join(
+        f"{frame.name} ({frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})" for frame in reversed(frames)
+    )
     return f"{type(err).__name__}: {message}" + (f" [at {where}]" if where else "")

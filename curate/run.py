@@ -205,8 +205,10 @@ def run(cfg: CurateConfig) -> list[StageReport]:
                 stage_cls, upstream = shard_stages[name]
                 report = runner.run_stage(stage_cls(cfg), upstream)
             reports.append(report)
-            if report.failures:
-                break
+            if name == "ingest" and report.failures:
+                report.fatal = True  # no shard layout without every input read: nothing later can run
+            if report.fatal:
+                break  # a failed shard does not stop the run (its rows are shard_failed); a failed stage does
     finally:
         runner.close()
         lock.close()
@@ -247,7 +249,7 @@ def hold_run_lock(root: Path) -> IO[str]:
     return handle
 
 
-def summary(reports: list[StageReport]) -> str:
+def summary(reports: list[StageReport], alarm_fraction: float = 0.5) -> str:
     lines = [f"{'stage':<9} {'shards run':>10} {'skipped':>8} {'rows':>8} {'ok':>8} {'wall s':>8}  top reasons"]
     for r in reports:
         ok = sum(n for k, n in r.counts.items() if k.startswith("ok/"))
@@ -255,8 +257,43 @@ def summary(reports: list[StageReport]) -> str:
         reasons = ", ".join(f"{k}={n}" for n, k in top) or "-"
         lines.append(f"{r.stage:<9} {r.done:>10} {r.skipped:>8} {r.rows:>8} {ok:>8} {r.wall_s:>8.2f}  {reasons}")
     for r in reports:
+        lines += alarms(r, alarm_fraction)
+    for r in reports:
         lines += [f"FAILED {line}" for line in r.failures]
+        if r.failed_shards:
+            lines.append(
+                f"FAILED {r.stage}: shard(s) {', '.join(map(str, r.failed_shards))} failed after every retry; their "
+                "rows are recorded as failed/shard_failed and the next stages went on without them. Run again to "
+                "retry them (release refuses while they are failed unless release.allow_failed_shards=true)."
+            )
     return "\n".join(lines)
+
+
+def alarms(report: StageReport, fraction: float) -> list[str]:
+    """A loud line when a stage stopped more than `fraction` of the rows it saw (or every one of them): a wrong
+    column, file variant or setting looks exactly like this, and exit 0 alone would hide it."""
+    seen = {k: n for k, n in report.counts.items() if k != "not_reached"}
+    total = sum(seen.values())
+    stopped = sum(n for k, n in seen.items() if not k.startswith("ok/"))
+    if not total or not stopped or (stopped < total and stopped / total <= fraction):
+        return []
+    top = ", ".join(f"{k}={n}" for n, k in sorted(((n, k) for k, n in seen.items() if not k.startswith("ok/")),
+                                                        reverse=True)[:3])  # fmt: skip
+    share = "EVERY row" if stopped == total else f"{stopped / total:.0%} of the rows"
+    return [
+        f"WARNING {report.stage} stopped {share} it saw ({stopped} of {total}: {top}); "
+        f"check the input and settings (alarm above run.alarm_fraction={fraction})"
+    ]
+
+
+def exit_code(cfg: CurateConfig, reports: list[StageReport]) -> int:
+    """1 when something failed; failed shards are accepted only by a release that was told to go without them."""
+    if any(r.fatal or (r.failures and not r.failed_shards) for r in reports):
+        return 1
+    released = any(r.stage == "release" and not r.fatal for r in reports)
+    if any(r.failed_shards for r in reports) and not (released and cfg.release.allow_failed_shards):
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,10 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2
-    print(summary(reports))
-    if cfg.stage in (Stage.release, Stage.all) and not any(r.failures for r in reports):
+    print(summary(reports, cfg.run.alarm_fraction))
+    if any(r.stage == "release" and not r.fatal for r in reports):
         print(f"release: {Path(cfg.run.dir) / 'release' / cfg.release.version}")
-    return 1 if any(r.failures for r in reports) else 0
+    return exit_code(cfg, reports)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,19 @@ class RunDir:
     def marker(self, stage: str, shard: int) -> Path:
         return self.root / "stats" / stage / f"part-{shard:05d}.json"
 
+    def error_file(self, stage: str, shard: int) -> Path:
+        """The full traceback of a shard task that failed after its retries (removed when the shard succeeds)."""
+        return self.root / "stats" / stage / f"part-{shard:05d}.error.txt"
+
+    def failed_shards(self, stages: list[str], num_shards: int) -> list[tuple[str, int]]:
+        """(stage, shard) of every shard whose marker records a task failure (its rows are `shard_failed`)."""
+        return [
+            (stage, shard)
+            for stage in stages
+            for shard in range(num_shards)
+            if (self.read_marker(stage, shard) or {}).get("failed")
+        ]
+
     def images(self, shard: int) -> Path:
         return self.root / "images" / f"part-{shard:05d}.tar"
 

@@ -8,8 +8,10 @@ import logging
 import os
 import socket
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,24 @@ from tqdm import tqdm
 
 from curate import __version__
 from curate.config import ConfigError, CurateConfig
-from curate.io.atomic import sha256_file, write_json, write_parquet
+from curate.io.atomic import atomic_open, sha256_file, write_json, write_parquet
 from curate.rundir import RunDir
 from curate.schema import check_reasons
 from curate.stages.base import ShardStage
 
+SHARD_FAILED = "shard_failed"
+
+
+class ShardsFailed(RuntimeError):
+    """A stage refuses to go on because shards of earlier stages failed (release, unless allowed)."""
+
+
 log = logging.getLogger(__name__)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
 
 
 def fingerprint(payload: Any) -> str:
@@ -51,6 +65,11 @@ class StageReport:
     processed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    # Shards whose task failed after its retries: their rows are written as failed/shard_failed, and later
+    # stages go on without them.
+    failed_shards: list[int] = field(default_factory=list)
+    # The stage could not go on at all (a run-wide step failed, or it refused): later stages do not run.
+    fatal: bool = False
 
     def add(self, marker: dict[str, Any]) -> None:
         for key, value in marker["counts"].items():
@@ -75,6 +94,8 @@ class StageReport:
             "shard_wall_s": round(self.shard_wall_s, 3),
             "images_per_s": round(self.processed / self.wall_s, 2) if self.done and self.wall_s > 0 else None,
             "failures": self.failures,
+            "failed_shards": self.failed_shards,
+            "fatal": self.fatal,
         }
 
     @property
@@ -82,7 +103,9 @@ class StageReport:
         return sum(self.counts.values())
 
 
-def write_marker(run: RunDir, stage: str, shard: int, fp: str, frame: pd.DataFrame, started: float) -> dict[str, Any]:
+def write_marker(
+    run: RunDir, stage: str, shard: int, fp: str, frame: pd.DataFrame, started: float, failed: bool = False
+) -> dict[str, Any]:
     wall = time.perf_counter() - started
     processed = int(frame[f"{stage}_status"].notna().sum())
     marker = {
@@ -98,8 +121,39 @@ def write_marker(run: RunDir, stage: str, shard: int, fp: str, frame: pd.DataFra
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
+    if failed:
+        marker["failed"] = True  # never counts as finished: the next invocation tries the shard again
+    else:
+        run.error_file(stage, shard).unlink(missing_ok=True)  # an earlier failure's traceback no longer holds
     write_json(run.marker(stage, shard), marker)  # last: this is the completion marker
     return marker
+
+
+def live_rows(rows: pd.DataFrame, upstream: list[str]) -> pd.Series:
+    """Rows every upstream stage passed (status ok); the others are "not reached" for the next stage."""
+    live = pd.Series(True, index=rows.index)
+    for name in upstream:
+        live &= rows[f"{name}_status"] == "ok"
+    return live.fillna(False).astype(bool)
+
+
+def write_failed_shard(stage: ShardStage, upstream: list[str], shard: int, fp: str, error: str) -> dict[str, Any]:
+    """After a shard task failed for good: every row it would have handled becomes `failed`/`shard_failed`, so no
+    row vanishes and the later stages go on over it (with nothing live). Its traceback lies in the error file."""
+    started = time.perf_counter()
+    run = RunDir(Path(stage.cfg.run.dir))
+    rows = run.load_joined(shard, upstream)
+    live = live_rows(rows, upstream) if not stage.sees_all_rows else pd.Series(True, index=rows.index)
+    name = stage.name
+    frame = pd.DataFrame(
+        {
+            f"{name}_status": pd.Series("failed", index=rows.index, dtype="string").where(live),
+            f"{name}_reason": pd.Series(SHARD_FAILED, index=rows.index, dtype="string").where(live),
+            f"{name}_error": pd.Series(error, index=rows.index, dtype="string").where(live),
+        }
+    )
+    write_parquet(run.part(name, shard), frame)
+    return write_marker(run, name, shard, fp, frame, started, failed=True)
 
 
 def run_shard(stage: ShardStage, upstream: list[str], shard: int, fp: str) -> dict[str, Any]:
@@ -107,10 +161,7 @@ def run_shard(stage: ShardStage, upstream: list[str], shard: int, fp: str) -> di
     started = time.perf_counter()
     run = RunDir(Path(stage.cfg.run.dir))
     rows = run.load_joined(shard, upstream)
-    live = pd.Series(True, index=rows.index)
-    if not stage.sees_all_rows:
-        for name in upstream:
-            live &= rows[f"{name}_status"] == "ok"
+    live = live_rows(rows, upstream) if not stage.sees_all_rows else pd.Series(True, index=rows.index)
     added = stage.process(rows[live].reset_index(drop=True), shard, run)
     if len(added) != int(live.sum()):
         raise RuntimeError(f"stage {stage.name} returned {len(added)} rows for {int(live.sum())}")
@@ -172,17 +223,35 @@ class Runner:
     def progress(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="shard", disable=not self.cfg.run.progress, leave=True)
 
-    def gather(self, futures: dict[Any, Any], report: StageReport, desc: str) -> Iterator[tuple[Any, Any]]:
-        """Yield (tag, result) as tasks finish; a failing shard is recorded, the others go on."""
+    def submit(self, func: Callable[..., Any], *args: Any, key: str, resources: dict[str, int] | None = None) -> Any:
+        """One task on the cluster; Dask runs it again (dask.retries times) when it raises or its worker dies."""
+        return self.client.submit(func, *args, key=key, resources=resources, retries=self.cfg.dask.retries)
+
+    def gather(
+        self,
+        futures: dict[Any, Any],
+        report: StageReport,
+        desc: str,
+        error_file: Callable[[Any], Path] | None = None,
+    ) -> Iterator[tuple[Any, Any]]:
+        """Yield (tag, result) as tasks finish; a task that failed after its retries is recorded (its whole
+        traceback in `error_file(tag)` when given), and the others go on."""
         by_future = {future: tag for tag, future in futures.items()}
         with self.progress(len(futures), desc) as bar:
             for future in as_completed(list(by_future), loop=self.client.loop):
                 tag = by_future[future]
                 try:
                     result = future.result()
-                except Exception as err:  # noqa: BLE001 - reported per shard, re-raised after the rest
-                    report.failures.append(f"{desc} {tag}: {type(err).__name__}: {err}")
-                    log.error("%s %s failed: %s", desc, tag, err)
+                except Exception as err:  # noqa: BLE001 - reported per task; the other tasks go on
+                    where = ""
+                    if error_file is not None:
+                        path = error_file(tag)
+                        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+                        tries = self.cfg.dask.retries + 1
+                        write_text(path, f"{desc} {tag} failed in each of {tries} attempt(s)\n{text}")
+                        where = f" (traceback: {path})"
+                    report.failures.append(f"{desc} {tag}: {type(err).__name__}: {str(err)[:300]}{where}")
+                    log.error("%s %s failed: %s%s", desc, tag, err, where)
                 else:
                     yield tag, result
                 bar.update(1)
@@ -191,8 +260,12 @@ class Runner:
         started = time.perf_counter()
         num_shards = self.run.num_shards()
         report = StageReport(stage.name, num_shards)
-        prepared = stage.prepare(self, report)  # a run-wide step (dedup's grouping, release's selection)
+        try:
+            prepared = stage.prepare(self, report)  # a run-wide step (dedup's grouping, release's selection)
+        except ShardsFailed as refusal:
+            report.failures.append(str(refusal))
         if report.failures:
+            report.fatal = True
             report.wall_s = time.perf_counter() - started
             self.record(report)
             return report
@@ -200,7 +273,8 @@ class Runner:
         for shard in range(num_shards):
             fp = shard_fingerprint(stage, self.run, upstream, shard, prepared)
             marker = self.run.read_marker(stage.name, shard)
-            if marker is not None and marker["fingerprint"] == fp and not stage.wants_rerun(self.run, shard):
+            finished = marker is not None and marker["fingerprint"] == fp and not marker.get("failed")
+            if finished and marker is not None and not stage.wants_rerun(self.run, shard):
                 report.skipped += 1
                 report.add(marker)
             else:
@@ -209,14 +283,25 @@ class Runner:
             # GPU stages go to workers that offer a GPU (one per GPU), when the run has any.
             resources = {"GPU": 1} if stage.uses_gpu and self.cfg.dask.gpus else None
             futures = {
-                shard: self.client.submit(
+                shard: self.submit(
                     run_shard, stage, upstream, shard, fp, key=f"{stage.name}-{shard}-{fp[:12]}", resources=resources
                 )
                 for shard, fp in todo.items()
             }
-            for _, marker in self.gather(futures, report, stage.name):
+            errors = partial(self.run.error_file, stage.name)
+            done = set()
+            for shard, marker in self.gather(futures, report, stage.name, errors):
                 report.finished(marker)
-        if not report.failures and (todo or not stage.is_finished(self.run)):
+                done.add(shard)
+            for shard in sorted(set(todo) - done):
+                report.failed_shards.append(shard)
+                if stage.sees_all_rows:
+                    continue  # release: nothing after it; its files are not assembled (below)
+                summary = f"shard task failed: see {errors(shard).relative_to(self.run.root)}"
+                report.add(write_failed_shard(stage, upstream, shard, todo[shard], summary))
+        if report.failed_shards and stage.sees_all_rows:
+            report.fatal = True
+        elif not report.fatal and (todo or not stage.is_finished(self.run)):
             stage.finish(self.run, num_shards)
         report.wall_s = time.perf_counter() - started
         self.record(report)

@@ -58,7 +58,9 @@ def shard_features(cfg: CurateConfig, shard: int) -> dict[str, Any]:
     for stage in UPSTREAM:
         live &= rows[f"{stage}_status"].eq("ok").fillna(False).to_numpy(dtype=bool)
     rows = rows[live].reset_index(drop=True)
-    blobs = read_members(run.images(shard), set(rows["tar_member"].dropna()))
+    # Nothing live (e.g. a shard an earlier stage failed): its tar is not opened, it may be what failed.
+    members = set(rows["tar_member"].dropna())
+    blobs = read_members(run.images(shard), members) if members else {}
     thumbs, ok = [], []
     for member in rows["tar_member"]:
         try:
@@ -105,7 +107,7 @@ class DedupStage(ShardStage):
                 todo.append((shard, stamp, marker))
         if todo:
             futures = {
-                shard: runner.client.submit(shard_features, self.cfg, shard, key=f"dedup-features-{shard}-{i}")
+                shard: runner.submit(shard_features, self.cfg, shard, key=f"dedup-features-{shard}-{i}")
                 for i, (shard, _, _) in enumerate(todo)
             }
             stamps = {shard: (stamp, marker) for shard, stamp, marker in todo}

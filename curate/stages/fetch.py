@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from curate.faults import INTERNAL_ERROR, describe
 from curate.fetching.download import HostLimiter, download, make_pool
 from curate.fetching.imagecheck import EXTENSIONS, check_image
 from curate.io.atomic import read_parquet
@@ -65,6 +66,12 @@ class FetchStage(ShardStage):
         limiter = HostLimiter(cfg.per_host_concurrency)
 
         def fetch_one(image_id: str, url: str) -> dict[str, Any]:
+            try:
+                return fetch_checked(image_id, url)
+            except Exception as err:  # noqa: BLE001 - one row's surprise is that row's outcome, never the shard's
+                return {"fetch_reason": INTERNAL_ERROR, "fetch_error": describe(err)}
+
+        def fetch_checked(image_id: str, url: str) -> dict[str, Any]:
             got = download(url, cfg, http, limiter)
             outcome: dict[str, Any] = {
                 "fetch_attempts": got.attempts,

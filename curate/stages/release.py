@@ -38,6 +38,7 @@ from curate.io.atomic import (
 )
 from curate.io.tars import SortedTarWriter, read_members
 from curate.rundir import RunDir
+from curate.runner import ShardsFailed
 from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
 from curate.stages.base import ShardStage
 
@@ -90,6 +91,20 @@ def overall_status(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd
         status[hit] = label
         reason[hit] = "detect:" + rows.loc[hit, "decision_reason"].astype("string")
     return status, reason
+
+
+def refusal(run: RunDir, failed: list[tuple[str, int]]) -> str:
+    """Why release will not run while shards are failed, naming them, their tracebacks and the way out."""
+    lines = [f"release refused: {len(failed)} shard(s) of earlier stages failed:"]
+    for stage, shard in failed:
+        error = run.error_file(stage, shard)
+        shown = error.relative_to(run.root) if error.exists() else "(no traceback recorded)"
+        lines.append(f"  {stage} shard {shard}: {shown}")
+    lines.append(
+        "  run the same command again to retry them, or set release.allow_failed_shards=true to release the "
+        "other shards (the failed shards' rows are then recorded as failed with reason shard_failed)"
+    )
+    return "\n".join(lines)
 
 
 def sample_json(row: dict[Any, Any]) -> bytes:
@@ -156,6 +171,11 @@ class ReleaseStage(ShardStage):
         """Cap per owner, seeded sample and takedowns over every shard's releasable rows."""
         run, r = runner.run, self.cfg.release
         num_shards = run.num_shards()
+        failed = run.failed_shards(RELEASE_INPUTS, num_shards)
+        if failed and not r.allow_failed_shards:
+            raise ShardsFailed(refusal(run, failed))
+        for stage, shard in failed:
+            log.warning("releasing without %s shard %d: its rows are failed/shard_failed", stage, shard)
         takedowns = read_takedowns(list(r.takedowns))
         if r.previous:  # earlier takedowns stay in force; a new entry for the same id wins
             carried = previous_takedowns(r.previous)
@@ -210,7 +230,8 @@ class ReleaseStage(ShardStage):
         noted = takedowns.reindex(rows["image_id"]).reset_index(drop=True)
         noted.index = rows.index
         kept = rows[status == "kept"]
-        members = read_members(run.images(shard), set(kept["tar_member"]))
+        wanted = set(kept["tar_member"])
+        members = read_members(run.images(shard), wanted) if wanted else {}  # a failed shard's tar is not opened
         out = self.out_dir(run)
         with (
             SortedTarWriter(out / f"PASS.{shard}.tar") as pass_tar,
