@@ -12,8 +12,8 @@ import pytest
 from conftest import FAST, MODELS, NO_FILTER, run_curate
 
 from curate.config import CurateConfig
-from curate.rundir import RunDir
 from curate.run import load_config, open_client
+from curate.rundir import RunDir
 from curate.runner import Runner
 from curate.stages.base import ShardStage
 
@@ -106,6 +106,7 @@ def test_dask_retries_a_failing_shard_task(tmp_path: Path, retries: int) -> None
         assert "OSError: attempt 1: stale file handle" in run.error_file("license", 0).read_text()
         part = pd.read_parquet(run.part("license", 0))
         live = pd.read_parquet(run.part("ingest", 0))["ingest_status"] == "ok"
-        assert set(part.loc[live, "license_reason"]) == {"shard_failed"} and part.loc[~live, "license_reason"].isna().all()
+        assert set(part.loc[live, "license_reason"]) == {"shard_failed"}
+        assert part.loc[~live, "license_reason"].isna().all()
         assert report.counts.get("failed/shard_failed") == int(live.sum())
         assert run.read_marker("license", 1) is not None  # the other shard went on
