@@ -66,7 +66,7 @@ def shard_features(cfg: CurateConfig, shard: int) -> dict[str, Any]:
         try:
             thumbs.append(thumbnail(blobs[member]))
             ok.append(True)
-        except (OSError, KeyError, ValueError):
+        except Exception:  # noqa: BLE001 - one undecodable image gets no pHash (phash_ok=False); the shard goes on
             thumbs.append(np.zeros((32, 32)))
             ok.append(False)
     coefficients = low_frequencies(np.stack(thumbs)) if thumbs else np.zeros((0, 8, 8))
