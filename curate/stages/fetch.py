@@ -39,7 +39,7 @@ COLUMNS = [
 
 class FetchStage(ShardStage):
     name = "fetch"
-    version = "1"
+    version = "2"  # 2: only the primary image is released (no trailer, MPO frame, JFIF thumbnail); internal_error
     runtime_keys = frozenset(
         {"concurrency", "per_host_concurrency", "retry_failed", "user_agent", "backoff_s", "connect_timeout_s"}
     )
