@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from enum import Enum
 
 import pandas as pd
@@ -88,6 +90,9 @@ TRANSIENT_FETCH_REASONS = frozenset({"http_server_error", "timeout", "connection
 CANDIDATE_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
+        # The id as the source gave it (YFCC/Flickr photo id, a URL list's id or URL, a folder's relative path,
+        # a PASS hash): image_id is a key made safe for file names, this is what a person can look up.
+        ("source_id", pa.string()),
         ("source", pa.string()),
         ("source_ref", pa.string()),  # file:line, api page:index, ... — where the row came from
         ("photo_id", pa.string()),
@@ -110,9 +115,34 @@ CANDIDATE_SCHEMA = pa.schema(
 )
 CANDIDATE_COLUMNS = CANDIDATE_SCHEMA.names
 
-_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_ID_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+_ID_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9_-]+")
+# An escaped id ends with "--" and a digest. A raw id that already looks like that is escaped too, so that an
+# id kept as it is can never equal the escaped form of another one.
+_ID_ESCAPED = re.compile(r".*--[0-9a-f]{16}")
+_STEM_CHARS = 40
 
 
 def safe_id(raw: str) -> str:
-    """A dot-free, slash-free id (WebDataset splits keys at the first dot)."""
-    return _ID_UNSAFE.sub("-", raw)
+    """A dot-free, slash-free key (WebDataset splits keys at the first dot), distinct for distinct raw ids.
+
+    An id made only of [A-Za-z0-9_-] stays as it is (PASS ids are YFCC hex hashes and must not change). Any
+    other becomes a readable ASCII stem plus "--" and 16 hex digits of the sha1 of the raw id: `a/b`, `a.b`
+    and `a b` once all became `a-b`, and every non-Latin id became dashes, so later ones were lost as
+    duplicate_id. Surrogates (undecodable file-name bytes) are hashed as the original bytes.
+    """
+    if _ID_SAFE.fullmatch(raw) and not _ID_ESCAPED.fullmatch(raw):
+        return raw
+    digest = hashlib.sha1(_raw_bytes(raw)).hexdigest()[:16]
+    # NFKD splits accents off their letters, so "café" reads "cafe" rather than "caf".
+    ascii_text = unicodedata.normalize("NFKD", raw).encode("ascii", errors="ignore").decode("ascii")
+    stem = _ID_UNSAFE_RUN.sub("-", ascii_text).strip("-")[:_STEM_CHARS].rstrip("-") or "id"
+    return f"{stem}--{digest}"
+
+
+def _raw_bytes(text: str) -> bytes:
+    """The bytes a str stands for: surrogateescape gives back undecodable file-name bytes as they were."""
+    try:
+        return text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate outside U+DC80..U+DCFF: no file-name byte, keep it distinct
+        return text.encode("utf-8", errors="surrogatepass")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import json
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,49 @@ def test_malformed_rows_end_with_reasons(tmp_path: Path, compressed: bool) -> No
     assert rows.loc["8", "image_id"] == "yfcc-8"  # a damaged hash falls back to a dot-free id
     assert rows.loc["6985418911", "owner_name"] == "guck xzs"
     assert rows.loc["6985418911", "latitude"] == pytest.approx(24.550558)
+
+
+# YFCC100M ships more than one column layout: 25 (Multimedia Commons: line number, id, hash, ...), 23 (Yahoo's
+# original: no line number, no hash), 24 (hash but no line number, or line number but no hash).
+LAYOUT_DROPS = {"yfcc100m-25": [], "yfcc100m-24-hash": [0], "yfcc100m-24-line": [2], "yfcc100m-23": [0, 2]}
+
+
+def variant(raw: bytes, drop: list[int]) -> bytes:
+    fields = raw.rstrip(b"\n").split(b"\t")
+    return b"\t".join(f for i, f in enumerate(fields) if i not in drop) + b"\n"
+
+
+@pytest.mark.parametrize("layout", list(LAYOUT_DROPS))
+def test_every_yfcc_layout_is_detected_and_read(tmp_path: Path, layout: str, caplog: pytest.LogCaptureFixture) -> None:
+    drop = LAYOUT_DROPS[layout]
+    rows_in = [
+        line(),
+        line(number="1", id="2", hash="bb" * 16, license="Attribution-NonCommercial License"),
+        line(number="2", id="3", hash="cc" * 16, marker="1"),
+        line(number="3", id="4", hash="dd" * 16).replace(b"IMG_0520", b"caf%E9+%FF"),  # %XX bytes, not UTF-8
+        line(number="4", id="5", hash="ee" * 16).rstrip(b"\n") + b"\textra\n",  # a field too many
+    ]
+    path = tmp_path / "yfcc.tsv"
+    path.write_bytes(b"".join(variant(raw, drop) for raw in rows_in))
+    run_dir = tmp_path / "run"
+    with caplog.at_level("INFO", logger="curate"):
+        assert run_curate(f"ingest.path={path}", f"run.dir={run_dir}", "stage=ingest") == 0
+    assert any(layout in record.getMessage() for record in caplog.records)
+    if layout != "yfcc100m-25":
+        assert any(layout in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    report = json.loads((run_dir / "stats" / "ingest_sources.json").read_text())
+    assert [(u["layout"], u["rows"], u["malformed"]) for u in report["units"]] == [(layout, 5, 1)]
+    rows = read_stage(run_dir).set_index("photo_id")
+    assert rows.loc["6985418911", "owner_name"] == "guck xzs"
+    assert rows.loc["6985418911", "license_url"] == "http://creativecommons.org/licenses/by/2.0/"
+    assert rows.loc["6985418911", "image_url"] == "file:a.jpg"
+    assert rows.loc["6985418911", "latitude"] == pytest.approx(24.550558)
+    assert rows.loc["6985418911", "source_id"] == "6985418911"
+    has_hash = 2 not in drop
+    assert rows.loc["6985418911", "image_id"] == ("4e2f7a26a1dfbf165a7e30bdabf7e72a" if has_hash else "yfcc-6985418911")
+    assert rows.loc["2", "license_name"] == "Attribution-NonCommercial License"
+    assert rows.loc["3", "ingest_reason"] == "video"
+    assert tuple(rows.loc["4", ["ingest_status", "ingest_reason"]]) == ("ok", "bad_encoding")
+    assert rows.loc["4", "title"] == "caf\ufffd \ufffd"
+    assert tuple(rows.loc["5", ["ingest_status", "ingest_reason"]]) == ("rejected", "malformed_row")
+    assert (rows.drop(["3", "4", "5"])["ingest_reason"] == "ok").all()

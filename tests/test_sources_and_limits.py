@@ -13,6 +13,7 @@ from faultserver import Handler, fault_server
 
 from curate.licenses import normalize
 from curate.run import SAMPLE_DIR
+from curate.schema import safe_id
 
 
 def test_reaudit_a_published_release(tmp_path: Path) -> None:
@@ -54,10 +55,13 @@ def test_parquet_url_list_with_ids_and_licences(tmp_path: Path) -> None:
         flags = [f"ingest.path={tmp_path / 'list.parquet'}", "ingest.source=urls", "ingest.url_column=link"]
         assert run_curate(*flags, "ingest.id_column=key", f"run.dir={run_dir}", "stage=fetch") == 2  # not ingested
         assert run_curate(*flags, "ingest.id_column=key", f"run.dir={run_dir}") == 0
-    rows = read_stage(run_dir, "license", "fetch").set_index("image_id")
-    assert sorted(rows.index) == ["a1", "b-2", "c3"]  # dots never reach a key
+    rows = read_stage(run_dir, "license", "fetch").set_index("source_id")
+    # Safe ids stay as they are; dots never reach a key, and the id as given is kept beside it.
+    assert rows.loc["a1", "image_id"] == "a1" and rows.loc["c3", "image_id"] == "c3"
+    assert rows.loc["b.2", "image_id"] == safe_id("b.2") and "." not in safe_id("b.2")
     assert rows.loc["a1", "fetch_status"] == "ok"
-    assert rows.loc["b-2", "license_reason"] == "not_allowed"
+    assert rows.loc["b.2", "license_reason"] == "not_allowed"
+    # No licence information and no ingest.assume_license: unknown, never a guess.
     assert rows.loc["c3", "license_reason"] == "unknown_license"
 
 

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import flickrapi
-import pandas as pd
+import pyarrow as pa
 import requests
 
 from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV, FlickrQuery, IngestConfig
 from curate.schema import safe_id
-from curate.sources import new_row, rows_to_frame
+from curate.sources import Unit, guarded, new_row, rows_to_table
 from curate.sources.yfcc import parse_date, parse_float
 
 EXTRAS = "license,owner_name,date_taken,geo,url_m,url_z,url_c,url_l,url_o"
@@ -74,6 +74,7 @@ def photo_row(photo: dict[str, Any], ref: str) -> dict[str, Any]:
         latitude = longitude = None
     row = new_row(
         image_id=safe_id(f"flickr-{photo_id}"),  # dot- and slash-free, like every other source
+        source_id=photo_id or None,
         source="flickr",
         source_ref=ref,
         photo_id=photo_id,
@@ -116,7 +117,12 @@ def _search_page(client: flickrapi.FlickrAPI, query: FlickrQuery, page: int) -> 
     raise FlickrIngestError(f"flickr.photos.search page {page} failed: {last}")
 
 
-def read(cfg: IngestConfig, unit: str) -> Iterator[pd.DataFrame]:
+def _photo_row_guarded(photo: Any, ref: str) -> dict[str, Any]:
+    # One odd photo record (a field of an unexpected type) fails alone; the page goes on.
+    return guarded("flickr", ref, lambda: photo_row(photo, ref))
+
+
+def read(cfg: IngestConfig, unit: Unit) -> Iterator[pa.Table]:
     query = cfg.flickr
     client = make_client(query)
     page, pages, produced = 1, 1, 0
@@ -124,12 +130,12 @@ def read(cfg: IngestConfig, unit: str) -> Iterator[pd.DataFrame]:
         reply = _search_page(client, query, page)
         photos = reply["photos"]
         pages = int(photos.get("pages", 1))
-        rows = [photo_row(p, f"page{page}:{i}") for i, p in enumerate(photos.get("photo", []))]
+        rows = [_photo_row_guarded(p, f"page{page}:{i}") for i, p in enumerate(photos.get("photo", []))]
         if cfg.limit:
             rows = rows[: max(cfg.limit - produced, 0)]
         produced += len(rows)
         if rows:
-            yield rows_to_frame(rows)
+            yield rows_to_table(rows)
         if cfg.limit and produced >= cfg.limit:
             break
         page += 1

@@ -1,41 +1,64 @@
-"""A local folder of images: every regular file becomes a candidate (fetch rejects what is not an image)."""
+"""A local folder of images: every regular file becomes a candidate (fetch rejects what is not an image).
+
+File names are bytes on POSIX and need not be UTF-8. Such a name is kept losslessly rather than ending the
+whole ingest: source_ref/source_id write the odd bytes as \\xNN, the id hashes the raw bytes, the file: URL
+percent-encodes the raw bytes, and the row says `bad_encoding` (it can still be fetched).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes
 
-import pandas as pd
+import pyarrow as pa
 
 from curate.config import IngestConfig
-from curate.schema import safe_id
-from curate.sources import batched, new_row
+from curate.sources import Unit, batched, display, guarded, new_row
+
+_STEM_UNSAFE = str.maketrans({c: "-" for c in map(chr, range(128)) if not (c.isalnum() or c in "_-")})
 
 
 def folder_id(relative: str) -> str:
-    # Readable stem for humans, a hash of the whole relative path so that a/x.jpg and b/x.jpg stay apart.
-    stem = safe_id(Path(relative).stem)[:40]
-    return f"{stem}-{hashlib.sha1(relative.encode('utf-8')).hexdigest()[:12]}"
+    # Readable stem for humans, a hash of the whole relative path (its raw bytes) so that a/x.jpg and b/x.jpg
+    # stay apart; for a UTF-8 name the bytes are its UTF-8, so ids of such names are as they always were.
+    stem = "".join(c if c.isascii() else "-" for c in Path(relative).stem).translate(_STEM_UNSAFE)[:40]
+    return f"{stem}-{hashlib.sha1(os.fsencode(relative)).hexdigest()[:12]}"
 
 
-def read(cfg: IngestConfig, unit: str) -> Iterator[pd.DataFrame]:
-    root = Path(unit)
+def file_url(path: Path) -> str:
+    """file:///… of the raw path bytes: unquote_to_bytes of its path gives back exactly os.fsencode(path)."""
+    return "file://" + quote_from_bytes(os.fsencode(path), safe="/")
+
+
+def file_row(root: Path, path: Path) -> dict[str, Any]:
+    relative_raw = path.relative_to(root).as_posix()
+    relative = display(relative_raw)
+    row = new_row(
+        image_id=folder_id(relative_raw),
+        source_id=relative,
+        source="folder",
+        source_ref=relative,
+        title=os.fsencode(path.name).decode("utf-8", errors="replace"),
+        image_url=file_url(path.resolve()),
+    )
+    if relative != relative_raw:
+        row.update(ingest_reason="bad_encoding", ingest_error=f"file name is not UTF-8: {relative}")
+    return row
+
+
+def read(cfg: IngestConfig, unit: Unit) -> Iterator[pa.Table]:
+    root = Path(unit.path)
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     if cfg.limit:
         files = files[: cfg.limit]
 
     def rows() -> Iterator[dict[str, Any]]:
         for path in files:
-            relative = path.relative_to(root).as_posix()
-            yield new_row(
-                image_id=folder_id(relative),
-                source="folder",
-                source_ref=relative,
-                title=path.name,
-                image_url=path.resolve().as_uri(),
-                license_id=cfg.assume_license or None,
-            )
+            ref = display(path.relative_to(root).as_posix())
+            yield guarded("folder", ref, lambda: file_row(root, path))  # noqa: B023 - called at once
 
     yield from batched(rows())
