@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import urllib3
 import urllib3.connection
@@ -346,13 +346,15 @@ def _read_file(url: str, cfg: FetchConfig) -> Download:
     if not cfg.file_root:
         return Download("url_outside_root", error="file: URLs need fetch.file_root")
     root = Path(cfg.file_root).resolve()
-    raw_path = unquote(parts.path)
+    # %XX are the path's raw bytes (a folder source quotes non-UTF-8 names byte for byte): decode them the way the
+    # filesystem does, so such a file is found again.
+    raw_path = os.fsdecode(unquote_to_bytes(parts.path))
     if "\x00" in raw_path:
         return Download("bad_url", error="NUL in the file path")
     # file:images/x.jpg is relative to the root; file:///abs/x.jpg must lie under it.
     path = (root / raw_path).resolve() if not raw_path.startswith("/") else Path(raw_path).resolve()
     if os.path.commonpath([root, path]) != str(root):
-        return Download("url_outside_root", error=f"{path} is not under fetch.file_root")
+        return Download("url_outside_root", error=f"{_printable(path)} is not under fetch.file_root")
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):  # a directory, or a FIFO whose read would block forever
@@ -368,6 +370,11 @@ def _read_file(url: str, cfg: FetchConfig) -> Download:
         return Download("not_found", attempts=1, error="no such file")
     except OSError as err:
         return Download("not_found", attempts=1, error=f"{type(err).__name__}: {err}")
+
+
+def _printable(path: Path) -> str:
+    """A path for an error column: undecodable bytes as \\xNN (Parquet refuses lone surrogates)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _retry_after(value: str | None) -> float | None:
