@@ -123,7 +123,8 @@ def test_every_odd_input_ends_as_one_row_with_its_reason_and_nothing_leaks(tmp_p
         # Real worker processes: the fault server in this process must not share its GIL with 128 download threads,
         # or its own slowness would pass for the faults' timeouts.
         code = main([
-            "dask.processes=true", "dask.n_workers=2", "run.progress=false", f"models.dir={MODELS}", "pipeline=sample", "ingest.source=urls", f"ingest.path={urls}", "ingest.id_column=id",
+            "dask.processes=true", "dask.n_workers=2", "run.progress=false", f"models.dir={MODELS}", "pipeline=sample",
+            "ingest.source=urls", f"ingest.path={urls}", "ingest.id_column=id",
             "ingest.assume_license=cc-by", "ingest.num_shards=3", f"fetch.file_root={root}", f"run.dir={run_dir}",
             "detect.person_tiles=1", *FETCH, *NO_FILTER,
         ])  # fmt: skip
