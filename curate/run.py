@@ -286,6 +286,25 @@ def alarms(report: StageReport, fraction: float) -> list[str]:
     ]
 
 
+def source_lines(run_dir: Path, fraction: float) -> list[str]:
+    """Per input file of the last ingest: the layout it was read as, and a warning when most of its rows failed
+    to parse (a YFCC file read with the wrong layout looks exactly like that)."""
+    from curate.io.atomic import read_json
+
+    found = read_json(run_dir / "stats" / "ingest_sources.json") or {}
+    lines = []
+    for unit in found.get("units", []):
+        layout = f"read as {unit['layout']} ({unit['layout_detection']}), " if unit.get("layout") else ""
+        broken = unit.get("malformed", 0) + unit.get("short", 0) + unit.get("internal_error", 0)
+        lines.append(f"ingest {unit['unit']}: {layout}{unit['rows']} rows, {broken} unparseable")
+        if unit["rows"] and (broken == unit["rows"] or broken / unit["rows"] > fraction):
+            lines.append(
+                f"WARNING ingest {unit['unit']}: {broken} of {unit['rows']} rows could not be parsed "
+                "(malformed, short or internal_error): check ingest.source and the file's format"
+            )
+    return lines
+
+
 def exit_code(cfg: CurateConfig, reports: list[StageReport]) -> int:
     """1 when something failed; failed shards are accepted only by a release that was told to go without them."""
     if any(r.fatal or (r.failures and not r.failed_shards) for r in reports):
@@ -315,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curate: {err}", file=sys.stderr)
         return 2
     print(summary(reports, cfg.run.alarm_fraction))
+    if any(r.stage == "ingest" and r.done for r in reports):
+        print("\n".join(source_lines(Path(cfg.run.dir), cfg.run.alarm_fraction)))
     if any(r.stage == "release" and not r.fatal for r in reports):
         print(f"release: {Path(cfg.run.dir) / 'release' / cfg.release.version}")
     return exit_code(cfg, reports)

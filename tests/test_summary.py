@@ -45,3 +45,12 @@ def test_a_real_run_that_rejects_every_licence_warns(tmp_path: Path, capsys) -> 
         assert run_curate("pipeline=sample", "ingest.source=urls", f"ingest.path={urls}", f"run.dir={run_dir}",
                           f"stage={stage}") == 0  # fmt: skip
     assert "WARNING license stopped EVERY row it saw (2 of 2: rejected/" in capsys.readouterr().out
+
+
+def test_a_file_read_with_the_wrong_layout_warns_and_names_it(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    wrong = tmp_path / "not_yfcc.tsv"
+    wrong.write_text("".join(f"{i}\thttp://example.invalid/{i}.jpg\n" for i in range(20)))  # a URL list, not YFCC
+    assert run_curate("pipeline=sample", f"ingest.path={wrong}", f"run.dir={tmp_path / 'run'}", "stage=ingest") == 0
+    out = capsys.readouterr().out
+    assert "WARNING ingest stopped EVERY row it saw (20 of 20" in out
+    assert f"WARNING ingest {wrong}" in out or "WARNING ingest not_yfcc.tsv" in out
