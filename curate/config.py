@@ -151,8 +151,21 @@ class DetectConfig:
     # auto = CUDA when torch sees a GPU, else CPU.
     device: str = "auto"
     batch_size: int = 16
-    # Faces: PASS ran at the original size (0); a cap bounds the cost of huge originals.
-    face_max_side: int = 0
+    # A batch also stops before this many decoded pixels; 0 = batch_size x 1024 x 768 (12.6 MP at batch_size 16,
+    # so the GPU advice batch_size=128 scales with it). A shard of 48 MP photos is then scored one photo at a
+    # time, not 16 (about 40 GB of activations at their native size); an image over the budget is a batch by
+    # itself. Speed and memory only: the results are those of one image at a time.
+    batch_pixels: int = 0
+    # Faces: images whose long side exceeds this are shrunk for the face detectors (0 = original size, as PASS
+    # ran). No dev-set image exceeds 1024 px, so no cap >= 1024 changes the dev figures (recall 0.956, false
+    # removals 0.143). With the dev set upscaled 4x (long sides ~4096, standing in for 12-16 MP originals), the
+    # full stack (strict) removed 108 of 114 human images at the original size and at caps 3000, 2048 and 1600,
+    # 109 at 1024; false removals 24, 23, 19, 18, 18 of 105 (RetinaFace fires on animal faces at large sizes).
+    # 2048 rather than 1024: upscaled images hold no detail finer than their source, so the test cannot show
+    # what a smaller cap loses on a real 48 MP photo (faces under 16 px x side / cap, 62 px at 8000 / 2048).
+    # It bounds the detector's input to 4 MP: on 2 CPU cores RetinaFace took 0.9 s on a 48 MP photo (5.7 s at its
+    # original size) and peaked 1.9 GB lower (bench/README.md, "Memory").
+    face_max_side: int = 2048
     # Persons: extra passes on an N x N grid of overlapping crops, for small distant people (1 = off). Their best
     # score is stored apart (person_<name>_tiles_max), for decide.person_tiles; the strict preset was tuned with 3.
     person_tiles: int = 3
@@ -320,6 +333,8 @@ def validate(cfg: CurateConfig) -> None:
         f"detect.device={cfg.detect.device!r}: use auto, cpu, cuda or cuda:N",
     )
     need(cfg.detect.batch_size >= 1, "detect.batch_size must be >= 1")
+    need(cfg.detect.batch_pixels >= 0, "detect.batch_pixels must be >= 0 (0 = batch_size x 1024 x 768)")
+    need(cfg.detect.face_max_side >= 0, "detect.face_max_side must be >= 0 (0 = native size)")
     need(cfg.detect.person_tiles >= 1, "detect.person_tiles must be >= 1 (1 = no tiles)")
     need(cfg.detect.person_tile_min_side >= 0, "detect.person_tile_min_side must be >= 0 (0 = tile every image)")
     for key in ("face", "person", "person_tiles", "clip", "face_review", "person_review", "person_tiles_review",

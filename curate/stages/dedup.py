@@ -25,7 +25,7 @@ from curate.dedup.groups import components, representatives
 from curate.dedup.phash import hashes, low_frequencies, mirrored, thumbnail
 from curate.dedup.references import load as load_reference
 from curate.io.atomic import digest_files, read_json, read_parquet, sha256_file, write_json, write_parquet
-from curate.io.tars import read_members
+from curate.io.tars import TarMembers
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
 
@@ -58,17 +58,21 @@ def shard_features(cfg: CurateConfig, shard: int) -> dict[str, Any]:
     for stage in UPSTREAM:
         live &= rows[f"{stage}_status"].eq("ok").fillna(False).to_numpy(dtype=bool)
     rows = rows[live].reset_index(drop=True)
-    # Nothing live (e.g. a shard an earlier stage failed): its tar is not opened, it may be what failed.
-    members = set(rows["tar_member"].dropna())
-    blobs = read_members(run.images(shard), members) if members else {}
     thumbs, ok = [], []
-    for member in rows["tar_member"]:
-        try:
-            thumbs.append(thumbnail(blobs[member]))
-            ok.append(True)
-        except Exception:  # noqa: BLE001 - one undecodable image gets no pHash (phash_ok=False); the shard goes on
-            thumbs.append(np.zeros((32, 32)))
-            ok.append(False)
+    members = list(rows["tar_member"])
+    # One member's bytes at a time (a 10k-image shard is GBs); a shard with nothing live (one an earlier stage
+    # failed) never opens its tar, which may be what failed.
+    with TarMembers(run.images(shard)) as tar:
+        for member in members:
+            try:
+                data = tar.get(member) if isinstance(member, str) else None
+                if data is None:
+                    raise KeyError(f"{member!r} missing from the shard's tar")
+                thumbs.append(thumbnail(data))
+                ok.append(True)
+            except Exception:  # noqa: BLE001 - one undecodable image gets no pHash (phash_ok=False); the shard goes on
+                thumbs.append(np.zeros((32, 32)))
+                ok.append(False)
     coefficients = low_frequencies(np.stack(thumbs)) if thumbs else np.zeros((0, 8, 8))
     frame = pd.DataFrame(
         {

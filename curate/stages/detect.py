@@ -3,27 +3,39 @@
 No decision is taken here (see `curate.detect.decide`, applied at release), so re-tuning a threshold never
 re-runs a model. Images are decoded one batch ahead of inference: by PIL in a CPU thread, or on a GPU by nvJPEG
 (`curate.detect.decoding`), whose pixels then stay on the GPU.
+
+Memory. A shard's tar is indexed, not read (`curate.io.tars.TarMembers`): a member's bytes are read when its
+batch is decoded, and batches are cut by pixels (`detect.batch_pixels`) as well as by count, so a worker holds
+two batches of pixels (the one being scored, the one decoding) whatever the shard holds; a photo over the budget
+is a batch of its own and is scored with nothing decoding beside it.
+
+Faults. One image must not fail its shard: a batch whose scoring raises is scored again image by image, and an
+image that still raises (or whose bytes could not be read or decoded for an unforeseen reason) becomes that
+row's `failed` / `internal_error`, with `curate.faults.describe` in `detect_error`; the other rows keep their
+scores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from curate.config import CurateConfig
-from curate.detect.decoding import DECODE_ERRORS, decode, decode_batch
+from curate.detect.decoding import DECODE_ERRORS, decode, decode_batch, header_size
 from curate.detect.images import Image
 from curate.detect.types import COUNT_ABOVE, Detections, Detector
-from curate.io.tars import read_members
+from curate.faults import INTERNAL_ERROR, describe
+from curate.io.tars import TarMembers
 from curate.models.registry import REGISTRY
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
 
 MAX_BOXES = 100
+PIXELS_PER_SLOT = 1024 * 768  # detect.batch_pixels=0: this many pixels per image of batch_size
 
 
 class Scorer:
@@ -109,8 +121,9 @@ class DetectStage(ShardStage):
     name = "detect"
     version = "1"
     uses_gpu = True
-    # Batching is tested to give the same results as one image at a time; the device only moves the work.
-    runtime_keys = frozenset({"batch_size", "device", "torch_threads", "gpu_decode"})
+    # Batching is tested to give the same results as one image at a time, whatever cuts the batches (count or
+    # pixels: tests/test_detect_memory.py); the device only moves the work.
+    runtime_keys = frozenset({"batch_size", "batch_pixels", "device", "torch_threads", "gpu_decode"})
 
     def fingerprint_config(self) -> dict[str, Any]:
         config = super().fingerprint_config()
@@ -118,57 +131,185 @@ class DetectStage(ShardStage):
         config["weights"] = {n: REGISTRY[n].sha256 for n in names if n in REGISTRY}
         return config
 
+    def scorer(self) -> Scorer:
+        """The detectors for one shard (a seam: a test may wrap them, e.g. to script a fault)."""
+        return Scorer(self.cfg)
+
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
-        scorer = Scorer(self.cfg)
-        blobs = read_members(run.images(shard), set(rows["tar_member"].dropna()))
+        scorer = self.scorer()
+        detect = self.cfg.detect
+        gpu = scorer.device if scorer.device.startswith("cuda") and detect.gpu_decode else None
+        members = [m if isinstance(m, str) else None for m in rows["tar_member"]]
         columns: dict[str, list[Any]] = {}
-        gpu = scorer.device if scorer.device.startswith("cuda") and self.cfg.detect.gpu_decode else None
-        in_order = [blobs.get(member) for member in rows["tar_member"]]
-        for images, errors in decoded_batches(in_order, self.cfg.detect.batch_size, gpu):
-            results = scorer.score(images)
-            results["detect_reason"] = ["decode_error" if e else "ok" for e in errors]
-            results["detect_error"] = list(errors)
-            for key, values in results.items():
-                columns.setdefault(key, []).extend(values)
-        if not columns:
-            columns = {"detect_reason": [], "detect_error": []}
+        reasons: list[str] = []
+        errors: list[str | None] = []
+        with TarMembers(run.images(shard)) as tar:
+            if any(members):
+                # Indexed here, outside the rows' guards: a tar that cannot be read at all is the shard's failure
+                # (Dask retries it; a lost mount may come back), not every row's internal_error.
+                tar.index  # noqa: B018 - the property opens and indexes the tar
+            pixels = detect.batch_pixels or detect.batch_size * PIXELS_PER_SLOT
+            batches = read_batches(members, tar.get, detect.batch_size, pixels, gpu)
+            for images, failures in batches:
+                results, faults = score_isolated(scorer, images)
+                for key, values in results.items():
+                    columns.setdefault(key, []).extend(values)
+                for failure, fault in zip(failures, faults, strict=True):
+                    failure = failure or fault
+                    reasons.append("ok" if failure is None else failure[0])
+                    errors.append(None if failure is None else failure[1])
+                # Let go of this batch's pixels before asking for the next: with the next one decoding ahead,
+                # two batches are alive at a time, never three.
+                del images, results
         frame = pd.DataFrame(columns, index=range(len(rows)))
+        frame["detect_reason"] = reasons
+        frame["detect_error"] = errors
         frame["detect_status"] = np.where(frame["detect_reason"] == "ok", "ok", "failed")
         return frame
 
 
+# (reason, error text) for an image that could not be scored; None for one that was
+Failure = tuple[str, str] | None
+
+
+def score_isolated(scorer: Scorer, images: list[Image | None]) -> tuple[dict[str, list[Any]], list[Failure]]:
+    """`scorer.score(images)`, and per image the fault that kept it from being scored. When the batch raises,
+    each image is scored alone, so one bad image costs only its own row; an image that raises alone too gets
+    the columns of an undecodable image (all None: ``score([None])`` runs no model) and ``internal_error``."""
+    try:
+        return scorer.score(images), [None] * len(images)
+    except Exception as err:  # noqa: BLE001 - which image broke it is found below, one at a time
+        if len(images) == 1:
+            return scorer.score([None]), [(INTERNAL_ERROR, describe(err))]
+    columns: dict[str, list[Any]] = {}
+    faults: list[Failure] = []
+    for image in images:
+        try:
+            results, fault = scorer.score([image]), None
+        except Exception as err:  # noqa: BLE001 - the row's own outcome, never the shard's end
+            results, fault = scorer.score([None]), (INTERNAL_ERROR, describe(err))
+        for key, values in results.items():
+            columns.setdefault(key, []).extend(values)
+        faults.append(fault)
+    return columns, faults
+
+
+MISSING = ("decode_error", "KeyError: image missing from the shard's tar")
+
+
+# one batch's encoded images, before decoding: (bytes or None, failure) per row
+Encoded = list[tuple[bytes | None, Failure]]
+K = TypeVar("K")  # what names an image to its reader: a tar member's name, an index
+
+
 def decoded_batches(
-    blobs: list[bytes | None], size: int, gpu: str | None
+    blobs: Sequence[bytes | None], size: int, gpu: str | None, pixels: int = 0
 ) -> Iterator[tuple[list[Image | None], list[str | None]]]:
-    """(images, errors) per batch of `size`, in order; the next batch decodes in a thread while the caller infers
-    on this one. `gpu`: the CUDA device whose nvJPEG decodes JPEGs, or None for PIL on the CPU. A None blob (a
-    member missing from the shard's tar) becomes an error, never a silent gap."""
+    """`read_batches` over bytes already in memory (None: missing), with the error text alone per image: for
+    callers that hold their images (bench/detect.py)."""
+    for images, failures in read_batches(range(len(blobs)), blobs.__getitem__, size, pixels, gpu):
+        yield images, [None if failure is None else failure[1] for failure in failures]
 
-    def load(chunk: list[bytes | None]) -> tuple[list[Image | None], list[str | None]]:
-        present = [i for i, data in enumerate(chunk) if data is not None]
-        images: list[Image | None] = [None] * len(chunk)
-        errors: list[str | None] = ["KeyError: image missing from the shard's tar"] * len(chunk)
-        if gpu is not None:
-            decoded, failed = decode_batch([chunk[i] or b"" for i in present], gpu)
-        else:
-            decoded, failed = [], []
-            for i in present:
-                try:
-                    decoded.append(decode(chunk[i] or b""))
-                    failed.append(None)
-                except DECODE_ERRORS as err:
-                    decoded.append(None)
-                    failed.append(f"{type(err).__name__}: {str(err)[:200]}")
-        for i, image, error in zip(present, decoded, failed, strict=True):
-            images[i], errors[i] = image, error
-        return images, errors
 
-    chunks = [blobs[i : i + size] for i in range(0, len(blobs), size)]
+def read_batches(
+    members: Sequence[K | None],
+    read: Callable[[K], bytes | None],
+    size: int,
+    pixels: int,
+    gpu: str | None,
+) -> Iterator[tuple[list[Image | None], list[Failure]]]:
+    """(images, failures) per batch, in order, for the tar `members` (None: the row has none). `read` gives a
+    member's bytes (None: not in the tar). Batches hold at most `size` images and `pixels` pixels (0 = no pixel
+    budget), counted from the image headers, so that a shard of huge photos is scored a few at a time. The next
+    batch is read and decoded in a thread while the caller infers on this one; so at most two batches are alive,
+    provided the caller lets go of each before asking for the next. `gpu`: the CUDA device whose nvJPEG decodes
+    JPEGs, or None for PIL on the CPU. A missing member becomes an error, never a silent gap; an unforeseen
+    exception while reading or decoding one image becomes that image's `internal_error`."""
+    encoded = encoded_batches(members, read, size, pixels)
+
+    def next_batch() -> tuple[list[Image | None], list[Failure], int] | None:
+        # reading the bytes happens in the decoder thread too, so that it overlaps inference as well
+        chunk = next(encoded, None)
+        return (*_decode_chunk(chunk[0], gpu), chunk[1]) if chunk is not None else None
+
     with ThreadPoolExecutor(max_workers=1) as decoder:
-        upcoming = decoder.submit(load, chunks[0]) if chunks else None
-        for index in range(len(chunks)):
-            assert upcoming is not None
-            images, errors = upcoming.result()
-            if index + 1 < len(chunks):
-                upcoming = decoder.submit(load, chunks[index + 1])
-            yield images, errors
+        upcoming: Future[tuple[list[Image | None], list[Failure], int] | None] | None = decoder.submit(next_batch)
+        while upcoming is not None and (loaded := upcoming.result()) is not None:
+            images, failures, total = loaded
+            del loaded  # before the next result() binds another batch here
+            # An image over the budget is scored with nothing decoding beside it: at most one such photo and one
+            # batch within the budget are alive at a time.
+            upcoming = decoder.submit(next_batch) if not pixels or total <= pixels else None
+            yield images, failures
+            del images
+            upcoming = upcoming or decoder.submit(next_batch)
+
+
+def encoded_batches(
+    members: Sequence[K | None], read: Callable[[K], bytes | None], size: int, pixels: int
+) -> Iterator[tuple[Encoded, int]]:
+    """The batches' bytes with their pixel counts, read one member at a time. The member that would overflow a
+    batch opens the next, so an image over the pixel budget is a batch by itself."""
+    batch: Encoded = []
+    total = 0
+    for member in members:
+        data, count, failure = _read_member(member, read)
+        if batch and (len(batch) >= size or (pixels > 0 and total + count > pixels)):
+            yield batch, total
+            batch, total = [], 0
+        batch.append((data, failure))
+        total += count
+    if batch:
+        yield batch, total
+
+
+def _read_member(member: K | None, read: Callable[[K], bytes | None]) -> tuple[bytes | None, int, Failure]:
+    """One member's bytes and pixel count (0 when its header is unreadable: decoding will say why)."""
+    try:
+        data = read(member) if member is not None else None
+    except Exception as err:  # noqa: BLE001 - an unreadable member is its row's fault, not the shard's
+        return None, 0, (INTERNAL_ERROR, describe(err))
+    if data is None:
+        return None, 0, MISSING
+    try:
+        width, height = header_size(data)
+    except Exception:  # noqa: BLE001 - counted as small; decoding reports the real error for this row
+        return data, 0, None
+    return data, width * height, None
+
+
+def _decode_chunk(chunk: Encoded, gpu: str | None) -> tuple[list[Image | None], list[Failure]]:
+    images: list[Image | None] = [None] * len(chunk)
+    failures: list[Failure] = [failure for _, failure in chunk]
+    present = [i for i, (data, failure) in enumerate(chunk) if data is not None and failure is None]
+    decoded, why = _decode([chunk[i][0] or b"" for i in present], gpu)
+    for i, image, failure in zip(present, decoded, why, strict=True):
+        images[i], failures[i] = image, failure
+    return images, failures
+
+
+def _decode(blobs: list[bytes], gpu: str | None) -> tuple[list[Image | None], list[Failure]]:
+    """Pixels per blob, or the reason it has none: decode_error for what a broken file raises, internal_error
+    (with its traceback's tail) for anything else."""
+    if gpu is not None:
+        try:
+            decoded, errors = decode_batch(blobs, gpu)
+            return decoded, [None if e is None else ("decode_error", e) for e in errors]
+        except Exception as err:  # noqa: BLE001 - find the image that broke the batch, one at a time
+            if len(blobs) == 1:
+                return [None], [(INTERNAL_ERROR, describe(err))]
+            alone = [_decode([blob], gpu) for blob in blobs]
+            return [a[0][0] for a in alone], [a[1][0] for a in alone]
+    images: list[Image | None] = []
+    failures: list[Failure] = []
+    for blob in blobs:
+        try:
+            images.append(decode(blob))
+            failures.append(None)
+        except DECODE_ERRORS as err:
+            images.append(None)
+            failures.append(("decode_error", f"{type(err).__name__}: {str(err)[:200]}"))
+        except Exception as err:  # noqa: BLE001 - this image's outcome, not the shard's
+            images.append(None)
+            failures.append((INTERNAL_ERROR, describe(err)))
+    return images, failures

@@ -36,7 +36,7 @@ from curate.io.atomic import (
     write_json,
     write_parquet,
 )
-from curate.io.tars import SortedTarWriter, read_members
+from curate.io.tars import SortedTarWriter, TarMembers
 from curate.rundir import RunDir
 from curate.runner import ShardsFailed
 from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
@@ -230,15 +230,17 @@ class ReleaseStage(ShardStage):
         noted = takedowns.reindex(rows["image_id"]).reset_index(drop=True)
         noted.index = rows.index
         kept = rows[status == "kept"]
-        wanted = set(kept["tar_member"])
-        members = read_members(run.images(shard), wanted) if wanted else {}  # a failed shard's tar is not opened
         out = self.out_dir(run)
         with (
+            # One member at a time; a shard with nothing kept (one an earlier stage failed) never opens its tar.
+            TarMembers(run.images(shard)) as members,
             SortedTarWriter(out / f"PASS.{shard}.tar") as pass_tar,
             SortedTarWriter(out / "webdataset" / f"{shard:05d}.tar") as wds_tar,
         ):
             for row in kept.to_dict("records"):
-                data = members[row["tar_member"]]
+                data = members.get(row["tar_member"])
+                if data is None:  # fetch wrote it: its absence means the run directory was damaged since
+                    raise FileNotFoundError(f"{row['tar_member']} missing from {run.images(shard)}")
                 image_id = row["image_id"]
                 pass_tar.add(f"PASS_dataset/dummy_folder/{image_id}.{PASS_SUFFIX[row['format']]}", data)
                 wds_tar.add(f"{image_id}.{row['tar_member'].rsplit('.', 1)[1]}", data)
