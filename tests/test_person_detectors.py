@@ -314,3 +314,18 @@ def test_other_torchvision_archs_build_and_run(arch):
     assert images.image_sizes == [(375, 500)]
     out = det.detect([np.zeros((64, 96, 3), np.uint8)])
     assert len(out) == 1 and out[0].boxes.shape[1] == 4
+
+
+@needs_onnx
+@needs_dev
+def test_huge_photos_are_resized_plane_by_plane_to_the_same_inputs(monkeypatch):
+    """Memory on 48 MP photos: above CHUNK_ELEMENTS the image is resized one plane at a time and its tiles one at a
+    time. The letterboxed inputs, and so every score, are exactly those of the one-stack path."""
+    import curate.detect.yolox as yolox
+
+    tiled = YoloxDetector(ONNX, tiles=3, tile_min_side=0)
+    image = np.ascontiguousarray(np.tile(photo("dps_in54.jpg"), (2, 3, 1)))  # a larger, non-square photo
+    stacked, meta = tiled.preprocess([image])
+    monkeypatch.setattr(yolox, "CHUNK_ELEMENTS", 1000)
+    chunked, chunked_meta = tiled.preprocess([image])
+    assert meta == chunked_meta and torch.equal(stacked, chunked)

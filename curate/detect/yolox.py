@@ -406,6 +406,11 @@ def load_yolox(weights: Path, variant: str = "nano") -> YOLOX:
 # --------------------------------------------------------------------------------------------------------------
 
 
+# Above this many uint8 values (16M: 64 MB as float32) an image is resized plane by plane and its tiles one by one,
+# bounding memory on huge photos; below it, a grid's tiles go through one resize (fewer kernel launches on a GPU).
+CHUNK_ELEMENTS = 1 << 24
+
+
 def letterbox(images: torch.Tensor, size: int, out: torch.Tensor) -> float:
     """Resize (3, H, W) image(s), or a stack (N, 3, H, W) of same-sized ones, any dtype, 0..255, by
     r = min(size/H, size/W) with bilinear interpolation into the top-left corner of ``out`` ((3 or N, 3), size,
@@ -415,12 +420,20 @@ def letterbox(images: torch.Tensor, size: int, out: torch.Tensor) -> float:
     h, w = images.shape[-2:]
     r = min(size / h, size / w)
     nh, nw = max(int(h * r), 1), max(int(w * r), 1)
-    if (nh, nw) != (h, w):
+    if (nh, nw) == (h, w):
+        out[..., :nh, :nw] = images
+    elif images.numel() <= CHUNK_ELEMENTS:
         stacked = images.float() if images.ndim == 4 else images.float()[None]
         resized = F.interpolate(stacked, size=(nh, nw), mode="bilinear", align_corners=False)
         out[..., :nh, :nw] = resized if images.ndim == 4 else resized[0]
     else:
-        out[..., :nh, :nw] = images
+        # A 48 MP photo in float32 is 576 MB, its nine tiles 768 MB: resize one plane (one image, one channel) at a
+        # time instead. Bilinear resizing treats planes independently, so the pixels are the same.
+        planes = images.reshape(-1, h, w)
+        target = out.reshape(-1, *out.shape[-2:])
+        for k in range(planes.shape[0]):
+            plane = planes[k].float()[None, None]
+            target[k, :nh, :nw] = F.interpolate(plane, size=(nh, nw), mode="bilinear", align_corners=False)[0, 0]
     return r
 
 
@@ -578,7 +591,11 @@ class YoloxDetector:
         meta: list[tuple[int, float, tuple[int, int, int, int] | None]] = []
         for i, rgb, windows in views:
             meta.append((i, letterbox(rgb, s, batch[len(meta)]), None))
-            if windows:  # a grid's tiles all have one size: one stack, one resize
+            if windows and rgb.numel() > CHUNK_ELEMENTS:  # a huge photo: one crop at a time, never a stack of copies
+                for window in windows:
+                    x0, y0, x1, y1 = window
+                    meta.append((i, letterbox(rgb[:, y0:y1, x0:x1], s, batch[len(meta)]), window))
+            elif windows:  # a grid's tiles all have one size: one stack, one resize
                 crops = torch.stack([rgb[:, y0:y1, x0:x1] for x0, y0, x1, y1 in windows])
                 r = letterbox(crops, s, batch[len(meta) : len(meta) + len(windows)])
                 meta.extend((i, r, window) for window in windows)
