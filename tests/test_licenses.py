@@ -186,3 +186,20 @@ def test_changing_the_assumed_licence_reruns_the_license_stage(tmp_path: Path) -
     again = _licence_run(tmp_path, "ingest.assume_license=cc-by-sa")
     assert again.loc["blank", "license_code"] == "cc-by-sa"
     assert tuple(again.loc["blank", ["license_status", "license_reason"]]) == ("rejected", "not_allowed")
+
+
+def test_a_licence_value_that_raises_fails_only_its_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import curate.stages.license as stage
+
+    real = stage.identify
+
+    def brittle(license_id=None, name=None, url=None):  # type: ignore[no-untyped-def]
+        if name == "Attribution-NonCommercial License":  # the scripted surprise: a value our parser was never shown
+            raise RecursionError("deep in a licence parser")
+        return real(license_id, name, url)
+
+    monkeypatch.setattr(stage, "identify", brittle)
+    rows = _licence_run(tmp_path, "ingest.assume_license=cc-by")  # the in-process workers see the patch
+    assert tuple(rows.loc["nc", ["license_status", "license_reason"]]) == ("failed", "internal_error")
+    assert rows.loc["nc", "license_error"].startswith("RecursionError: deep in a licence parser")
+    assert tuple(rows.loc["by4", ["license_status", "license_reason"]]) == ("ok", "ok")

@@ -8,10 +8,11 @@ must not become CC BY because the list as a whole was said to be.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
+from curate.faults import INTERNAL_ERROR, describe
 from curate.licenses import License, deed_url, has_license_info, identify
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
@@ -23,7 +24,8 @@ SOURCE_DEFAULT_LICENSE = {"pass_release": "cc-by"}
 
 class LicenseStage(ShardStage):
     name = "license"
-    version = "2"  # license_version, license_assumed; assumption only for rows without licence information
+    # 2: license_version, license_assumed; assumption only for rows without licence information. 3: license_error
+    version = "3"
 
     def fingerprint_config(self) -> dict[str, Any]:
         # The assumption is made here now, not in the rows ingest writes: without it in the fingerprint a changed
@@ -31,46 +33,57 @@ class LicenseStage(ShardStage):
         return {**super().fingerprint_config(), "assume_license": self.cfg.ingest.assume_license}
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
-        allow = set(self.cfg.license.allow)
-        configured = self.cfg.ingest.assume_license or None
-        codes, versions, assumed_flags, statuses, reasons, urls = [], [], [], [], [], []
         sources = rows["source"] if "source" in rows else pd.Series(None, index=rows.index, dtype=object)
+        outcomes = []
         for source, license_id, name, url in zip(
             sources, rows["license_id"], rows["license_name"], rows["license_url"], strict=True
         ):
-            license_id, name, url = _text(license_id), _text(name), _text(url)
-            found: License | None
-            assumed = False
-            if has_license_info(license_id, name, url):
-                found = identify(license_id, name, url)
-            else:
-                default = configured or SOURCE_DEFAULT_LICENSE.get(str(source))
-                found = License(default) if default else None
-                assumed = found is not None
-            if found is None:
-                status, reason = (
-                    ("ok", "unknown_kept") if self.cfg.license.keep_unknown else ("rejected", "unknown_license")
-                )
-            elif found.code in allow:
-                status, reason = "ok", "ok"
-            else:
-                status, reason = "rejected", "not_allowed"
-            codes.append(found.code if found else None)
-            versions.append(found.version if found else None)
-            assumed_flags.append(assumed)
-            statuses.append(status)
-            reasons.append(reason)
-            urls.append(_attribution_url(found, url))
+            try:
+                outcomes.append(self.judge(source, _text(license_id), _text(name), _text(url)))
+            except Exception as err:  # noqa: BLE001 - one row's surprise is that row's outcome, never the shard's
+                outcomes.append(Outcome(None, None, False, None, "failed", INTERNAL_ERROR, describe(err)))
         return pd.DataFrame(
             {
-                "license_code": pd.array(codes, dtype="string"),
-                "license_version": pd.array(versions, dtype="string"),
-                "license_assumed": pd.array(assumed_flags, dtype="boolean"),
-                "license_attribution_url": pd.array(urls, dtype="string"),
-                "license_status": statuses,
-                "license_reason": reasons,
+                "license_code": pd.array([o.code for o in outcomes], dtype="string"),
+                "license_version": pd.array([o.version for o in outcomes], dtype="string"),
+                "license_assumed": pd.array([o.assumed for o in outcomes], dtype="boolean"),
+                "license_attribution_url": pd.array([o.url for o in outcomes], dtype="string"),
+                "license_status": [o.status for o in outcomes],
+                "license_reason": [o.reason for o in outcomes],
+                "license_error": pd.array([o.error for o in outcomes], dtype="string"),
             }
         )
+
+    def judge(self, source: object, license_id: str | None, name: str | None, url: str | None) -> Outcome:
+        """One row's licence: read it, or assume the configured one where the row states none, then allow or not."""
+        found: License | None
+        assumed = False
+        if has_license_info(license_id, name, url):
+            found = identify(license_id, name, url)
+        else:
+            default = self.cfg.ingest.assume_license or SOURCE_DEFAULT_LICENSE.get(str(source))
+            found = License(default) if default else None
+            assumed = found is not None
+        if found is None:
+            status, reason = (
+                ("ok", "unknown_kept") if self.cfg.license.keep_unknown else ("rejected", "unknown_license")
+            )
+        elif found.code in self.cfg.license.allow:
+            status, reason = "ok", "ok"
+        else:
+            status, reason = "rejected", "not_allowed"
+        code, version = (found.code, found.version) if found else (None, None)
+        return Outcome(code, version, assumed, _attribution_url(found, url), status, reason, None)
+
+
+class Outcome(NamedTuple):
+    code: str | None
+    version: str | None
+    assumed: bool
+    url: str | None
+    status: str
+    reason: str
+    error: str | None
 
 
 def _attribution_url(found: License | None, given: str | None) -> str | None:
