@@ -260,7 +260,12 @@ def summary(reports: list[StageReport], alarm_fraction: float = 0.5) -> str:
         lines += alarms(r, alarm_fraction)
     for r in reports:
         lines += [f"FAILED {line}" for line in r.failures]
-        if r.failed_shards:
+        if r.failed_shards and r.stage == "release":
+            lines.append(
+                f"FAILED release: shard(s) {', '.join(map(str, r.failed_shards))} failed after every retry, so the "
+                "release was not assembled; run it again"
+            )
+        elif r.failed_shards:
             lines.append(
                 f"FAILED {r.stage}: shard(s) {', '.join(map(str, r.failed_shards))} failed after every retry; their "
                 "rows are recorded as failed/shard_failed and the next stages went on without them. Run again to "

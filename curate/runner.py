@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from curate import __version__
 from curate.config import ConfigError, CurateConfig
+from curate.faults import describe
 from curate.io.atomic import atomic_open, sha256_file, write_json, write_parquet
 from curate.rundir import RunDir
 from curate.schema import check_reasons
@@ -146,12 +147,11 @@ def write_failed_shard(stage: ShardStage, upstream: list[str], shard: int, fp: s
     live = live_rows(rows, upstream) if not stage.sees_all_rows else pd.Series(True, index=rows.index)
     name = stage.name
     frame = pd.DataFrame(
-        {
-            f"{name}_status": pd.Series("failed", index=rows.index, dtype="string").where(live),
-            f"{name}_reason": pd.Series(SHARD_FAILED, index=rows.index, dtype="string").where(live),
-            f"{name}_error": pd.Series(error, index=rows.index, dtype="string").where(live),
-        }
+        {column: pd.Series(pd.NA, index=rows.index, dtype=dtype) for column, dtype in stage.output_columns().items()}
     )
+    frame[f"{name}_status"] = pd.Series("failed", index=rows.index, dtype="string").where(live)
+    frame[f"{name}_reason"] = pd.Series(SHARD_FAILED, index=rows.index, dtype="string").where(live)
+    frame[f"{name}_error"] = pd.Series(error, index=rows.index, dtype="string").where(live)
     write_parquet(run.part(name, shard), frame)
     return write_marker(run, name, shard, fp, frame, started, failed=True)
 
@@ -298,7 +298,11 @@ class Runner:
                 if stage.sees_all_rows:
                     continue  # release: nothing after it; its files are not assembled (below)
                 summary = f"shard task failed: see {errors(shard).relative_to(self.run.root)}"
-                report.add(write_failed_shard(stage, upstream, shard, todo[shard], summary))
+                try:
+                    report.add(write_failed_shard(stage, upstream, shard, todo[shard], summary))
+                except Exception as err:  # noqa: BLE001 - e.g. the disk that failed the task is still full
+                    report.fatal = True  # the shard has no rows to go on with: later stages must not run
+                    report.failures.append(f"{stage.name} {shard}: could not record the failure: {describe(err)}")
         if report.failed_shards and stage.sees_all_rows:
             report.fatal = True
         elif not report.fatal and (todo or not stage.is_finished(self.run)):

@@ -100,7 +100,7 @@ def test_missing_broken_and_unreadable_members_fail_their_own_rows_only() -> Non
 
     def read(name: str) -> bytes | None:
         if name == "001.jpg":
-            raise OSError("EIO reading one block")  # a fault no reason code foresaw: internal_error
+            raise UnicodeDecodeError("utf-8", b"EIO", 0, 1, "a fault no reason code foresaw")  # internal_error
         return blobs.get(name)
 
     names: list[str | None] = ["000.jpg", "001.jpg", "002.jpg", "gone.jpg", None]
@@ -108,10 +108,21 @@ def test_missing_broken_and_unreadable_members_fail_their_own_rows_only() -> Non
     assert len(batches) == 1
     images, failures = batches[0]
     assert images[0] is not None and failures[0] is None
-    assert failures[1] is not None and failures[1][0] == "internal_error" and "EIO" in failures[1][1]
+    assert failures[1] is not None and failures[1][0] == "internal_error" and "UnicodeDecodeError" in failures[1][1]
     assert failures[2] is not None and failures[2][0] == "decode_error"
     assert failures[3] == failures[4] == ("decode_error", "KeyError: image missing from the shard's tar")
     assert images[1:] == [None] * 4
+
+
+def test_a_disk_error_reading_a_member_is_the_shards_failure_not_a_row_outcome() -> None:
+    """An OSError (EIO, a member cut short) may be mended by a retry: it must fail the shard task, which Dask retries,
+    rather than be written down as rows that are never looked at again."""
+
+    def read(name: str) -> bytes | None:
+        raise OSError("EIO reading one block")
+
+    with pytest.raises(OSError, match="EIO"):
+        list(read_batches(["000.jpg"], read, 16, 0, None))
 
 
 def test_batch_pixels_is_validated_and_defaults_to_the_batch_size() -> None:

@@ -132,6 +132,15 @@ def test_distinct_ids_stay_distinct_rows(tmp_path: Path) -> None:
     assert rows["image_id"].is_unique and (rows["ingest_reason"] == "ok").all()  # no duplicate_id
 
 
+def test_a_rejected_first_line_does_not_make_the_good_one_a_duplicate(tmp_path: Path) -> None:
+    (tmp_path / "list.csv").write_text("id,url\nx,\nx,http://h.invalid/x.jpg\nx,http://h.invalid/x2.jpg\n")
+    run_dir = tmp_path / "run"
+    flags = ["ingest.source=urls", f"ingest.path={tmp_path / 'list.csv'}", "ingest.id_column=id", f"run.dir={run_dir}"]
+    assert run_curate(*flags, "stage=ingest") == 0
+    rows = read_parts(run_dir, "ingest").sort_values("source_ref")
+    assert list(rows["ingest_reason"]) == ["missing_url", "ok", "duplicate_id"]
+
+
 # Owners ------------------------------------------------------------------------------------------------------
 
 

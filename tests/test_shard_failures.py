@@ -110,3 +110,25 @@ def test_dask_retries_a_failing_shard_task(tmp_path: Path, retries: int) -> None
         assert part.loc[~live, "license_reason"].isna().all()
         assert report.counts.get("failed/shard_failed") == int(live.sum())
         assert run.read_marker("license", 1) is not None  # the other shard went on
+
+
+def test_a_failed_fetch_shard_lets_the_later_stages_run_and_is_fetched_again(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    for stage in ("ingest", "license"):
+        assert run_curate(f"run.dir={run_dir}", f"stage={stage}", *QUICK) == 0
+    blocker = run_dir / "images" / "part-00001.tar"
+    blocker.mkdir(parents=True)  # the tar cannot be renamed into place: fetch's shard 1 fails on every attempt
+    assert run_curate(f"run.dir={run_dir}", "stage=all", "release.allow_failed_shards=true", *QUICK) == 0
+    manifest = pd.read_parquet(run_dir / "release" / "v1" / "manifest.parquet")
+    lost = manifest[manifest["shard"] == 1]
+    reached = lost["license_status"] == "ok"
+    assert reached.any() and (lost.loc[reached, "reason"] == "fetch:shard_failed").all()
+    assert (manifest.loc[manifest["shard"] == 0, "status"] == "kept").any()
+    assert (run_dir / "stats" / "fetch" / "part-00001.error.txt").exists()
+
+    blocker.rmdir()
+    # Retrying transient failures must also retry a failed shard's rows (they have no outcome worth keeping).
+    assert run_curate(f"run.dir={run_dir}", "stage=all", "fetch.retry_failed=true", "release.version=v2", *QUICK) == 0
+    mended = pd.read_parquet(run_dir / "release" / "v2" / "manifest.parquet")
+    assert not mended["reason"].str.endswith("shard_failed").any()
+    assert (mended.loc[mended["shard"] == 1, "status"] == "kept").any()

@@ -153,6 +153,15 @@ class _Attempt:
             if self._conn is not None and getattr(self._conn, "curate_attempt", None) is self:
                 _shut(self._conn)
 
+    def release(self, conn: Any) -> None:
+        """`conn` goes back to the pool while the attempt goes on (a redirect): it is no longer this attempt's to
+        shut, or the deadline could cut another attempt's download that took it from the pool."""
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+            if conn is not None and getattr(conn, "curate_attempt", None) is self:
+                conn.curate_attempt = None
+
     def finish(self) -> None:
         """Called before the connection goes back to the pool: from here on the watchdog leaves it alone."""
         with self._lock:
@@ -407,13 +416,14 @@ def _request(url: str, cfg: FetchConfig, pool: urllib3.PoolManager, attempt: _At
     return response
 
 
-def _discard(response: urllib3.BaseHTTPResponse) -> None:
+def _discard(response: urllib3.BaseHTTPResponse, attempt: _Attempt) -> None:
     """Done with a response we do not read (a redirect): keep its connection only when that is cheap."""
     declared = getattr(response, "length_remaining", None)
     if declared is not None and declared <= REDIRECT_BODY_MAX:
         response.drain_conn()  # swallows errors; a broken connection is closed, not pooled
     else:
         response.close()
+    attempt.release(response.connection)
     response.release_conn()
 
 
@@ -428,7 +438,7 @@ def _follow(
         if status not in REDIRECT_STATUS:
             return response, None
         location = (response.headers.get("Location") or "").strip()
-        _discard(response)
+        _discard(response, attempt)
         if not location:
             return None, Download("http_client_error", http_status=status, error=f"HTTP {status} without Location")
         try:

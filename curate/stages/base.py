@@ -46,6 +46,11 @@ class ShardStage(ABC):
     @abstractmethod
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame: ...
 
+    def output_columns(self) -> dict[str, str]:
+        """Columns (name -> pandas dtype) that later stages read from this stage's part, besides status/reason:
+        a failed shard's part carries them as nulls, so the stages after it run over it like over any other."""
+        return {}
+
     def prepare(self, runner: Runner, report: StageReport) -> str | None:
         """Runs once in the client before the shards: a step that needs every shard (global grouping). Returns a
         digest of what it produced; the runner puts it into every shard's fingerprint, so that shards are redone

@@ -145,8 +145,10 @@ class DetectStage(ShardStage):
         errors: list[str | None] = []
         with TarMembers(run.images(shard)) as tar:
             if any(members):
-                # Indexed here, outside the rows' guards: a tar that cannot be read at all is the shard's failure
-                # (Dask retries it; a lost mount may come back), not every row's internal_error.
+                # Opened and indexed here, outside the rows' guards: a tar that is gone or cannot be read is the
+                # shard's failure (Dask retries it; a lost mount may come back), not every row's error.
+                if not tar.path.exists():
+                    raise FileNotFoundError(f"{tar.path}: fetch wrote it, it is gone")
                 tar.index  # noqa: B018 - the property opens and indexes the tar
             pixels = detect.batch_pixels or detect.batch_size * PIXELS_PER_SLOT
             batches = read_batches(members, tar.get, detect.batch_size, pixels, gpu)
@@ -267,7 +269,9 @@ def _read_member(member: K | None, read: Callable[[K], bytes | None]) -> tuple[b
     """One member's bytes and pixel count (0 when its header is unreadable: decoding will say why)."""
     try:
         data = read(member) if member is not None else None
-    except Exception as err:  # noqa: BLE001 - an unreadable member is its row's fault, not the shard's
+    except OSError:
+        raise  # the disk or the tar failed (a member cut short): the shard's fault, which a retry may mend
+    except Exception as err:  # noqa: BLE001 - anything else about one member is its row's fault, not the shard's
         return None, 0, (INTERNAL_ERROR, describe(err))
     if data is None:
         return None, 0, MISSING

@@ -36,6 +36,8 @@ COLUMNS = [
     "tar_member",
 ]
 
+INT_COLUMNS = ("fetch_attempts", "http_status", "width", "height", "bytes", "exif_orientation")
+
 
 class FetchStage(ShardStage):
     name = "fetch"
@@ -43,6 +45,9 @@ class FetchStage(ShardStage):
     runtime_keys = frozenset(
         {"concurrency", "per_host_concurrency", "retry_failed", "user_agent", "backoff_s", "connect_timeout_s"}
     )
+
+    def output_columns(self) -> dict[str, str]:
+        return {column: ("Int64" if column in INT_COLUMNS else "string") for column in COLUMNS}
 
     def wants_rerun(self, run: RunDir, shard: int) -> bool:
         if not self.cfg.fetch.retry_failed:
@@ -52,8 +57,9 @@ class FetchStage(ShardStage):
 
     def _previous(self, run: RunDir, shard: int) -> dict[str, dict[Any, Any]]:
         """On a retry, the earlier outcome of every row that does not need another try, by image_id."""
-        if not (self.cfg.fetch.retry_failed and run.read_marker(self.name, shard)):
-            return {}
+        marker = run.read_marker(self.name, shard)
+        if not (self.cfg.fetch.retry_failed and marker) or marker.get("failed"):
+            return {}  # a shard whose task failed has no outcome worth keeping: every row is fetched again
         earlier = pd.concat([run.load_joined(shard, ["ingest"]), read_parquet(run.part(self.name, shard))], axis=1)
         keep = earlier["fetch_status"].notna() & ~earlier["fetch_reason"].isin(TRANSIENT_FETCH_REASONS)
         return {row["image_id"]: row for row in earlier[keep][["image_id", *COLUMNS]].to_dict("records")}
@@ -129,7 +135,7 @@ class FetchStage(ShardStage):
         http.clear()
         frame = pd.DataFrame(outcomes, columns=COLUMNS)
         frame["fetch_status"] = frame["fetch_reason"].map(_status)
-        for column in ("fetch_attempts", "http_status", "width", "height", "bytes", "exif_orientation"):
+        for column in INT_COLUMNS:
             frame[column] = frame[column].astype("Int64")
         for column in ("fetch_error", "sha256", "format", "mode", "tar_member", "fetch_reason"):
             frame[column] = frame[column].astype("string")

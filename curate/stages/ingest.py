@@ -18,6 +18,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,12 +122,23 @@ def _read_pieces(pieces: Pieces) -> Iterator[pa.RecordBatch]:
 
 
 def _first_occurrences(pieces: Pieces) -> tuple[np.ndarray, int]:
-    """Whether each row of the shard, in order, holds the first occurrence of its id; and the row count.
+    """Whether each row of the shard, in order, holds the first occurrence of its id among the rows ingest kept;
+    and the row count.
 
     By a stable sort of the ids: equal ids end up side by side, the earliest row first. A hash table over the
     ids (dictionary_encode) cost four times the ids' own size; the sort's indices cost 8 bytes a row.
     """
-    ids = pa.chunked_array([batch.column("image_id") for batch in _read_pieces(pieces)], pa.string())
+    # Only rows ingest kept compete for an id: a short or malformed line read first must not make the good line
+    # of the same photo a duplicate (nulls never equal anything below).
+    ids = pa.chunked_array(
+        [
+            pc.if_else(
+                pc.equal(batch.column("ingest_status"), "ok"), batch.column("image_id"), pa.scalar(None, pa.string())
+            )
+            for batch in _read_pieces(pieces)
+        ],
+        pa.string(),
+    )
     total = len(ids)
     first = np.ones(total, dtype=bool)
     if total < 2:
@@ -137,6 +149,11 @@ def _first_occurrences(pieces: Pieces) -> tuple[np.ndarray, int]:
     same = pc.fill_null(pc.equal(ordered.slice(1), ordered.slice(0, total - 1)), False)
     first[order.to_numpy()[1:][np.asarray(same.to_numpy(zero_copy_only=False), dtype=bool)]] = False
     return first, total
+
+
+def unit_error_file(run: RunDir, index: int) -> Path:
+    """The traceback of an input unit whose read task failed after its retries."""
+    return run.root / "stats" / NAME / f"unit-{index:05d}.error.txt"
 
 
 def merge_shard(cfg: CurateConfig, shard: int, pieces: Pieces, fp: str) -> dict[str, Any]:
@@ -222,7 +239,7 @@ def plan_units(
             log.info("%s: YFCC layout %s (%s)", display(path), layout, how)
     ranges = {path: byte_ranges(cfg, path, RANGE_BYTES) for path in files}
     counting = {
-        (path, part): runner.client.submit(count_newlines, path, start, end, key=f"ingest-count-{i}-{part}-{fp[:12]}")
+        (path, part): runner.submit(count_newlines, path, start, end, key=f"ingest-count-{i}-{part}-{fp[:12]}")
         for i, path in enumerate(files)
         for part, (start, end) in enumerate(ranges[path][:-1])  # the last range's count is never needed
         if end is not None
@@ -291,10 +308,10 @@ def run_ingest(runner: Runner) -> StageReport:
         runner.record(report)
         return report
     scattered = {
-        index: runner.client.submit(scatter_unit, cfg, index, unit, key=f"ingest-read-{index}-{fp[:12]}")
+        index: runner.submit(scatter_unit, cfg, index, unit, key=f"ingest-read-{index}-{fp[:12]}")
         for index, unit in enumerate(units)
     }
-    results = dict(runner.gather(scattered, report, "ingest (read)"))
+    results = dict(runner.gather(scattered, report, "ingest (read)", partial(unit_error_file, run)))
     write_sources(run, files, units, layouts, results)
     if report.failures:
         report.wall_s = time.perf_counter() - started
@@ -306,10 +323,10 @@ def run_ingest(runner: Runner) -> StageReport:
         for shard, found in results[index]["pieces"].items():
             pieces[int(shard)].extend(found)
     merged = {
-        shard: runner.client.submit(merge_shard, cfg, shard, pieces[shard], fp, key=f"ingest-{shard}-{fp[:12]}")
+        shard: runner.submit(merge_shard, cfg, shard, pieces[shard], fp, key=f"ingest-{shard}-{fp[:12]}")
         for shard in range(num_shards)
     }
-    for _, marker in runner.gather(merged, report, "ingest"):
+    for _, marker in runner.gather(merged, report, "ingest", partial(run.error_file, NAME)):
         report.finished(marker)
     if not report.failures:
         write_json(run.shards_file, {"num_shards": num_shards, "ingest_fingerprint": fp})

@@ -101,8 +101,8 @@ def refusal(run: RunDir, failed: list[tuple[str, int]]) -> str:
         shown = error.relative_to(run.root) if error.exists() else "(no traceback recorded)"
         lines.append(f"  {stage} shard {shard}: {shown}")
     lines.append(
-        "  run the same command again to retry them, or set release.allow_failed_shards=true to release the "
-        "other shards (the failed shards' rows are then recorded as failed with reason shard_failed)"
+        "  run stage=all (or each stage named) again to retry them, or set release.allow_failed_shards=true to "
+        "release the other shards (the failed shards' rows are then recorded as failed with reason shard_failed)"
     )
     return "\n".join(lines)
 
