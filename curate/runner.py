@@ -223,9 +223,18 @@ class Runner:
     def progress(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="shard", disable=not self.cfg.run.progress, leave=True)
 
-    def submit(self, func: Callable[..., Any], *args: Any, key: str, resources: dict[str, int] | None = None) -> Any:
-        """One task on the cluster; Dask runs it again (dask.retries times) when it raises or its worker dies."""
-        return self.client.submit(func, *args, key=key, resources=resources, retries=self.cfg.dask.retries)
+    def submit(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        key: str,
+        resources: dict[str, int] | None = None,
+        retries: int | None = None,
+    ) -> Any:
+        """One task on the cluster; Dask runs it again (`retries`, default dask.retries, times) when it raises or
+        its worker dies."""
+        retries = self.cfg.dask.retries if retries is None else retries
+        return self.client.submit(func, *args, key=key, resources=resources, retries=retries)
 
     def gather(
         self,

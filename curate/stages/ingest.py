@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from curate.config import CurateConfig
+from curate.config import CurateConfig, Source
 from curate.io.atomic import atomic_path, write_json
 from curate.rundir import RunDir
 from curate.runner import Runner, StageReport, fingerprint, write_marker
@@ -307,8 +307,11 @@ def run_ingest(runner: Runner) -> StageReport:
         report.wall_s = time.perf_counter() - started
         runner.record(report)
         return report
+    # The Flickr reader retries each page itself, and what still fails (a refused key, a quota) would only fail
+    # again, at the API's expense: its read task is not retried as a whole.
+    retries = 0 if cfg.ingest.source == Source.flickr else None
     scattered = {
-        index: runner.submit(scatter_unit, cfg, index, unit, key=f"ingest-read-{index}-{fp[:12]}")
+        index: runner.submit(scatter_unit, cfg, index, unit, key=f"ingest-read-{index}-{fp[:12]}", retries=retries)
         for index, unit in enumerate(units)
     }
     results = dict(runner.gather(scattered, report, "ingest (read)", partial(unit_error_file, run)))
