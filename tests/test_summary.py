@@ -54,3 +54,8 @@ def test_a_file_read_with_the_wrong_layout_warns_and_names_it(tmp_path: Path, ca
     out = capsys.readouterr().out
     assert "WARNING ingest stopped EVERY row it saw (20 of 20" in out
     assert f"WARNING ingest {wrong}" in out or "WARNING ingest not_yfcc.tsv" in out
+
+
+def test_release_never_alarms_its_filter_and_sample_remove_most_rows_by_design() -> None:
+    text = summary([report("release", ok__ok=10, **{"rejected__detect:face": 30})], alarm_fraction=0.5)
+    assert "WARNING" not in text
