@@ -15,29 +15,25 @@ from pathlib import Path
 from typing import IO
 
 from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from curate.config import ConfigError, CurateConfig, Stage, validate
+from curate.runconfig import SAMPLE_DIR, load_run_config, register_schema
 from curate.runner import Runner, StageReport
+from curate.sources import check_inputs
+
+__all__ = ["SAMPLE_DIR", "load_run_config", "main"]  # load_run_config: the notebooks' old import path
 
 log = logging.getLogger("curate")
 
 PIPELINES_ENV = "CURATE_PIPELINES_DIR"
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 ORDER = ["ingest", "license", "fetch", "detect", "dedup", "review", "release"]
 
 
 def pipelines_dir() -> Path:
     return Path(os.environ.get(PIPELINES_ENV) or Path(__file__).resolve().parents[1] / "pipelines")
-
-
-def _register() -> None:
-    ConfigStore.instance().store(name="curate_schema", node=CurateConfig)
-    if not OmegaConf.has_resolver("curate_sample"):
-        OmegaConf.register_new_resolver("curate_sample", lambda: str(SAMPLE_DIR))
 
 
 def _explain(err: BaseException) -> str:
@@ -77,7 +73,7 @@ def _all_keys(node: object, prefix: str = "") -> list[str]:
 
 def load_config(argv: list[str]) -> CurateConfig:
     """Compose `pipeline=NAME` (a recipe in pipelines/ or a path to a .yaml) with the overrides."""
-    _register()
+    register_schema()
     pipeline = "sample"
     overrides = []
     for arg in argv:
@@ -101,19 +97,8 @@ def load_config(argv: list[str]) -> CurateConfig:
         raise ConfigError(_explain(err)) from err
     assert isinstance(cfg, CurateConfig)
     validate(cfg)
-    return cfg
-
-
-def load_run_config(run_dir: Path | str) -> CurateConfig:
-    """The config a run directory was last run with (its config.yaml), for notebooks and reports."""
-    _register()
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} has no config.yaml: run python -m curate.run run.dir={run_dir} first")
-    merged = OmegaConf.merge(OmegaConf.structured(CurateConfig), OmegaConf.load(path))
-    cfg = OmegaConf.to_object(merged)
-    assert isinstance(cfg, CurateConfig)
-    cfg.run.dir = str(run_dir)
+    if cfg.stage in (Stage.ingest, Stage.all) and (problem := check_inputs(cfg.ingest)):
+        raise ConfigError(f"invalid configuration:\n  - {problem}")
     return cfg
 
 

@@ -244,40 +244,31 @@ class _InterimSkippingResponse(http.client.HTTPResponse):
             http.client.parse_headers(self.fp)  # an interim response's headers; the final response follows
 
 
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
-    response_class = _InterimSkippingResponse
+class _Watched:
+    """Mixed into urllib3's connection classes: each tells the attempt on this thread which socket to shut at its
+    deadline, as it connects and as a reused keep-alive connection is asked for its response."""
 
     def connect(self) -> None:
         attempt = _current_attempt()
         if attempt:
             attempt.watch(self)
-        super().connect()
+        super().connect()  # type: ignore[misc]
         if attempt:
             attempt.watch(self)  # shuts the new socket now if the deadline passed while connecting
 
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
+    def getresponse(self) -> urllib3.response.HTTPResponse:
         attempt = _current_attempt()
         if attempt:
             attempt.watch(self)  # a reused keep-alive connection: connect() is not called again
-        return super().getresponse()
+        return super().getresponse()  # type: ignore[misc, no-any-return]
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+class _WatchedHTTPConnection(_Watched, urllib3.connection.HTTPConnection):  # type: ignore[misc]
     response_class = _InterimSkippingResponse
 
-    def connect(self) -> None:
-        attempt = _current_attempt()
-        if attempt:
-            attempt.watch(self)
-        super().connect()
-        if attempt:
-            attempt.watch(self)
 
-    def getresponse(self) -> urllib3.response.HTTPResponse:  # type: ignore[override]
-        attempt = _current_attempt()
-        if attempt:
-            attempt.watch(self)
-        return super().getresponse()
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):  # type: ignore[misc]
+    response_class = _InterimSkippingResponse
 
 
 class _WatchedHTTPPool(urllib3.HTTPConnectionPool):

@@ -15,7 +15,7 @@ from curate.review import ledger
 from curate.review.audit import audit_sample
 from curate.review.candidates import flagged_and_borderline, scored_rows
 from curate.review.thumbs import caption, contact_sheet, image_bytes, jpeg, thumbnail
-from curate.run import load_run_config
+from curate.runconfig import load_run_config
 
 SORTS = {
     "score, highest first": ("top_score", False),

@@ -161,6 +161,21 @@ class CsvRecord:
     error: str = ""
 
 
+def csv_with_header(unit: Unit, delimiter: str) -> tuple[list[str], Iterator[CsvRecord]] | None:
+    """The unit's header (stripped, without a spreadsheet's byte-order mark) and its remaining records; None for an
+    empty file. A header that cannot be parsed is the unit's error: no row could be read without it."""
+    records = csv_records(iter_lines(unit), delimiter)
+    header_record = next(records, None)
+    if header_record is None:
+        return None
+    if header_record.fields is None:
+        raise ValueError(f"{unit.name}: the header line cannot be parsed ({header_record.error})")
+    header = [field.strip() for field in header_record.fields]
+    if header:
+        header[0] = header[0].removeprefix("\ufeff")
+    return header, records
+
+
 def csv_records(lines: Iterator[tuple[int, bytes]], delimiter: str) -> Iterator[CsvRecord]:
     """A CSV/TSV stream record by record, a broken record costing only itself.
 
@@ -223,6 +238,17 @@ def _broken(item: tuple[int, bytes], delimiter: str) -> CsvRecord:
     return CsvRecord(item[0], None, bad, f"line {item[0]}: not one CSV record: {text[:ERROR_TEXT]!r}")
 
 
+def check_inputs(cfg: IngestConfig) -> str | None:
+    """What is wrong with ingest.path for this source (nothing matches it), or None: checked before any work."""
+    if cfg.source == Source.flickr or not cfg.path:
+        return None
+    try:
+        expand_inputs(cfg)
+    except FileNotFoundError as err:
+        return f"ingest.path: {err}"
+    return None
+
+
 def expand_inputs(cfg: IngestConfig) -> list[str]:
     """The input files (or folder, or API) of this source, in a fixed order; raises FileNotFoundError."""
     if cfg.source == Source.flickr:
@@ -274,28 +300,6 @@ def count_newlines(path: str, start: int, end: int) -> int:
             count += chunk.count(b"\n")
             remaining -= len(chunk)
     return count
-
-
-def describe_file(cfg: IngestConfig, path: str) -> tuple[str, str]:
-    """(layout, how it was found) for a file before it is read: YFCC's column layout; empty for others."""
-    if cfg.source != Source.yfcc:
-        return "", ""
-    from curate.sources import yfcc
-
-    return yfcc.detect_layout(path)
-
-
-def read_unit(cfg: IngestConfig, unit: Unit) -> Iterator[pa.Table]:
-    from curate.sources import flickr, folder, pass_release, urls, yfcc
-
-    readers: dict[Source, Callable[[IngestConfig, Unit], Iterator[pa.Table]]] = {
-        Source.yfcc: yfcc.read,
-        Source.flickr: flickr.read,
-        Source.urls: urls.read,
-        Source.folder: folder.read,
-        Source.pass_release: pass_release.read,
-    }
-    yield from readers[cfg.source](cfg, unit)
 
 
 def unit_fingerprint(cfg: IngestConfig, unit: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from curate.config import IngestConfig
 from curate.schema import safe_id
-from curate.sources import Unit, batched, csv_records, decode, guarded, iter_lines, new_row
+from curate.sources import Unit, batched, csv_with_header, decode, guarded, new_row
 from curate.sources.yfcc import parse_date, parse_float
 
 
@@ -65,15 +65,10 @@ def read(cfg: IngestConfig, unit: Unit) -> Iterator[pa.Table]:
     url_file = Path(unit.path).with_name("pass_urls.txt")
 
     def rows() -> Iterator[dict[str, Any]]:
-        records = csv_records(iter_lines(unit), ",")
-        header_record = next(records, None)
-        if header_record is None:
+        found = csv_with_header(unit, ",")
+        if found is None:
             return
-        if header_record.fields is None:
-            raise ValueError(f"{unit.name}: the header line cannot be parsed ({header_record.error})")
-        header = [field.strip() for field in header_record.fields]
-        if header:
-            header[0] = header[0].removeprefix("\ufeff")
+        header, records = found
         has_urls = "url" in header or "image_url" in header
         hash_index = header.index("hash") if "hash" in header else len(header)
         handle = open(url_file, "rb") if not has_urls and url_file.exists() else None

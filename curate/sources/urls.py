@@ -21,7 +21,7 @@ from curate.sources import (
     ERROR_TEXT,
     Unit,
     batched,
-    csv_records,
+    csv_with_header,
     decode,
     guarded,
     iter_lines,
@@ -90,15 +90,10 @@ def malformed_row(ref: str, error: str, source_id: str | None = None) -> dict[st
 
 
 def _csv_rows(cfg: IngestConfig, unit: Unit, delimiter: str) -> Iterator[dict[str, Any]]:
-    records = csv_records(iter_lines(unit), delimiter)
-    header_record = next(records, None)
-    if header_record is None:
+    found = csv_with_header(unit, delimiter)
+    if found is None:
         return
-    if header_record.fields is None:
-        raise ValueError(f"{unit.name}: the header line cannot be parsed ({header_record.error})")
-    header = [field.strip() for field in header_record.fields]
-    if header:
-        header[0] = header[0].removeprefix("\ufeff")  # a byte-order mark from a spreadsheet export
+    header, records = found
     if cfg.url_column not in header:
         raise ValueError(f"{unit.name}: no column {cfg.url_column!r}; set ingest.url_column to one of {header}")
     id_index = header.index(cfg.id_column) if cfg.id_column and cfg.id_column in header else None

@@ -38,12 +38,11 @@ from curate.sources import (
     Unit,
     byte_ranges,
     count_newlines,
-    describe_file,
     display,
     expand_inputs,
-    read_unit,
     unit_fingerprint,
 )
+from curate.sources.readers import describe_file, read_unit
 
 NAME = "ingest"
 VERSION = "2"  # source_id; injective safe_id; YFCC layouts; malformed CSV rows kept
