@@ -265,6 +265,9 @@ class ReleaseConfig:
     # Release although some shard of an earlier stage failed: that shard's rows are written as failed with
     # reason shard_failed. False refuses to release while any shard is failed.
     allow_failed_shards: bool = False
+    # An evaluation of the human filter (the JSON `curate evaluate ... out=FILE` writes), for the data card's
+    # measured recall and false-removal rate; empty = the card says they were not measured.
+    evaluation: str = ""
 
 
 @dataclass
@@ -361,6 +364,7 @@ def validate(cfg: CurateConfig) -> None:
     )
     for path in r.takedowns:
         need(Path(path).is_file(), f"release.takedowns: {path} not found")
+    need(not r.evaluation or Path(r.evaluation).is_file(), f"release.evaluation={r.evaluation!r} not found")
     need(cfg.dask.gpus >= 0, "dask.gpus must be >= 0")
     need(cfg.dask.retries >= 0, "dask.retries must be >= 0")
     need(0.0 <= cfg.run.alarm_fraction <= 1.0, "run.alarm_fraction must be within 0..1")

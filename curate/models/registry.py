@@ -154,12 +154,12 @@ def resolve(name: str, cfg: ModelsConfig) -> Path:
     if not path.exists():
         if cfg.dir or not cfg.download:
             raise ModelMissing(how_to_get(spec, cfg))
-        download(spec, path)
+        download(spec, path, cfg)
     verify(spec, path)
     return path
 
 
-def download(spec: ModelSpec, path: Path) -> None:
+def download(spec: ModelSpec, path: Path, cfg: ModelsConfig | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     try:
@@ -168,7 +168,7 @@ def download(spec: ModelSpec, path: Path) -> None:
                 out.write(block)
     except OSError as err:
         partial.unlink(missing_ok=True)
-        raise ModelMissing(f"could not download {spec.url}: {err}. {how_to_get(spec, ModelsConfig())}") from err
+        raise ModelMissing(f"could not download {spec.url}: {err}. {how_to_get(spec, cfg or ModelsConfig(cache=str(path.parent)))}") from err
     try:
         verify(spec, partial, record=not spec.sha256)
     except ModelMissing:
