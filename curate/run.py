@@ -6,6 +6,7 @@ and prints a summary. No pipeline logic lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fcntl
 import logging
@@ -15,14 +16,17 @@ from pathlib import Path
 from typing import IO
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from curate.config import ConfigError, CurateConfig, Stage, validate
+from curate.io.atomic import write_text
 from curate.runconfig import SAMPLE_DIR, load_run_config, register_schema
 from curate.runner import Runner, StageReport
 from curate.sources import check_inputs
+from curate.stages.base import ShardStage
 
 __all__ = ["SAMPLE_DIR", "load_run_config", "main"]  # load_run_config: the notebooks' old import path
 
@@ -71,44 +75,133 @@ def _all_keys(node: object, prefix: str = "") -> list[str]:
     return keys
 
 
+# Settings that hold for one invocation only: a run directory's remembered config never carries them on.
+PER_INVOCATION = ("stage", "fetch.retry_failed", "release.allow_failed_shards")
+
+
 def load_config(argv: list[str]) -> CurateConfig:
-    """Compose `pipeline=NAME` (a recipe in pipelines/ or a path to a .yaml) with the overrides."""
+    """The config of one invocation; writes nothing.
+
+    A run directory that has a config.yaml remembers what it is: the invocation starts from that config, with the
+    command line's overrides on top (a different `pipeline=` is refused). A new run directory composes
+    `pipeline=NAME` (a recipe in pipelines/ or a path to a .yaml; default sample) with the overrides.
+    """
     register_schema()
-    pipeline = "sample"
+    pipeline: str | None = None
     overrides = []
     for arg in argv:
         if arg.startswith("pipeline="):
             pipeline = arg.split("=", 1)[1]
         else:
             overrides.append(arg)
-    if pipeline.endswith(".yaml"):
-        config_dir, name = Path(pipeline).resolve().parent, Path(pipeline).stem
+    overrides = [as_list_override(arg) for arg in overrides]
+    run_dir = given_run_dir(overrides)
+    if run_dir is None:
+        run_dir = Path(_compose_recipe(pipeline or "sample", overrides).run.dir)
+    remembered = run_dir / "config.yaml"
+    if remembered.exists():
+        cfg = _compose_remembered(remembered, pipeline, overrides)
+        cfg.run.dir = str(run_dir)  # the directory may have moved since it was recorded
     else:
-        config_dir, name = pipelines_dir(), pipeline
-    if not (config_dir / f"{name}.yaml").exists():
-        known = sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
-        raise ConfigError(f"pipeline={pipeline!r} not found; choose one of {known} or give a path to a .yaml")
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            composed = compose(config_name=name, overrides=overrides)
-        composed.pipeline = pipeline
-        cfg = OmegaConf.to_object(composed)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(_explain(err)) from err
-    assert isinstance(cfg, CurateConfig)
+        cfg = _compose_recipe(pipeline or "sample", overrides)
     validate(cfg)
     if cfg.stage in (Stage.ingest, Stage.all) and (problem := check_inputs(cfg.ingest)):
         raise ConfigError(f"invalid configuration:\n  - {problem}")
     return cfg
 
 
-def save_config(cfg: CurateConfig) -> None:
-    root = Path(cfg.run.dir)
-    (root / "invocations").mkdir(parents=True, exist_ok=True)
-    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
-    number = len(list((root / "invocations").glob("*.yaml")))
-    (root / "invocations" / f"{number:04d}-{cfg.stage.value}.yaml").write_text(text)
-    (root / "config.yaml").write_text(text)
+def given_run_dir(overrides: list[str]) -> Path | None:
+    found = [arg.split("=", 1)[1] for arg in overrides if arg.lstrip("+~").startswith("run.dir=")]
+    return Path(found[-1]) if found and found[-1] else None
+
+
+def as_list_override(arg: str) -> str:
+    """`release.takedowns=file.csv` means a list of one: a single value where the schema has a list is wrapped,
+    instead of OmegaConf's `str is not a ListConfig`."""
+    key, sep, value = arg.partition("=")
+    if sep and value and not value.startswith("[") and key.lstrip("+~") in _list_keys():
+        return f"{key}=[{value}]"
+    return arg
+
+
+def _list_keys() -> set[str]:
+    schema = OmegaConf.structured(CurateConfig)
+    return {key for key in _all_keys(schema) if OmegaConf.is_list(OmegaConf.select(schema, key))}
+
+
+def _compose(config_dir: Path, name: str, overrides: list[str]) -> CurateConfig:
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            composed = compose(config_name=name, overrides=overrides)
+        cfg = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_explain(err)) from err
+    assert isinstance(cfg, CurateConfig)
+    return cfg
+
+
+def _compose_recipe(pipeline: str, overrides: list[str]) -> CurateConfig:
+    if pipeline.endswith(".yaml"):
+        config_dir, name = Path(pipeline).resolve().parent, Path(pipeline).stem
+    else:
+        config_dir, name = pipelines_dir(), pipeline
+    if not (config_dir / f"{name}.yaml").exists():
+        raise ConfigError(f"pipeline={pipeline!r} not found; choose one of {recipes()} or give a path to a .yaml")
+    cfg = _compose(config_dir, name, [*overrides])
+    cfg.pipeline = pipeline
+    return cfg
+
+
+def _compose_remembered(path: Path, pipeline: str | None, overrides: list[str]) -> CurateConfig:
+    try:
+        stored = OmegaConf.merge(OmegaConf.structured(CurateConfig), OmegaConf.load(path))
+    except (OmegaConfBaseException, OSError, ValueError) as err:
+        raise ConfigError(
+            f"{path} cannot be read as a curate config ({err}); restore it or start a new run.dir"
+        ) from err
+    recorded = str(stored.pipeline)
+    if pipeline is not None and not same_pipeline(pipeline, recorded):
+        raise ConfigError(
+            f"{path.parent} is a run of pipeline={recorded} (its config.yaml): leave pipeline= out to go on with it "
+            f"(overrides still apply), or start a new run of pipeline={pipeline} with another run.dir=..."
+        )
+    defaults = OmegaConf.structured(CurateConfig)
+    for key in PER_INVOCATION:
+        OmegaConf.update(stored, key, OmegaConf.select(defaults, key))
+    ConfigStore.instance().store(name="curate_remembered_run", node=stored)
+    return _compose(pipelines_dir(), "curate_remembered_run", overrides)
+
+
+def same_pipeline(given: str, recorded: str) -> bool:
+    if given == recorded:
+        return True
+    return given.endswith(".yaml") and recorded.endswith(".yaml") and Path(given).resolve() == Path(recorded).resolve()
+
+
+def recipes() -> list[str]:
+    return sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
+
+
+def config_text(cfg: CurateConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def log_invocation(cfg: CurateConfig) -> Path:
+    """invocations/NNNN-<stage>.yaml: every attempt under the lock, numbered under it (so numbers never race)."""
+    folder = Path(cfg.run.dir) / "invocations"
+    number = len(list(folder.glob("[0-9]*.yaml"))) if folder.exists() else 0
+    path = folder / f"{number:04d}-{cfg.stage.value}.yaml"
+    write_text(path, config_text(cfg))
+    return path
+
+
+def remember_config(cfg: CurateConfig) -> None:
+    """config.yaml: what the run directory is (the notebooks, report and audit read it). Written atomically, under
+    the lock, by the first invocation and then by every one that succeeded; unchanged text is not rewritten."""
+    path = Path(cfg.run.dir) / "config.yaml"
+    text = config_text(dataclasses.replace(cfg, stage=Stage.all))  # the stage is the invocation's, not the run's
+    if not path.exists() or path.read_text() != text:
+        write_text(path, text)
 
 
 def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
@@ -156,18 +249,18 @@ def stages_for(stage: Stage) -> list[str]:
     return [stage.value]
 
 
-def run(cfg: CurateConfig) -> list[StageReport]:
+def shard_stages() -> dict[str, tuple[type[ShardStage], list[str]]]:
+    """Every stage but ingest, with the stages whose columns it reads (imported here: they pull in torch)."""
     from curate.stages.dedup import UPSTREAM as DEDUP_INPUTS
     from curate.stages.dedup import DedupStage
     from curate.stages.detect import DetectStage
     from curate.stages.fetch import FetchStage
-    from curate.stages.ingest import run_ingest
     from curate.stages.license import LicenseStage
     from curate.stages.release import RELEASE_INPUTS, ReleaseStage
     from curate.stages.review import UPSTREAM as REVIEW_INPUTS
     from curate.stages.review import ReviewStage
 
-    shard_stages = {
+    return {
         "license": (LicenseStage, ["ingest"]),
         "fetch": (FetchStage, ["ingest", "license"]),
         "detect": (DetectStage, ["ingest", "license", "fetch"]),
@@ -175,19 +268,48 @@ def run(cfg: CurateConfig) -> list[StageReport]:
         "review": (ReviewStage, REVIEW_INPUTS),
         "release": (ReleaseStage, RELEASE_INPUTS),
     }
-    reports: list[StageReport] = []
-    if "detect" in stages_for(cfg.stage):
-        from curate.models.registry import check_available
 
-        check_available(cfg)  # a missing weight file fails here, before any work
-    runner = Runner(cfg, lambda: open_client(cfg))
+
+def run(cfg: CurateConfig) -> list[StageReport]:
+    """The stage(s) of `cfg.stage`, holding the run directory's lock."""
     lock = hold_run_lock(Path(cfg.run.dir))
     try:
+        return run_locked(cfg)
+    finally:
+        lock.close()
+
+
+def needs_models(cfg: CurateConfig, runner: Runner) -> bool:
+    """Whether detect will run a model in this invocation: a review, audit or re-release of a finished run
+    needs no weight file (and so no models.dir) at all."""
+    from curate.stages.ingest import has_work as ingest_has_work
+
+    names = stages_for(cfg.stage)
+    if "detect" not in names:
+        return False
+    if not runner.run.shards_file.exists() or ("ingest" in names and ingest_has_work(cfg, runner.run)):
+        return True
+    stages = shard_stages()
+    upstream = [name for name in ("license", "fetch", "detect") if name in names]
+    return any(runner.has_work(stages[name][0](cfg), stages[name][1]) for name in upstream)
+
+
+def run_locked(cfg: CurateConfig) -> list[StageReport]:
+    from curate.stages.ingest import run_ingest
+
+    stages = shard_stages()
+    reports: list[StageReport] = []
+    runner = Runner(cfg, lambda: open_client(cfg))
+    try:
+        if needs_models(cfg, runner):
+            from curate.models.registry import check_available
+
+            check_available(cfg)  # a missing weight file fails here, before any work
         for name in stages_for(cfg.stage):
             if name == "ingest":
                 report = run_ingest(runner)
             else:
-                stage_cls, upstream = shard_stages[name]
+                stage_cls, upstream = stages[name]
                 report = runner.run_stage(stage_cls(cfg), upstream)
             reports.append(report)
             if name == "ingest" and report.failures:
@@ -196,7 +318,6 @@ def run(cfg: CurateConfig) -> list[StageReport]:
                 break  # a failed shard does not stop the run (its rows are shard_failed); a failed stage does
     finally:
         runner.close()
-        lock.close()
     return reports
 
 
@@ -209,7 +330,10 @@ def run_tool(cfg: CurateConfig) -> int:
 
             sample = draw(cfg)
             print(f"audit: {len(sample)} released images drawn (seed {cfg.audit.seed}) -> {sample_path(cfg)}")
-            print("check them in notebooks/review_flagged.ipynb with mode='audit', then run stage=all again")
+            print(
+                "check them in notebooks/review_flagged.ipynb with mode='audit'; the next version's data card "
+                "states the residual rate (see README, 'New versions')"
+            )
         else:
             from curate.review.report import write_report
 
@@ -309,29 +433,76 @@ def exit_code(cfg: CurateConfig, reports: list[StageReport]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help", "help") for arg in args):
+        from curate.configdoc import run_help
+
+        print(run_help(pipelines_dir()))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # oauthlib logs signed request headers (the API key) at DEBUG: keep it and its friends quiet.
     for noisy in ("distributed", "flickrapi", "urllib3", "oauthlib", "requests_oauthlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv)
+        cfg = load_config(args)
+        lock = hold_run_lock(Path(cfg.run.dir))  # nothing is written to the run directory before this
     except ConfigError as err:
         print(f"curate: {err}", file=sys.stderr)
         return 2
-    save_config(cfg)
-    if cfg.stage in (Stage.audit, Stage.report):
-        return run_tool(cfg)
     try:
-        reports = run(cfg)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"curate: {err}", file=sys.stderr)
-        return 2
-    print(summary(reports, cfg.run.alarm_fraction))
-    if any(r.stage == "ingest" and r.done for r in reports):
-        print("\n".join(source_lines(Path(cfg.run.dir), cfg.run.alarm_fraction)))
-    if any(r.stage == "release" and not r.fatal for r in reports):
-        print(f"release: {Path(cfg.run.dir) / 'release' / cfg.release.version}")
-    return exit_code(cfg, reports)
+        return invoke(cfg, args)
+    finally:
+        lock.close()
+
+
+def invoke(cfg: CurateConfig, args: list[str]) -> int:
+    """One invocation under the lock: logged, run, and remembered in config.yaml when it succeeded (the first
+    one is remembered at once, so that the run directory knows its pipeline even if that one is killed)."""
+    log_invocation(cfg)
+    if not (Path(cfg.run.dir) / "config.yaml").exists():
+        remember_config(cfg)
+    if cfg.stage in (Stage.audit, Stage.report):
+        code = run_tool(cfg)
+    else:
+        try:
+            reports = run_locked(cfg)
+        except (ConfigError, FileNotFoundError) as err:
+            print(f"curate: {err}", file=sys.stderr)
+            return 2
+        print(summary(reports, cfg.run.alarm_fraction))
+        if any(r.stage == "ingest" and r.done for r in reports):
+            print("\n".join(source_lines(Path(cfg.run.dir), cfg.run.alarm_fraction)))
+        if any(r.stage == "release" and not r.fatal for r in reports):
+            print(f"release: {Path(cfg.run.dir) / 'release' / cfg.release.version}")
+        if hint := next_version_hint(cfg, reports, args):
+            print(hint)
+        code = exit_code(cfg, reports)
+    if code == 0:
+        remember_config(cfg)
+    return code
+
+
+def next_version_hint(cfg: CurateConfig, reports: list[StageReport], args: list[str]) -> str:
+    """When release refused to change a published version: the command that makes the next one with this
+    invocation's settings (they are not remembered, since the invocation did not succeed)."""
+    from curate.stages.release import is_published, next_version
+
+    release = next((r for r in reports if r.stage == "release"), None)
+    root = Path(cfg.run.dir)
+    if release is None or not release.fatal or not is_published(root, cfg.release.version):
+        return ""
+    kept = [a for a in args if not a.startswith(("stage=", "run.dir=", "release.version=", "release.previous="))]
+    if not kept:
+        return ""  # the refusal itself names the command
+    command = [
+        "python -m curate.run",
+        f"run.dir={root}",
+        "stage=release",
+        *kept,
+        f"release.version={next_version(root, cfg.release.version)}",
+        f"release.previous={root / 'release' / cfg.release.version}",
+    ]
+    return "to publish what changed as a new version with this command's overrides, run:\n  " + " ".join(command)
 
 
 if __name__ == "__main__":

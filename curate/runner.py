@@ -22,7 +22,7 @@ from tqdm import tqdm
 from curate import __version__
 from curate.config import ConfigError, CurateConfig
 from curate.faults import describe
-from curate.io.atomic import atomic_open, sha256_file, write_json, write_parquet
+from curate.io.atomic import sha256_file, write_json, write_parquet, write_text
 from curate.rundir import RunDir
 from curate.schema import check_reasons
 from curate.stages.base import ShardStage
@@ -30,16 +30,12 @@ from curate.stages.base import ShardStage
 SHARD_FAILED = "shard_failed"
 
 
-class ShardsFailed(RuntimeError):
-    """A stage refuses to go on because shards of earlier stages failed (release, unless allowed)."""
+class StageRefused(RuntimeError):
+    """A stage refuses to go on, before writing anything: shards of earlier stages failed (release, unless
+    allowed), or its output is a published release that must not change."""
 
 
 log = logging.getLogger(__name__)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_open(path, "w") as handle:
-        handle.write(text)
 
 
 def fingerprint(payload: Any) -> str:
@@ -265,15 +261,33 @@ class Runner:
                     yield tag, result
                 bar.update(1)
 
+    def has_work(self, stage: ShardStage, upstream: list[str]) -> bool:
+        """Whether some shard of a stage without a run-wide step would run now (upstream as it stands)."""
+        num_shards = self.run.num_shards()
+        for shard in range(num_shards):
+            try:
+                fp = shard_fingerprint(stage, self.run, upstream, shard)
+            except ConfigError:  # an upstream shard is unfinished: it will run, and this stage after it
+                return True
+            marker = self.run.read_marker(stage.name, shard)
+            if marker is None or marker["fingerprint"] != fp or marker.get("failed"):
+                return True
+            if stage.wants_rerun(self.run, shard):
+                return True
+        return False
+
     def run_stage(self, stage: ShardStage, upstream: list[str]) -> StageReport:
         started = time.perf_counter()
         num_shards = self.run.num_shards()
         report = StageReport(stage.name, num_shards)
         try:
             prepared = stage.prepare(self, report)  # a run-wide step (dedup's grouping, release's selection)
-        except ShardsFailed as refusal:
+        except StageRefused as refusal:
             report.failures.append(str(refusal))
-        if report.failures:
+            report.fatal = True
+            report.wall_s = time.perf_counter() - started
+            return report  # a refusal leaves no trace in the run directory (the summary and exit code say it)
+        if report.failures:  # the run-wide step's own tasks failed
             report.fatal = True
             report.wall_s = time.perf_counter() - started
             self.record(report)
@@ -288,7 +302,14 @@ class Runner:
                 report.add(marker)
             else:
                 todo[shard] = fp
+        refused = stage.refuse_work(self.run) if todo else None
+        if refused:
+            report.failures.append(refused)
+            report.fatal = True
+            report.wall_s = time.perf_counter() - started
+            return report
         if todo:
+            stage.before_work()  # e.g. detect's weight check: only when a shard will run
             # GPU stages go to workers that offer a GPU (one per GPU), when the run has any.
             resources = {"GPU": 1} if stage.uses_gpu and self.cfg.dask.gpus else None
             futures = {

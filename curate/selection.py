@@ -57,15 +57,21 @@ def read_takedowns(paths: list[str]) -> pd.DataFrame:
 
 
 def previous_takedowns(previous_release: str) -> pd.DataFrame:
-    """The takedowns recorded in a previous release's manifest: they stay in force."""
+    """The takedowns of a previous release: those recorded in its manifest and those that matched none of its
+    images (takedowns_unmatched.csv): every one stays in force, also for an image a later run finds."""
     import pyarrow.parquet as pq
 
+    found = [pd.DataFrame(columns=TAKEDOWN_COLUMNS, dtype="string")]
     manifest = Path(previous_release) / "manifest.parquet"
     # a release made elsewhere, or before takedowns existed, has none on record
-    if not manifest.exists() or not set(TAKEDOWN_COLUMNS) <= set(pq.read_schema(manifest).names):
-        return pd.DataFrame(columns=TAKEDOWN_COLUMNS, dtype="string")
-    table = pd.read_parquet(manifest, columns=TAKEDOWN_COLUMNS)
-    return table[table["takedown_reason"].notna()].reset_index(drop=True).astype("string")
+    if manifest.exists() and set(TAKEDOWN_COLUMNS) <= set(pq.read_schema(manifest).names):
+        table = pd.read_parquet(manifest, columns=TAKEDOWN_COLUMNS)
+        found.append(table[table["takedown_reason"].notna()])
+    unmatched = Path(previous_release) / "takedowns_unmatched.csv"
+    if unmatched.exists():
+        found.append(pd.read_csv(unmatched, dtype=str, keep_default_na=False).reindex(columns=TAKEDOWN_COLUMNS))
+    merged = pd.concat(found, ignore_index=True).astype("string")
+    return merged.drop_duplicates("image_id", keep="last").reset_index(drop=True)
 
 
 def previous_release(folder: str) -> pd.DataFrame:

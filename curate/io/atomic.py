@@ -41,6 +41,11 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         yield handle
 
 
+def write_text(path: Path, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_open(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True, default=str)

@@ -168,7 +168,8 @@ def download(spec: ModelSpec, path: Path, cfg: ModelsConfig | None = None) -> No
                 out.write(block)
     except OSError as err:
         partial.unlink(missing_ok=True)
-        raise ModelMissing(f"could not download {spec.url}: {err}. {how_to_get(spec, cfg or ModelsConfig(cache=str(path.parent)))}") from err
+        where = cfg or ModelsConfig(cache=str(path.parent))  # name the cache the run uses, not the default
+        raise ModelMissing(f"could not download {spec.url}: {err}. {how_to_get(spec, where)}") from err
     try:
         verify(spec, partial, record=not spec.sha256)
     except ModelMissing:

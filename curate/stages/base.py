@@ -57,6 +57,16 @@ class ShardStage(ABC):
         exactly when it changes."""
         return None
 
+    def refuse_work(self, run: RunDir) -> str | None:
+        """Why this stage must not redo the shards whose fingerprint changed (None: it may). Release refuses
+        to rewrite a published version."""
+        return None
+
+    def before_work(self) -> None:
+        """Runs in the client when at least one shard will run, before any is submitted: checks that only work
+        needs (detect's weight files), so that a run with nothing to do needs none of it."""
+        return None
+
     def wants_rerun(self, run: RunDir, shard: int) -> bool:
         """Whether a finished shard must run again although its fingerprint matches (e.g. retries)."""
         return False

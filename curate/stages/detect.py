@@ -131,6 +131,11 @@ class DetectStage(ShardStage):
         config["weights"] = {n: REGISTRY[n].sha256 for n in names if n in REGISTRY}
         return config
 
+    def before_work(self) -> None:
+        from curate.models.registry import check_available
+
+        check_available(self.cfg)  # a missing weight file fails here, before any shard is submitted
+
     def scorer(self) -> Scorer:
         """The detectors for one shard (a seam: a test may wrap them, e.g. to script a fault)."""
         return Scorer(self.cfg)

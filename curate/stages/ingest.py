@@ -282,6 +282,18 @@ def write_sources(
     write_json(run.root / "stats" / f"{NAME}_sources.json", {"stage": NAME, "units": entries})
 
 
+def is_current(run: RunDir, num_shards: int, fp: str) -> bool:
+    """Whether every shard was ingested with this layout and fingerprint (then ingest has nothing to do)."""
+    if not (run.shards_file.exists() and run.num_shards() == num_shards):
+        return False
+    markers = [run.read_marker(NAME, shard) for shard in range(num_shards)]
+    return all(m is not None and m["fingerprint"] == fp for m in markers)
+
+
+def has_work(cfg: CurateConfig, run: RunDir) -> bool:
+    return not is_current(run, cfg.ingest.num_shards, ingest_fingerprint(cfg, expand_inputs(cfg.ingest)))
+
+
 def run_ingest(runner: Runner) -> StageReport:
     cfg, run = runner.cfg, runner.run
     started = time.perf_counter()
@@ -290,8 +302,7 @@ def run_ingest(runner: Runner) -> StageReport:
     fp = ingest_fingerprint(cfg, files)
     report = StageReport(NAME, num_shards)
     markers = [run.read_marker(NAME, shard) for shard in range(num_shards)]
-    layout_ok = run.shards_file.exists() and run.num_shards() == num_shards
-    if layout_ok and all(m is not None and m["fingerprint"] == fp for m in markers):
+    if is_current(run, num_shards, fp):
         report.skipped = num_shards
         for marker in markers:
             report.add(marker or {})

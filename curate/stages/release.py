@@ -1,8 +1,8 @@
 """release: PASS-layout tars, WebDataset shards, the audited manifest of EVERY candidate, SHA256SUMS, data card.
 
-release/<version>/PASS.<n>.tar            PASS_dataset/dummy_folder/<image_id>.jpeg
+release/<version>/PASS.<n>.tar            PASS_dataset/dummy_folder/<image_id>.<jpeg|png|webp> (its real format)
 release/<version>/webdataset/NNNNN.tar    <image_id>.jpg + <image_id>.json
-release/<version>/pass_metadata.csv       hash, unickname, latitude, longitude, datetaken, licence + URLs
+release/<version>/pass_metadata.csv       hash, unickname, latitude, longitude, datetaken, licence + URLs, file
 release/<version>/pass_urls.txt
 release/<version>/manifest.parquet        every candidate, kept or not, with each stage's status/reason
 release/<version>/diff.parquet            with release.previous: image_id, change (added|removed|kept), reason
@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from curate.io.atomic import (
 )
 from curate.io.tars import SortedTarWriter, TarMembers
 from curate.rundir import RunDir
-from curate.runner import ShardsFailed
+from curate.runner import StageRefused
 from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
 from curate.stages.base import ShardStage
 
@@ -49,6 +50,8 @@ log = logging.getLogger("curate")
 
 # Stages whose columns the release reads, in pipeline order.
 RELEASE_INPUTS = ["ingest", "license", "fetch", "detect", "dedup", "review"]
+# A member's extension names its content: PASS's own images were all JPEGs (`.jpeg`); a PNG or WebP kept by
+# fetch (its bytes are never re-encoded) is `<image_id>.png` / `.webp`. pass_metadata.csv's `file` names it.
 PASS_SUFFIX = {"jpeg": "jpeg", "png": "png", "webp": "webp"}
 PASS_COLUMNS = {
     "hash": "hash",
@@ -67,30 +70,67 @@ PASS_COLUMNS = {
     "sha256": "sha256",
     "width": "width",
     "height": "height",
+    "file": "file",
 }
 
 
 def overall_status(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd.Series]:
-    """Overall status (kept | rejected | failed | review) and the first stage:reason that stopped each row."""
+    """Overall status (kept | rejected | failed | review) and the first stage:reason that stopped each row.
+
+    In pipeline order, with the human filter's verdict right after detect's own status: a duplicate of a photo
+    with a person in it is stopped as a person ("detect:face"), not as a duplicate. A rejection is final;
+    "review" waits for a person (never released unseen) unless a reviewer looked and decided keep; a reviewer's
+    unsure leaves the image unreleased (review:unsure)."""
     status = pd.Series("kept", index=rows.index, dtype="string")
     reason = pd.Series("ok", index=rows.index, dtype="string")
-    for stage in stages:
-        stopped = (status == "kept") & (rows[f"{stage}_status"] != "ok")
-        status[stopped] = rows.loc[stopped, f"{stage}_status"].astype("string")
-        reason[stopped] = stage + ":" + rows.loc[stopped, f"{stage}_reason"].astype("string")
-    # The human filter's verdict: a rejection is final, "review" waits for a person (never released unseen),
-    # unless a reviewer looked and decided keep.
-    verdict = rows["decision"]
+
+    def stop(hit: pd.Series, label: pd.Series | str, why: pd.Series) -> None:
+        hit = hit.fillna(False).astype(bool) & (status == "kept")
+        status[hit] = label[hit] if isinstance(label, pd.Series) else label
+        reason[hit] = why[hit]
+
     overruled = (
         rows["review_reason"].eq("kept").fillna(False).astype(bool)
         if "review_reason" in rows
         else pd.Series(False, index=rows.index)
     )
-    for value, label in (("reject", "rejected"), ("review", "review")):
-        hit = (status == "kept") & (verdict == value) & ~overruled
-        status[hit] = label
-        reason[hit] = "detect:" + rows.loc[hit, "decision_reason"].astype("string")
+    for stage in stages:
+        stop(rows[f"{stage}_status"] != "ok", rows[f"{stage}_status"].astype("string"),
+             stage + ":" + rows[f"{stage}_reason"].astype("string"))  # fmt: skip
+        if stage == "detect":
+            verdict = rows["decision"]
+            for value, label in (("reject", "rejected"), ("review", "review")):
+                stop((verdict == value) & ~overruled, label, "detect:" + rows["decision_reason"].astype("string"))
     return status, reason
+
+
+def is_published(root: Path, version: str) -> bool:
+    """A release is published once its SHA256SUMS exists: from then on no command changes a byte under it."""
+    return (RunDir(root).release_dir(version) / "SHA256SUMS").exists()
+
+
+def next_version(root: Path, version: str) -> str:
+    """The first unused version after `version`: v1 -> v2 (v3 if v2 exists), other names get "-2", "-3", ..."""
+    match = re.fullmatch(r"(.*?)(\d+)", version)
+    stem, number = (match.group(1), int(match.group(2))) if match else (version + "-", 1)
+    while RunDir(root).release_dir(f"{stem}{number + 1}").exists():
+        number += 1
+    return f"{stem}{number + 1}"
+
+
+def published_refusal(root: Path, version: str) -> str:
+    previous = RunDir(root).release_dir(version)
+    return (
+        f"release {version} is published ({previous / 'SHA256SUMS'} exists) and a published version never changes, "
+        "but what it is made from has changed since (review or audit decisions, thresholds, takedowns, candidates "
+        f"or release settings). Make the next version: python -m curate.run run.dir={root} stage=release "
+        f"release.version={next_version(root, version)} release.previous={previous}"
+    )
+
+
+def pass_member(image_id: str, image_format: str) -> str:
+    """The member name in the PASS-layout tars: PASS_dataset/dummy_folder/<image_id>.<jpeg|png|webp>."""
+    return f"PASS_dataset/dummy_folder/{image_id}.{PASS_SUFFIX[image_format]}"
 
 
 def refusal(run: RunDir, failed: list[tuple[str, int]]) -> str:
@@ -149,7 +189,7 @@ def status_columns(run: RunDir, shard: int) -> pd.DataFrame:
 
 class ReleaseStage(ShardStage):
     name = "release"
-    version = "2"
+    version = "3"
     sees_all_rows = True
     runtime_keys = frozenset({"data_card_dir"})
 
@@ -161,21 +201,26 @@ class ReleaseStage(ShardStage):
 
     def fingerprint_config(self) -> dict[str, Any]:
         # The decision thresholds are applied here, so a changed threshold re-releases without re-detecting
-        # (the selection's digest, from prepare, joins every shard's fingerprint through the runner).
+        # (the selection's digest, from prepare, joins every shard's fingerprint through the runner). The data
+        # card also states the audit and the evaluation: a new audit check or evaluation is a new release too.
         return {
             **super().fingerprint_config(),
             "decide": dataclasses.asdict(thresholds(self.cfg.decide)),
+            "card_inputs": {str(p): sha256_file(p) for p in self.card_inputs() if p.exists()},
         }
+
+    def card_inputs(self) -> list[Path]:
+        """Files besides the shards that the data card reads: the audit samples it may report (this version's
+        and the previous one's) and the evaluation of the human filter."""
+        root, r = Path(self.cfg.run.dir), self.cfg.release
+        versions = [r.version] + ([Path(r.previous).name] if r.previous else [])
+        found = [root / "audit" / version / "sample.parquet" for version in versions]
+        return found + ([Path(r.evaluation)] if r.evaluation else [])
 
     def prepare(self, runner: Runner, report: StageReport) -> str | None:
         """Cap per owner, seeded sample and takedowns over every shard's releasable rows."""
         run, r = runner.run, self.cfg.release
         num_shards = run.num_shards()
-        failed = run.failed_shards(RELEASE_INPUTS, num_shards)
-        if failed and not r.allow_failed_shards:
-            raise ShardsFailed(refusal(run, failed))
-        for stage, shard in failed:
-            log.warning("releasing without %s shard %d: its rows are failed/shard_failed", stage, shard)
         takedowns = read_takedowns(list(r.takedowns))
         if r.previous:  # earlier takedowns stay in force; a new entry for the same id wins
             carried = previous_takedowns(r.previous)
@@ -192,7 +237,17 @@ class ReleaseStage(ShardStage):
         parts = [self.selection_path(run, shard) for shard in range(num_shards)]
         marker = self.work(run) / "selection.json"
         # (through JSON and back: the stored stamp has lists where this one may have tuples)
-        if not all(p.exists() for p in parts) or read_json(marker) != json.loads(json.dumps(stamp)):
+        current = all(p.exists() for p in parts) and read_json(marker) == json.loads(json.dumps(stamp))
+        if is_published(run.root, r.version):
+            if not current:
+                raise StageRefused(published_refusal(run.root, r.version))
+            return digest_files([*parts, self.work(run) / "takedowns.parquet"])
+        failed = run.failed_shards(RELEASE_INPUTS, num_shards)
+        if failed and not r.allow_failed_shards:
+            raise StageRefused(refusal(run, failed))
+        for stage, shard in failed:
+            log.warning("releasing without %s shard %d: its rows are failed/shard_failed", stage, shard)
+        if not current:
             candidates, known = [], []
             for shard in range(num_shards):
                 rows = with_decision(status_columns(run, shard), self.cfg)
@@ -213,6 +268,11 @@ class ReleaseStage(ShardStage):
                 write_parquet(path, mine[["image_id", "select_reason"]].reset_index(drop=True))
             write_json(marker, stamp)
         return digest_files([*parts, self.work(run) / "takedowns.parquet"])
+
+    def refuse_work(self, run: RunDir) -> str | None:
+        # Shards to redo under a published version: its config, its inputs or the code changed since.
+        version = self.cfg.release.version
+        return published_refusal(run.root, version) if is_published(run.root, version) else None
 
     def selection_path(self, run: RunDir, shard: int) -> Path:
         return self.work(run) / "selection" / f"part-{shard:05d}.parquet"
@@ -242,7 +302,7 @@ class ReleaseStage(ShardStage):
                 if data is None:  # fetch wrote it: its absence means the run directory was damaged since
                     raise FileNotFoundError(f"{row['tar_member']} missing from {run.images(shard)}")
                 image_id = row["image_id"]
-                pass_tar.add(f"PASS_dataset/dummy_folder/{image_id}.{PASS_SUFFIX[row['format']]}", data)
+                pass_tar.add(pass_member(image_id, row["format"]), data)
                 wds_tar.add(f"{image_id}.{row['tar_member'].rsplit('.', 1)[1]}", data)
                 wds_tar.add(f"{image_id}.json", sample_json(row))
         return pd.DataFrame(
@@ -285,10 +345,12 @@ class ReleaseStage(ShardStage):
             for shard in range(num_shards):
                 table = _conform(_manifest_table(run, shard, stages), schema)
                 manifest.write_table(table)
-                frame = table.to_pandas()
+                # Nullable integers stay integers (a failed row's null would make every width a float: 640.0).
+                frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get)
                 tally.add(frame)
                 kept = frame[frame["status"] == "kept"].copy()
                 kept["hash"] = kept["photo_hash"].fillna(kept["image_id"])
+                kept["file"] = [pass_member(i, f) for i, f in zip(kept["image_id"], kept["format"], strict=True)]
                 kept = kept[list(PASS_COLUMNS)].rename(columns=PASS_COLUMNS)
                 kept.to_csv(metadata, index=False, header=shard == 0, lineterminator="\n")
                 urls.writelines(f"{url}\n" for url in kept["image_url"])

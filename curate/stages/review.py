@@ -1,7 +1,8 @@
 """review: applies the reviewers' ledger (review/decisions.parquet, latest decision per image) to the rows.
 
 `remove` rejects a row (review:removed); `keep` overrides the human filter's reject or review verdict at
-release; `unsure` leaves the verdict as it is (an image sent to review stays unreleased). The ledger's
+release; `unsure` holds the image back (status review, reason review:unsure): it is not released until a
+reviewer decides keep. The ledger's
 digest is part of every shard's fingerprint, so new decisions redo review and release and nothing else.
 """
 
@@ -30,7 +31,7 @@ def latest_path(run: RunDir) -> Path:
 
 class ReviewStage(ShardStage):
     name = "review"
-    version = "1"
+    version = "2"
     runtime_keys = frozenset({"borderline_margin"})  # only changes what the notebook shows
 
     def prepare(self, runner: Runner, report: StageReport) -> str | None:
@@ -47,7 +48,8 @@ class ReviewStage(ShardStage):
         reason = decision.map(REASON_OF).fillna("not_reviewed").astype("string")
         return pd.DataFrame(
             {
-                "review_status": reason.where(reason != "removed", "rejected").where(reason == "removed", "ok"),
+                # removed: final; unsure: waits for a person like the filter's "review" (never released)
+                "review_status": reason.map({"removed": "rejected", "unsure": "review"}).fillna("ok").astype("string"),
                 "review_reason": reason,
                 "review_decision": decision,
                 "review_reviewer": found["reviewer"].astype("string"),
