@@ -61,21 +61,29 @@ class DaskConfig:
 
 @dataclass
 class FlickrQuery:
+    # Free-text search (flickr.photos.search `text`).
     text: str = ""
+    # Comma-separated tags to search for.
     tags: str = ""
     # Flickr licence ids to ask the API for (4 = CC BY 2.0, 11 = CC BY 4.0).
     license_ids: list[int] = field(default_factory=lambda: [4, 11])
+    # Only photos uploaded on or after this date (YYYY-MM-DD); split large queries by date.
     min_upload_date: str = ""
+    # Only photos uploaded before this date (YYYY-MM-DD).
     max_upload_date: str = ""
+    # Results per API page (1..500).
     per_page: int = 500
+    # Pages to read per query (Flickr returns about 4,000 results at most).
     max_pages: int = 1
     # Only for tests and proxies: the REST endpoint the flickrapi client talks to.
     endpoint: str = ""
+    # Timeout of one API call, in seconds.
     timeout_s: float = 30.0
 
 
 @dataclass
 class IngestConfig:
+    # Where candidates come from: yfcc, flickr (API), urls (a list), folder, pass_release.
     source: Source = Source.yfcc
     # A file, a glob, or a folder (for source=folder); several YFCC files may be given as a glob.
     path: str = ""
@@ -85,6 +93,7 @@ class IngestConfig:
     limit: int = 0
     # For URL lists: which column holds the URL and, optionally, a stable id.
     url_column: str = "url"
+    # The column holding a stable id (empty = the URL is the id).
     id_column: str = ""
     # Licence code applied to candidates that carry none (url lists, folders); empty = unknown.
     assume_license: str = ""
@@ -103,21 +112,31 @@ class LicenseConfig:
 class FetchConfig:
     # Downloads in flight per shard task.
     concurrency: int = 64
+    # Downloads in flight per host and worker process (be polite to one server).
     per_host_concurrency: int = 16
+    # Seconds to wait for a connection.
     connect_timeout_s: float = 5.0
+    # Seconds to wait between two reads of the response.
     read_timeout_s: float = 10.0
     # Wall-clock cap for one download, body included (defeats slow-drip servers).
     total_timeout_s: float = 30.0
+    # Attempts after the first for a transient failure (timeouts, 5xx, 429, dropped connections).
     retries: int = 3
     # Exponential back-off base between attempts, with full jitter (uniform 0..base*2^n).
     backoff_s: float = 0.5
     # A server's Retry-After (429/503) is honoured up to this many seconds; longer waits fail the attempt now.
     max_retry_after_s: float = 30.0
+    # Redirects followed before the download fails as redirect_loop.
     max_redirects: int = 5
+    # Larger downloads stop and fail as too_large.
     max_bytes: int = 20_000_000
+    # Images whose short side is below this many pixels are rejected as too_small.
     min_side: int = 64
+    # Images longer than this ratio of their sides are rejected as extreme_aspect.
     max_aspect_ratio: float = 5.0
+    # Images with more pixels are rejected as decompression_bomb, before decoding them.
     max_pixels: int = 50_000_000
+    # Image formats kept (jpeg, png, webp); others are unsupported_format.
     allowed_formats: list[str] = field(default_factory=lambda: ["jpeg", "png", "webp"])
     # JPEGs are always entropy-decoded in full (truncation and damaged data are caught either way); false
     # reconstructs their pixels at 1/8 scale for the checks, which halves fetch's CPU per image.
@@ -126,6 +145,7 @@ class FetchConfig:
     strip_metadata: bool = True
     # Root under which file: URLs may be read (and against which relative file: URLs resolve).
     file_root: str = ""
+    # The User-Agent header of every download.
     user_agent: str = "curate/0.1 (dataset research; +https://github.com/curate)"
     # Re-try only the rows of finished shards that failed for a transient reason.
     retry_failed: bool = False
@@ -135,6 +155,7 @@ class FetchConfig:
 class ModelsConfig:
     # A folder holding the weight files (air-gapped clusters); empty = the download cache below.
     dir: str = ""
+    # Where downloaded weights are kept (used when models.dir is empty).
     cache: str = "~/.cache/curate/models"
     # Download missing weights (sha256-checked) on first use; false fails before any work instead.
     download: bool = True
@@ -144,12 +165,15 @@ class ModelsConfig:
 class DetectConfig:
     # Registry names (curate/models/registry.py); an empty list switches that family off.
     face: list[str] = field(default_factory=lambda: ["retinaface_mnet025"])
+    # Person detectors (registry names, e.g. yolox_nano, fasterrcnn_v2); an empty list switches persons off.
     person: list[str] = field(default_factory=lambda: ["yolox_nano"])
     # open_clip model and pretrained tag, e.g. ViT-B-32 + openai; empty model = no CLIP filter.
     clip_model: str = ""
+    # The open_clip pretrained tag of detect.clip_model.
     clip_pretrained: str = "openai"
     # auto = CUDA when torch sees a GPU, else CPU.
     device: str = "auto"
+    # Images per batch (16 suits CPUs; use 128 on a GPU). Speed only.
     batch_size: int = 16
     # A batch also stops before this many decoded pixels; 0 = batch_size x 1024 x 768 (12.6 MP at batch_size 16,
     # so the GPU advice batch_size=128 scales with it). A shard of 48 MP photos is then scored one photo at a
@@ -188,15 +212,21 @@ class DecideConfig:
     # pass_v1 = PASS's exact rule (face > 0.5, person > 0.5, no CLIP, no review band); strict = tuned for
     # recall on the dev set; custom = the thresholds below as given.
     preset: str = "strict"
+    # Face score above which an image is rejected (decide.preset=custom).
     face: float = 0.5
+    # Person score (full image) above which an image is rejected.
     person: float = 0.5
     # the person detectors' scores on tiles (detect.person_tiles > 1): upscaled crops fire more easily
     person_tiles: float = 0.5
+    # CLIP human probability above which an image is rejected.
     clip: float = 0.5
     # Scores between these and the thresholds above go to human review ("uncertain"); 1.0 = no band.
     face_review: float = 1.0
+    # Person scores between this and decide.person go to review (1.0 = no band).
     person_review: float = 1.0
+    # Tile scores between this and decide.person_tiles go to review (1.0 = no band).
     person_tiles_review: float = 1.0
+    # CLIP probabilities between this and decide.clip go to review (1.0 = no band).
     clip_review: float = 1.0
 
 
@@ -204,11 +234,14 @@ class DecideConfig:
 class ReferenceSet:
     """An evaluation set no training image may duplicate (ImageNet val, Places205 val, ...)."""
 
+    # The set's name, as the data card and dedup_of show it.
     name: str = ""
     # Exactly one of: a folder of images; a file of hashes (CSV/Parquet with a sha256 and/or a phash column,
     # phash as 16 hex digits); a .npy (N, D) of L2-normalised CLIP embeddings of the same model as detect's.
     folder: str = ""
+    # A CSV/Parquet file with a sha256 and/or a phash column (16 hex digits).
     hashes: str = ""
+    # A .npy (N, D) of L2-normalised CLIP embeddings of detect's CLIP model.
     embeddings: str = ""
 
 
@@ -226,7 +259,9 @@ class DedupConfig:
     # faiss: exact flat search up to this many images (quadratic: bench/dedup.py took 1.65 s for 20k 64-d ones
     # on 2 cores), IVF beyond.
     flat_max: int = 20_000
+    # faiss IVF cells searched per query beyond dedup.flat_max (more = slower, fewer misses).
     ivf_nprobe: int = 16
+    # Evaluation sets no released image may duplicate: [{name: ..., folder|hashes|embeddings: ...}].
     references: list[ReferenceSet] = field(default_factory=list)
 
 
@@ -240,6 +275,7 @@ class ReviewConfig:
 class AuditConfig:
     # stage=audit draws this many released images at random (seeded) for people to check.
     size: int = 100
+    # Seed of the audit draw (the same seed and release give the same sample).
     seed: int = 0
     # The release to audit; empty = release.version.
     version: str = ""
@@ -247,7 +283,9 @@ class AuditConfig:
 
 @dataclass
 class ReleaseConfig:
+    # The release's name under release/ (e.g. v1); a published version never changes, make the next one.
     version: str = "v1"
+    # The dataset's name on the data card.
     name: str = "PASS-rebuild"
     # Where the generated data card is also written (besides the release folder); empty = run.dir/data_cards.
     data_card_dir: str = ""
@@ -255,6 +293,7 @@ class ReleaseConfig:
     owner_cap: int = 0
     # Then a seeded sample down to this many released images (PASS: 1,280,000; 0 = keep all).
     target_size: int = 0
+    # Seed of the sample down to release.target_size (and of the owner cap's order).
     seed: int = 0
     # A previous release folder (its manifest.parquet, or only pass_metadata.csv for a release made elsewhere):
     # diff.parquet lists what was added, removed and kept.
@@ -272,7 +311,9 @@ class ReleaseConfig:
 
 @dataclass
 class CurateConfig:
+    # Which stage to run: one of the pipeline's stages, all of them in order, or a tool (audit, report).
     stage: Stage = Stage.all
+    # The recipe this run was made from (pipelines/NAME.yaml or a path); a run directory remembers it.
     pipeline: str = "sample"
     run: RunConfig = field(default_factory=RunConfig)
     dask: DaskConfig = field(default_factory=DaskConfig)

@@ -434,10 +434,10 @@ def exit_code(cfg: CurateConfig, reports: list[StageReport]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if any(arg in ("-h", "--help", "help") for arg in args):
+    if any(arg in ("-h", "--help", "--help-all", "help") for arg in args):
         from curate.configdoc import run_help
 
-        print(run_help(pipelines_dir()))
+        print(run_help(pipelines_dir(), full="--help-all" in args))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # oauthlib logs signed request headers (the API key) at DEBUG: keep it and its friends quiet.
