@@ -497,7 +497,7 @@ def next_version_hint(cfg: CurateConfig, reports: list[StageReport], args: list[
     command = [
         "python -m curate.run",
         f"run.dir={root}",
-        "stage=release",
+        "stage=all",
         *kept,
         f"release.version={next_version(root, cfg.release.version)}",
         f"release.previous={root / 'release' / cfg.release.version}",

@@ -123,7 +123,7 @@ def published_refusal(root: Path, version: str) -> str:
     return (
         f"release {version} is published ({previous / 'SHA256SUMS'} exists) and a published version never changes, "
         "but what it is made from has changed since (review or audit decisions, thresholds, takedowns, candidates "
-        f"or release settings). Make the next version: python -m curate.run run.dir={root} stage=release "
+        f"or release settings). Make the next version: python -m curate.run run.dir={root} stage=all "
         f"release.version={next_version(root, version)} release.previous={previous}"
     )
 
