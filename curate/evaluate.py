@@ -4,6 +4,11 @@ Runs detect + decide on a labelled folder (labels.csv: file relative to DIR, lab
 and prints recall on human images, the false-removal rate on no_human images — overall, per category and
 per detector — and the files missed. An image counts as removed when the decision is not "keep" (rejected
 or sent to review: neither is released).
+
+The JSON (`out=`) also records what was measured: the evaluation set's name (the images folder's) and size, the
+models exactly as run (registry names with the sha256 of the weights on disk; CLIP model and pretrained tag), the
+detect settings that change scores and the thresholds. A data card given it (`release.evaluation`) states these
+figures and warns where its release ran something else.
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from curate.config import ConfigError, CurateConfig
 from curate.detect.decide import Scores, decide, family_of, thresholds
 from curate.detect.decoding import decode
+from curate.io.atomic import sha256_file
 from curate.run import load_config
 from curate.stages.detect import Scorer
+
+# The detect settings that change a model's scores (not only its speed): the card compares them with its own.
+SCORE_SETTINGS = ("face_max_side", "person_tiles", "person_tile_min_side")
 
 
 def score_folder(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> pd.DataFrame:
@@ -30,10 +40,13 @@ def score_folder(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> pd.Da
     columns: dict[str, list[Any]] = {}
     files = labels["file"].tolist()
     size = cfg.detect.batch_size
-    for start in range(0, len(files), size):
-        batch = [decode((images / name).read_bytes()) for name in files[start : start + size]]
-        for key, values in scorer.score(batch).items():
-            columns.setdefault(key, []).extend(values)
+    # Minutes on a CPU: show how far it got (on stderr, so stdout stays the report; off when not a terminal).
+    with tqdm(total=len(files), desc="evaluate", unit="image", file=sys.stderr, disable=None) as bar:
+        for start in range(0, len(files), size):
+            batch = [decode((images / name).read_bytes()) for name in files[start : start + size]]
+            for key, values in scorer.score(batch).items():
+                columns.setdefault(key, []).extend(values)
+            bar.update(len(batch))
     return pd.concat([labels.reset_index(drop=True), pd.DataFrame(columns)], axis=1)
 
 
@@ -81,6 +94,22 @@ def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
     }
 
 
+def provenance(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> dict[str, Any]:
+    """What was measured: the set, the models as run (weights' sha256 on disk) and the settings that change scores."""
+    from curate.models.registry import resolve
+
+    def weights(names: list[str]) -> list[dict[str, str]]:
+        # resolve verifies each file against its pin (or recorded digest) before it is named here
+        return [{"name": name, "sha256": sha256_file(resolve(name, cfg.models))} for name in names]
+
+    clip = {"model": cfg.detect.clip_model, "pretrained": cfg.detect.clip_pretrained} if cfg.detect.clip_model else None
+    return {
+        "evaluation_set": {"name": images.resolve().name, "size": len(labels)},
+        "models": {"face": weights(cfg.detect.face), "person": weights(cfg.detect.person), "clip": clip},
+        "detect": {key: getattr(cfg.detect, key) for key in SCORE_SETTINGS},
+    }
+
+
 def report(result: dict[str, Any]) -> str:
     lines = [
         f"recall (human, n={result['n_human']}): {result['recall']}",
@@ -123,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"curate.evaluate: {err}", file=sys.stderr)
         return 2
-    result = summarise(score_folder(cfg, images, labels), cfg)
+    result = {**summarise(score_folder(cfg, images, labels), cfg), **provenance(cfg, images, labels)}
     print(report(result))
     if "out" in own:
         Path(own["out"]).write_text(json.dumps(result, indent=2, sort_keys=True, default=_plain) + "\n")

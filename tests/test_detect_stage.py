@@ -58,9 +58,10 @@ def test_boxes_are_in_image_coordinates(detected: Path) -> None:
 
 def test_threshold_change_re_decides_without_re_detecting(detected: Path) -> None:
     markers = {p.name: p.read_text() for p in (detected / "stats" / "detect").glob("*.json")}
-    assert run_curate(f"run.dir={detected}", "decide.preset=pass_v1") == 0
+    # v1 is published and never changes: new thresholds make a new version
+    assert run_curate(f"run.dir={detected}", "decide.preset=pass_v1", "release.version=pass-rule") == 0
     assert {p.name: p.read_text() for p in (detected / "stats" / "detect").glob("*.json")} == markers
-    manifest = pd.read_parquet(detected / "release" / "v1" / "manifest.parquet")
+    manifest = pd.read_parquet(detected / "release" / "pass-rule" / "manifest.parquet")
     scored = manifest[manifest["decision"].notna()]
     face, person = scored["face_retinaface_mnet025_max"], scored["person_yolox_nano_max"]
     expected = ((face > 0.5) | (person > 0.5)).map({True: "reject", False: "keep"})

@@ -19,8 +19,9 @@ def audited_version(cfg: CurateConfig) -> str:
     return cfg.audit.version or cfg.release.version
 
 
-def sample_path(cfg: CurateConfig) -> Path:
-    return Path(cfg.run.dir) / "audit" / audited_version(cfg) / "sample.parquet"
+def sample_path(cfg: CurateConfig, version: str | None = None) -> Path:
+    """The audit sample of `version` (default: the audited version of the config)."""
+    return Path(cfg.run.dir) / "audit" / (version or audited_version(cfg)) / "sample.parquet"
 
 
 def draw(cfg: CurateConfig) -> pd.DataFrame:
@@ -64,9 +65,11 @@ class AuditEstimate:
     high: float
 
 
-def estimate(cfg: CurateConfig) -> AuditEstimate | None:
-    """The residual rate of images with humans, from the checked part of the audit sample (None: no sample)."""
-    path = sample_path(cfg)
+def estimate(cfg: CurateConfig, version: str | None = None) -> AuditEstimate | None:
+    """The residual rate of images with humans, from the checked part of the audit sample of `version` (default:
+    the audited version of the config); None: no sample was drawn."""
+    version = version or audited_version(cfg)
+    path = sample_path(cfg, version)
     if not path.exists():
         return None
     sample = read_parquet(path)
@@ -75,7 +78,7 @@ def estimate(cfg: CurateConfig) -> AuditEstimate | None:
     checked = humans + int((decided == "keep").sum())
     low, high = wilson_interval(humans, checked)
     return AuditEstimate(
-        version=audited_version(cfg),
+        version=version,
         population=int(sample["population"].iloc[0]) if len(sample) else 0,
         sample=len(sample),
         checked=checked,

@@ -10,23 +10,16 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import pandas as pd
-
 from curate.config import CurateConfig
+from curate.funnel import funnel_counts as counts_of
+from curate.funnel import release_funnel
 from curate.io.atomic import atomic_open
 from curate.review.candidates import flagged_and_borderline, scored_rows
 from curate.review.thumbs import caption, image_bytes, jpeg, thumbnail
 
-FUNNEL = [
-    ("candidates", []),
-    ("licence allowed", ["ingest", "license"]),
-    ("fetched and valid", ["ingest", "license", "fetch"]),
-    ("scored", ["ingest", "license", "fetch", "detect"]),
-    ("not a duplicate", ["ingest", "license", "fetch", "detect", "dedup"]),
-    ("not removed in review", ["ingest", "license", "fetch", "detect", "dedup", "review"]),
-]
 BANDS = [(0.0, 0.5, "score < 0.5"), (0.5, 0.8, "0.5 ≤ score < 0.8"), (0.8, 1.01, "score ≥ 0.8")]
 PER_SHEET = 24
+LABEL_WIDTH, LABEL_BAR = 430, 420  # pixels of the funnel chart's label column and of its longest bar
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>curate report</title>
@@ -60,18 +53,9 @@ window.addEventListener("load", () => {{
 
 
 def funnel_counts(cfg: CurateConfig) -> list[tuple[str, int]]:
-    manifest = Path(cfg.run.dir) / "release" / cfg.release.version / "manifest.parquet"
-    if not manifest.exists():
-        return []
-    rows = pd.read_parquet(manifest)
-    counts = []
-    for label, stages in FUNNEL:
-        ok = pd.Series(True, index=rows.index)
-        for stage in stages:
-            ok &= rows[f"{stage}_status"].eq("ok").fillna(False)
-        counts.append((label, int(ok.sum())))
-    counts.append(("released", int((rows["status"] == "kept").sum())))
-    return counts
+    """(step, images left) of the release's funnel: the same counts as its data card (curate.funnel)."""
+    counter = release_funnel(cfg)
+    return [] if counter is None else counts_of(counter)
 
 
 def funnel_svg(counts: list[tuple[str, int]]) -> str:
@@ -80,11 +64,13 @@ def funnel_svg(counts: list[tuple[str, int]]) -> str:
     top = max(n for _, n in counts) or 1
     bars = []
     for k, (label, n) in enumerate(counts):
-        y, width = 8 + k * 28, max(1, round(520 * n / top))
+        # the labels are the data card's own (curate.funnel.STEPS): a wide column keeps the longest readable
+        y, width = 8 + k * 28, max(1, round(LABEL_BAR * n / top))
         bars.append(f'<text x="0" y="{y + 15}">{html.escape(label)}</text>'
-                    f'<rect class="bar" x="190" y="{y}" width="{width}" height="20"/>'
-                    f'<text x="{196 + width}" y="{y + 15}">{n}</text>')  # fmt: skip
-    return f'<svg width="780" height="{16 + 28 * len(counts)}" role="img" aria-label="funnel">{"".join(bars)}</svg>'
+                    f'<rect class="bar" x="{LABEL_WIDTH}" y="{y}" width="{width}" height="20"/>'
+                    f'<text x="{LABEL_WIDTH + 6 + width}" y="{y + 15}">{n}</text>')  # fmt: skip
+    size = f'width="{LABEL_WIDTH + LABEL_BAR + 70}" height="{16 + 28 * len(counts)}"'
+    return f'<svg {size} role="img" aria-label="funnel">{"".join(bars)}</svg>'
 
 
 def write_report(cfg: CurateConfig) -> Path:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from curate.config import CurateConfig
+from curate.funnel import describe_reasons, funnel_rows, release_funnel
 from curate.review.candidates import scored_rows
 from curate.review.thumbs import caption, contact_sheet, image_bytes, thumbnail
 
@@ -20,6 +21,20 @@ def removal_table(rows: pd.DataFrame, grid: tuple[float, ...] = GRID) -> pd.Data
         detectors.append("clip_human_prob")
     table = {c.removesuffix("_max"): [int((rows[c].astype(float) > t).sum()) for t in grid] for c in detectors}
     return pd.DataFrame(table, index=pd.Index(grid, name="threshold"))
+
+
+def funnel_table(cfg: CurateConfig) -> pd.DataFrame:
+    """The release's funnel, as its data card and the HTML report count it (empty: no release made yet)."""
+    counter = release_funnel(cfg)
+    rows = funnel_rows(counter) if counter is not None else []
+    return pd.DataFrame(
+        {
+            "step": [r.label for r in rows],
+            "images left": [r.remaining for r in rows],
+            "stopped here": [r.stopped for r in rows],
+            "reasons": [describe_reasons(r.reasons) for r in rows],
+        }
+    )
 
 
 def reason_counts(rows: pd.DataFrame) -> pd.DataFrame:

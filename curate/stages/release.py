@@ -354,8 +354,7 @@ class ReleaseStage(ShardStage):
                 kept = kept[list(PASS_COLUMNS)].rename(columns=PASS_COLUMNS)
                 kept.to_csv(metadata, index=False, header=shard == 0, lineterminator="\n")
                 urls.writelines(f"{url}\n" for url in kept["image_url"])
-        extra = self._versions(run, out) + audit_section(self.cfg, tally)
-        card = render_data_card(self.cfg, tally, num_shards, extra)
+        card = render_data_card(self.cfg, tally, num_shards, self._versions(run, out))
         with atomic_open(out / "DATA_CARD.md", "w") as handle:
             handle.write(card)
         card_dir = Path(self.cfg.release.data_card_dir or run.root / "data_cards")
@@ -405,28 +404,6 @@ class ReleaseStage(ShardStage):
         else:
             (out / "diff.parquet").unlink(missing_ok=True)
         return parts
-
-
-def audit_section(cfg: Any, tally: Tally) -> list[str]:
-    """The data card's review counts and the audit's residual-rate estimate."""
-    from curate.review.audit import estimate
-
-    parts = ["", "## Human review", _table(("review decision", "images"), sorted(tally.reviews.items()) or [("-", 0)])]
-    found = estimate(cfg)
-    if found is None:
-        parts += ["", "No audit sample was drawn (`stage=audit`): the residual rate of humans is not estimated."]
-    elif found.checked == 0:
-        parts += ["", f"An audit sample of {found.sample} images of {found.version} was drawn; none checked yet."]
-    else:
-        parts += [
-            "",
-            f"**Residual humans (audit of {found.version}):** {found.humans} of {found.checked} checked images "
-            f"(a seeded random sample of {found.sample} from {found.population} released) showed a human: "
-            f"{found.rate:.2%}, 95 % Wilson interval {found.low:.2%} – {found.high:.2%}"
-            + (f"; {found.unsure} marked unsure are not counted." if found.unsure else "."),
-            "Images found with a human are removed from the next release through the ledger.",
-        ]
-    return parts
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
