@@ -16,6 +16,7 @@ from flickr_standin import Fail, FlickrStandIn, flickr_standin
 
 from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV
 from curate.run import main
+from curate.sources import yfcc_hash
 from curate.sources.flickr import PAGE_ATTEMPTS
 
 KEY = "KEY-s3cr3t-123"
@@ -145,6 +146,8 @@ def expected_row(photo: dict[str, Any]) -> dict[str, Any]:
         "title": photo["title"],
         "page_url": f"https://www.flickr.com/photos/{photo['owner']}/{photo['id']}/",
         "image_url": photo.get("url_m") or photo["url_l"],
+        # the API gives no hash: PASS's over the URL fetched (the id stays flickr-<photo id>)
+        "photo_hash": yfcc_hash(photo.get("url_m") or photo["url_l"]),
         "license_id": photo["license"],
         "date_taken": photo["datetaken"],
         "latitude": lat if placed else None,

@@ -17,6 +17,7 @@ from test_malformed_metadata import line
 import curate.sources as sources
 import curate.stages.ingest as ingest
 from curate.schema import safe_id
+from curate.sources import yfcc_hash
 
 # Folder sources --------------------------------------------------------------------------------------------
 
@@ -42,6 +43,10 @@ def test_a_non_utf8_file_name_is_kept_and_its_url_round_trips(tmp_path: Path) ->
     assert rows["image_id"].is_unique and (rows["ingest_status"] == "ok").all()
     # UTF-8 names keep the ids they always had.
     assert rows.loc["ok.jpg", "image_id"] == f"ok-{hashlib.sha1(b'ok.jpg').hexdigest()[:12]}"
+    # PASS's hash over the path relative to the folder (its raw bytes), not over the absolute file: URL, so that
+    # it stays the same when the folder moves.
+    relative = {"ok.jpg": b"ok.jpg", "sub/ok.jpg": b"sub/ok.jpg", "caf\\xe9 \\xff.jpg": b"caf\xe9 \xff.jpg"}
+    assert {ref: rows.loc[ref, "photo_hash"] for ref in relative} == {r: yfcc_hash(b) for r, b in relative.items()}
 
 
 # CSV / TSV / text lists --------------------------------------------------------------------------------------
@@ -102,6 +107,21 @@ def test_text_list_keeps_line_numbers_and_flags_bad_bytes(tmp_path: Path) -> Non
     assert rows.loc["urls.txt:2", "ingest_reason"] == "ok"
     assert rows.loc["urls.txt:2", "source_id"] == "http://h.invalid/1.jpg"
     assert tuple(rows.loc["urls.txt:4", ["ingest_status", "ingest_reason"]]) == ("ok", "bad_encoding")
+    # A list gives no hash: PASS's over the URL; the id stays the list's own key.
+    url = "http://h.invalid/1.jpg"
+    assert rows.loc["urls.txt:2", "photo_hash"] == yfcc_hash(url)
+    assert rows.loc["urls.txt:2", "image_id"] == "url-" + hashlib.sha1(url.encode()).hexdigest()[:24]
+    assert rows.loc["urls.txt:4", "photo_hash"] == yfcc_hash(rows.loc["urls.txt:4", "image_url"])
+
+
+def test_yfcc_hash_drops_each_bytes_leading_zero() -> None:
+    # md5("") = d4 1d 8c d9 8f 00 b2 04 e9 80 09 98 ec f8 42 7e: 00, 04 and 09 lose their leading zeros
+    assert hashlib.md5(b"").hexdigest() == "d41d8cd98f00b204e9800998ecf8427e"
+    assert yfcc_hash(b"") == "d41d8cd98f0b24e980998ecf8427e"
+    for url in ("http://farm8.staticflickr.com/7205/6985418911_abc.jpg", "file:a.jpg", "https://x.invalid/é"):
+        digest = hashlib.md5(url.encode("utf-8")).digest()
+        assert yfcc_hash(url) == "".join(format(byte, "x") for byte in digest)
+        assert 16 <= len(yfcc_hash(url)) <= 32 and yfcc_hash(url) == yfcc_hash(url).lower()
 
 
 # Ids --------------------------------------------------------------------------------------------------------

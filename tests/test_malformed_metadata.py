@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import read_stage, run_curate
 
+from curate.sources import yfcc_hash
+
 GOOD = [
     "0", "6985418911", "4e2f7a26a1dfbf165a7e30bdabf7e72a", "39089491@N00", "guck+xzs", "2012-02-16 09:56:37.0",
     "1331840483", "Canon+PowerShot", "IMG_0520", "", "canon", "", "-81.804885", "24.550558", "12",
@@ -106,6 +108,9 @@ def test_every_yfcc_layout_is_detected_and_read(tmp_path: Path, layout: str, cap
     assert rows.loc["6985418911", "source_id"] == "6985418911"
     has_hash = 2 not in drop
     assert rows.loc["6985418911", "image_id"] == ("4e2f7a26a1dfbf165a7e30bdabf7e72a" if has_hash else "yfcc-6985418911")
+    # A layout without the hash gets YFCC's own rule over the download URL; the id above does not follow it.
+    hashed = "4e2f7a26a1dfbf165a7e30bdabf7e72a" if has_hash else yfcc_hash("file:a.jpg")
+    assert rows.loc["6985418911", "photo_hash"] == hashed
     assert rows.loc["2", "license_name"] == "Attribution-NonCommercial License"
     assert rows.loc["3", "ingest_reason"] == "video"
     assert tuple(rows.loc["4", ["ingest_status", "ingest_reason"]]) == ("ok", "bad_encoding")

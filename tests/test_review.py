@@ -33,8 +33,13 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def manifest(run_dir: Path) -> pd.DataFrame:
-    return pd.read_parquet(run_dir / "release" / "v1" / "manifest.parquet").set_index("image_id")
+def manifest(run_dir: Path, version: str = "v1") -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "release" / version / "manifest.parquet").set_index("image_id")
+
+
+def next_version(run_dir: Path) -> list[str]:
+    """The README's way to apply decisions: v1 is published and never changes, so they make v2."""
+    return [f"run.dir={run_dir}", "release.version=v2", f"release.previous={run_dir / 'release' / 'v1'}"]
 
 
 def test_committed_notebooks_hold_no_outputs() -> None:
@@ -77,9 +82,13 @@ def test_scripted_decisions_change_the_next_release_exactly(sample_run: Path, tm
     browser.decide([kept[1]], "remove")
     browser.decide([kept[1]], "keep", note="changed my mind")  # the latest decision wins
     assert len(ledger.read(run_dir)) == 5  # append-only: nothing rewritten away
-    assert run_curate(f"run.dir={run_dir}", *NO_SELECT) == 0
+    published = (run_dir / "release" / "v1" / "SHA256SUMS").read_bytes()
+    assert run_curate(f"run.dir={run_dir}", *NO_SELECT) == 1  # refused: v1 is published
+    assert run_curate(*next_version(run_dir), *NO_SELECT) == 0
+    assert (run_dir / "release" / "v1" / "SHA256SUMS").read_bytes() == published
+    assert manifest(run_dir).loc[kept[0], "status"] == "kept"  # v1 as it was
 
-    after = manifest(run_dir)
+    after = manifest(run_dir, "v2")
     assert after.loc[kept[0], "status"] == "rejected" and after.loc[kept[0], "reason"] == "review:removed"
     assert after.loc[face[0], "status"] == "kept" and after.loc[face[0], "review_decision"] == "keep"
     assert after.loc[face[1], "reason"] == "detect:face" and after.loc[face[1], "review_decision"] == "unsure"
@@ -88,7 +97,7 @@ def test_scripted_decisions_change_the_next_release_exactly(sample_run: Path, tm
     others = before.index.difference(list(changed))
     assert (after.loc[others, "status"] == before.loc[others, "status"]).all()
     assert (after.loc[others, "reason"] == before.loc[others, "reason"]).all()
-    card = (run_dir / "release" / "v1" / "DATA_CARD.md").read_text()
+    card = (run_dir / "release" / "v2" / "DATA_CARD.md").read_text()
     assert "## Human review" in card and "| remove | 1 |" in card and "| keep | 2 |" in card
 
 
@@ -111,12 +120,13 @@ def test_audit_sample_and_residual_rate_in_the_data_card(sample_run: Path, tmp_p
     browser.decide(ids[:1], "remove", note="person far away")
     browser.decide(ids[1:5], "keep")
     browser.decide(ids[5:], "unsure")
-    assert run_curate(f"run.dir={run_dir}", *NO_SELECT) == 0
-    card = (run_dir / "release" / "v1" / "DATA_CARD.md").read_text()
+    assert run_curate(*next_version(run_dir), *NO_SELECT) == 0
+    card = (run_dir / "release" / "v2" / "DATA_CARD.md").read_text()
     low, high = wilson_interval(1, 5)
     assert "1 of 5 checked images (a seeded random sample of 6 from" in card
     assert f"{low:.2%} – {high:.2%}" in card and "1 marked unsure" in card
-    assert manifest(run_dir).loc[ids[0], "reason"] == "review:removed"
+    assert manifest(run_dir, "v2").loc[ids[0], "reason"] == "review:removed"
+    assert manifest(run_dir, "v2").loc[ids[5], "reason"] == "review:unsure"  # unsure is never released
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CURATE_REQUIRE_CHROMIUM"), reason="no chromium")

@@ -10,6 +10,8 @@ import numpy as np
 
 # the detect stage stores, per detector, how many boxes score above this
 COUNT_ABOVE = 0.5
+# At most this many boxes per image and detector are stored in the manifest (best first).
+MAX_BOXES = 100
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bz2
 import csv
 import glob
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -63,6 +64,15 @@ def display(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return os.fsencode(text).decode("utf-8", errors="backslashreplace")
+
+
+def yfcc_hash(text: str | bytes) -> str:
+    """The YFCC100M photo hash, which PASS names its images by (PASS's `hash`): the md5 of the download URL with
+    each of its 16 bytes in lower-case hex WITHOUT that byte's leading zero (0x0a is written "a"), so 16-32
+    characters. Real hashes show that the zeros go per byte, not only at the front: YFCC's hash of item 3460698881
+    is "db3c58ef5f0e089f2a7e9cf7d8", 26 characters. For sources that give no hash of their own."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", errors="surrogateescape")
+    return "".join(f"{byte:x}" for byte in hashlib.md5(data).digest())
 
 
 def new_row(**values: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import requests
 
 from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV, FlickrQuery, IngestConfig
 from curate.schema import safe_id
-from curate.sources import Unit, guarded, new_row, rows_to_table
+from curate.sources import Unit, guarded, new_row, rows_to_table, yfcc_hash
 from curate.sources.yfcc import parse_date, parse_float
 
 EXTRAS = "license,owner_name,date_taken,geo,url_m,url_z,url_c,url_l,url_o"
@@ -78,6 +78,7 @@ def photo_row(photo: dict[str, Any], ref: str) -> dict[str, Any]:
         source="flickr",
         source_ref=ref,
         photo_id=photo_id,
+        photo_hash=yfcc_hash(url) if url else None,  # the API gives no hash: PASS's rule over the URL we fetch
         owner_nsid=owner,
         owner_name=photo.get("ownername"),
         title=photo.get("title"),

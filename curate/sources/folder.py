@@ -17,7 +17,7 @@ from urllib.parse import quote_from_bytes
 import pyarrow as pa
 
 from curate.config import IngestConfig
-from curate.sources import Unit, batched, display, guarded, new_row
+from curate.sources import Unit, batched, display, guarded, new_row, yfcc_hash
 
 _STEM_UNSAFE = str.maketrans({c: "-" for c in map(chr, range(128)) if not (c.isalnum() or c in "_-")})
 
@@ -42,6 +42,9 @@ def file_row(root: Path, path: Path) -> dict[str, Any]:
         source_id=relative,
         source="folder",
         source_ref=relative,
+        # PASS's rule over the path relative to the folder, not over image_url (absolute): the hash stays the same
+        # when the folder moves, like the id.
+        photo_hash=yfcc_hash(os.fsencode(relative_raw)),
         title=os.fsencode(path.name).decode("utf-8", errors="replace"),
         image_url=file_url(path.resolve()),
     )

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from curate.config import IngestConfig
 from curate.schema import safe_id
-from curate.sources import Unit, batched, csv_with_header, decode, guarded, new_row
+from curate.sources import Unit, batched, csv_with_header, decode, guarded, new_row, yfcc_hash
 from curate.sources.yfcc import parse_date, parse_float
 
 
@@ -31,7 +31,8 @@ def record_row(record: dict[str, str], number: int, ref: str, url: str, bad_enco
         source_id=photo_hash or None,
         source="pass_release",
         source_ref=ref,
-        photo_hash=photo_hash or None,
+        # The release's own hash; PASS's rule over the URL for a row without one (its id stays pass-row-N).
+        photo_hash=photo_hash or (yfcc_hash(url) if url else None),
         owner_nsid=record.get("owner_nsid") or None,
         owner_name=record.get("unickname") or None,
         title=record.get("title") or None,

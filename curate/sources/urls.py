@@ -26,6 +26,7 @@ from curate.sources import (
     guarded,
     iter_lines,
     new_row,
+    yfcc_hash,
 )
 from curate.sources.yfcc import parse_date, parse_float
 
@@ -56,6 +57,7 @@ def record_row(cfg: IngestConfig, record: dict[str, str], ref: str, bad_encoding
         source_id=given_id or url or None,
         source="urls",
         source_ref=ref,
+        photo_hash=yfcc_hash(url) if url else None,  # a list gives no hash: PASS's rule over the URL
         image_url=url or None,
     )
     lowered = {key.strip().lower(): value for key, value in record.items()}

@@ -6,7 +6,7 @@ YFCC100M ships in more than one column layout, so the layout is detected from a 
   22 shared fields;
 - 23 columns (Yahoo's original release): photo id, then the 22 shared fields (no line number, no hash);
 - 24 columns: either photo id + hash (a hash-joined file without the line number), or line number + photo id
-  (no hash); told apart by whether the second field is a 32-digit hex hash or the third a user NSID.
+  (no hash); told apart by whether the second field is a hex hash (16-32 digits) or the third a user NSID.
 
 The 22 shared fields, in order: user NSID, user nickname, date taken, date uploaded, capture device, title,
 description, user tags, machine tags, longitude, latitude, accuracy, page URL, download URL, licence name,
@@ -29,12 +29,13 @@ import pyarrow as pa
 
 from curate.config import IngestConfig
 from curate.schema import safe_id
-from curate.sources import Unit, batched, decode, guarded, iter_lines, new_row, open_binary
+from curate.sources import Unit, batched, decode, guarded, iter_lines, new_row, open_binary, yfcc_hash
 
 log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^[0-9a-f]{16,64}$")
-_HASH = re.compile(r"[0-9a-f]{32}")
+# The photo hash drops each byte's leading zero (curate.sources.yfcc_hash): 16-32 hex digits, mostly 30-32.
+_HASH = re.compile(r"[0-9a-f]{16,32}")
 _NSID = re.compile(r"\d+@N\d+")
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # Offsets of the shared fields from the user NSID.
@@ -166,7 +167,9 @@ def parse_line(raw: bytes, ref: str, layout: Layout | None = None) -> dict[str, 
         source="yfcc",
         source_ref=ref,
         photo_id=photo_id,
-        photo_hash=photo_hash or None,
+        # A layout without the hash (or a row without one) gets YFCC's own rule over the download URL; the id
+        # above stays what it was.
+        photo_hash=photo_hash or (yfcc_hash(shared[DOWNLOAD_URL]) if shared[DOWNLOAD_URL] else None),
         owner_nsid=shared[NSID],
         owner_name=owner_name,
         title=title,

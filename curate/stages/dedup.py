@@ -26,6 +26,7 @@ from curate.dedup.phash import hashes, low_frequencies, mirrored, thumbnail
 from curate.dedup.references import load as load_reference
 from curate.io.atomic import digest_files, read_json, read_parquet, sha256_file, write_json, write_parquet
 from curate.io.tars import TarMembers
+from curate.manifest import DEDUP, dtypes, frame_of
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
 
@@ -143,7 +144,10 @@ class DedupStage(ShardStage):
         frame["phash"] = pd.Series(
             [None if pd.isna(v) else f"{int(v) & 0xFFFFFFFFFFFFFFFF:016x}" for v in bits], dtype="string"
         )
-        return frame
+        return frame_of(DEDUP, frame, len(rows))
+
+    def output_columns(self) -> dict[str, str]:
+        return dtypes(DEDUP)
 
 
 def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:

@@ -27,14 +27,14 @@ import pandas as pd
 from curate.config import CurateConfig
 from curate.detect.decoding import DECODE_ERRORS, decode, decode_batch, header_size
 from curate.detect.images import Image
-from curate.detect.types import COUNT_ABOVE, Detections, Detector
+from curate.detect.types import COUNT_ABOVE, MAX_BOXES, Detections, Detector
 from curate.faults import INTERNAL_ERROR, describe
 from curate.io.tars import TarMembers
+from curate.manifest import detect_columns, dtypes, frame_of, tiles_scored
 from curate.models.registry import REGISTRY
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
 
-MAX_BOXES = 100
 PIXELS_PER_SLOT = 1024 * 768  # detect.batch_pixels=0: this many pixels per image of batch_size
 
 
@@ -58,6 +58,17 @@ class Scorer:
             ("face", self.cfg.face, face_detectors(self.cfg, cfg.models, device)),
             ("person", self.cfg.person, person_detectors(self.cfg, cfg.models, device)),
         ]
+        # Which detectors store a tiles score is declared (curate.manifest, the columns of the manifest); the
+        # detectors as built must agree, or a column would be empty or missing.
+        self.tiled = {
+            f"{family}_{name}": tiles_scored(family, name, self.cfg)
+            for family, names, _ in self.families
+            for name in names
+        }
+        for family, names, detectors in self.families:
+            for name, detector in zip(names, detectors, strict=True):
+                if (getattr(detector, "tiles", 1) > 1) != self.tiled[f"{family}_{name}"]:
+                    raise RuntimeError(f"{family} detector {name} disagrees with curate.manifest.tiles_scored")
         self.clip = clip_filter(cfg, device)
 
     def score(self, images: Sequence[Image | None]) -> dict[str, list[Any]]:
@@ -67,16 +78,16 @@ class Scorer:
         # Every model's work is queued before any result is awaited: while the device runs one model, the host
         # prepares the next one's inputs, instead of the two taking turns.
         pending = [
-            (f"{family}_{name}", detector, queue(detector, batch))
+            (f"{family}_{name}", queue(detector, batch))
             for family, names, detectors in self.families
             for name, detector in zip(names, detectors, strict=True)
         ]
         clip_pending = self.clip.submit(batch) if self.clip is not None and batch else None
         results: dict[str, list[Any]] = {}
-        for prefix, detector, finish in pending:
+        for prefix, finish in pending:
             found = finish()
             results[f"{prefix}_max"] = spread(ok, n, [d.max_score for d in found])
-            if getattr(detector, "tiles", 1) > 1:  # a score of its own for what only the tiles saw
+            if self.tiled[prefix]:  # a score of its own for what only the tiles saw
                 results[f"{prefix}_tiles_max"] = spread(ok, n, [d.tiles_best for d in found])
             results[f"{prefix}_count"] = spread(ok, n, [d.count_above(COUNT_ABOVE) for d in found])
             results[f"{prefix}_boxes"] = spread(ok, n, [flatten(d, self.cfg.box_floor) for d in found])
@@ -168,11 +179,13 @@ class DetectStage(ShardStage):
                 # Let go of this batch's pixels before asking for the next: with the next one decoding ahead,
                 # two batches are alive at a time, never three.
                 del images, results
-        frame = pd.DataFrame(columns, index=range(len(rows)))
-        frame["detect_reason"] = reasons
-        frame["detect_error"] = errors
-        frame["detect_status"] = np.where(frame["detect_reason"] == "ok", "ok", "failed")
-        return frame
+        status = ["ok" if reason == "ok" else "failed" for reason in reasons]
+        outcome = {"detect_status": status, "detect_reason": reasons, "detect_error": errors}
+        # Every declared column, typed, also for a shard with no live row (no batch ran: no scores at all).
+        return frame_of(detect_columns(self.cfg.detect), {**columns, **outcome}, len(rows))
+
+    def output_columns(self) -> dict[str, str]:
+        return dtypes(detect_columns(self.cfg.detect))
 
 
 # (reason, error text) for an image that could not be scored; None for one that was

@@ -16,27 +16,12 @@ from curate.fetching.download import HostLimiter, download, make_pool
 from curate.fetching.imagecheck import EXTENSIONS, check_image
 from curate.io.atomic import read_parquet
 from curate.io.tars import SortedTarWriter, read_members
+from curate.manifest import FETCH, dtypes, frame_of
 from curate.rundir import RunDir
 from curate.schema import TRANSIENT_FETCH_REASONS
 from curate.stages.base import ShardStage
 
-COLUMNS = [
-    "fetch_status",
-    "fetch_reason",
-    "fetch_error",
-    "fetch_attempts",
-    "http_status",
-    "sha256",
-    "width",
-    "height",
-    "bytes",
-    "format",
-    "mode",
-    "exif_orientation",
-    "tar_member",
-]
-
-INT_COLUMNS = ("fetch_attempts", "http_status", "width", "height", "bytes", "exif_orientation")
+COLUMNS = [column.name for column in FETCH]  # declared, with their types, in curate.manifest
 
 
 class FetchStage(ShardStage):
@@ -47,7 +32,7 @@ class FetchStage(ShardStage):
     )
 
     def output_columns(self) -> dict[str, str]:
-        return {column: ("Int64" if column in INT_COLUMNS else "string") for column in COLUMNS}
+        return dtypes(FETCH)
 
     def wants_rerun(self, run: RunDir, shard: int) -> bool:
         if not self.cfg.fetch.retry_failed:
@@ -135,11 +120,7 @@ class FetchStage(ShardStage):
         http.clear()
         frame = pd.DataFrame(outcomes, columns=COLUMNS)
         frame["fetch_status"] = frame["fetch_reason"].map(_status)
-        for column in INT_COLUMNS:
-            frame[column] = frame[column].astype("Int64")
-        for column in ("fetch_error", "sha256", "format", "mode", "tar_member", "fetch_reason"):
-            frame[column] = frame[column].astype("string")
-        return frame
+        return frame_of(FETCH, frame, len(rows))
 
 
 # Policy refusals; every other non-ok reason means we could not get a valid image ("failed").

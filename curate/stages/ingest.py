@@ -45,7 +45,7 @@ from curate.sources import (
 from curate.sources.readers import describe_file, read_unit
 
 NAME = "ingest"
-VERSION = "2"  # source_id; injective safe_id; YFCC layouts; malformed CSV rows kept
+VERSION = "3"  # photo_hash by PASS's rule for every source with a URL (a run whose parts do not change redoes nothing)
 # A plain file larger than this is read as several byte ranges in parallel (speed only: the output is the same).
 RANGE_BYTES = 256 * 2**20
 # Rows per row group of a part, fixed so that the bytes do not depend on where batches and ranges fell.

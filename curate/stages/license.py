@@ -14,6 +14,7 @@ import pandas as pd
 
 from curate.faults import INTERNAL_ERROR, describe
 from curate.licenses import License, deed_url, has_license_info, identify
+from curate.manifest import LICENSE, dtypes, frame_of
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
 
@@ -42,17 +43,19 @@ class LicenseStage(ShardStage):
                 outcomes.append(self.judge(source, _text(license_id), _text(name), _text(url)))
             except Exception as err:  # noqa: BLE001 - one row's surprise is that row's outcome, never the shard's
                 outcomes.append(Outcome(None, None, False, None, "failed", INTERNAL_ERROR, describe(err)))
-        return pd.DataFrame(
-            {
-                "license_code": pd.array([o.code for o in outcomes], dtype="string"),
-                "license_version": pd.array([o.version for o in outcomes], dtype="string"),
-                "license_assumed": pd.array([o.assumed for o in outcomes], dtype="boolean"),
-                "license_attribution_url": pd.array([o.url for o in outcomes], dtype="string"),
-                "license_status": [o.status for o in outcomes],
-                "license_reason": [o.reason for o in outcomes],
-                "license_error": pd.array([o.error for o in outcomes], dtype="string"),
-            }
-        )
+        values = {
+            "license_code": [o.code for o in outcomes],
+            "license_version": [o.version for o in outcomes],
+            "license_assumed": [o.assumed for o in outcomes],
+            "license_attribution_url": [o.url for o in outcomes],
+            "license_status": [o.status for o in outcomes],
+            "license_reason": [o.reason for o in outcomes],
+            "license_error": [o.error for o in outcomes],
+        }
+        return frame_of(LICENSE, values, len(rows))
+
+    def output_columns(self) -> dict[str, str]:
+        return dtypes(LICENSE)
 
     def judge(self, source: object, license_id: str | None, name: str | None, url: str | None) -> Outcome:
         """One row's licence: read it, or assume the configured one where the row states none, then allow or not."""

@@ -38,6 +38,7 @@ from curate.io.atomic import (
     write_parquet,
 )
 from curate.io.tars import SortedTarWriter, TarMembers
+from curate.manifest import conform, manifest_schema
 from curate.rundir import RunDir
 from curate.runner import StageRefused
 from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
@@ -332,9 +333,7 @@ class ReleaseStage(ShardStage):
         out = self.out_dir(run)
         (out / "SHA256SUMS").unlink(missing_ok=True)
         stages = [*RELEASE_INPUTS, self.name]
-        schema = pa.unify_schemas(
-            [_manifest_schema(run, shard, stages) for shard in range(num_shards)], promote_options="permissive"
-        )
+        schema = manifest_schema(self.cfg)  # fixed by the recipe, whatever the data (docs/MANIFEST.md)
         tally = Tally()
         with (
             atomic_path(out / "manifest.parquet") as manifest_tmp,
@@ -343,13 +342,13 @@ class ReleaseStage(ShardStage):
             atomic_open(out / "pass_urls.txt", "w") as urls,
         ):
             for shard in range(num_shards):
-                table = _conform(_manifest_table(run, shard, stages), schema)
+                table = conform(_manifest_table(run, shard, stages), schema)
                 manifest.write_table(table)
                 # Nullable integers stay integers (a failed row's null would make every width a float: 640.0).
                 frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get)
                 tally.add(frame)
                 kept = frame[frame["status"] == "kept"].copy()
-                kept["hash"] = kept["photo_hash"].fillna(kept["image_id"])
+                kept["hash"] = kept["photo_hash"]  # every source sets it (curate.sources: PASS's rule)
                 kept["file"] = [pass_member(i, f) for i, f in zip(kept["image_id"], kept["format"], strict=True)]
                 kept = kept[list(PASS_COLUMNS)].rename(columns=PASS_COLUMNS)
                 kept.to_csv(metadata, index=False, header=shard == 0, lineterminator="\n")
@@ -411,26 +410,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-# Bookkeeping columns that mean nothing outside the run directory.
-_INTERNAL = ["release_status", "release_reason", "tar_member"]
-
-
-def _manifest_schema(run: RunDir, shard: int, stages: list[str]) -> pa.Schema:
-    fields = [f for stage in stages for f in pq.read_schema(run.part(stage, shard)).remove_metadata()]
-    return pa.schema([f for f in fields if f.name not in _INTERNAL])
-
-
 def _manifest_table(run: RunDir, shard: int, stages: list[str]) -> pa.Table:
+    """The shard's parts side by side (conform drops the run directory's bookkeeping columns)."""
     tables = [pq.read_table(run.part(stage, shard)) for stage in stages]
     names = [name for table in tables for name in table.column_names]
-    joined = pa.Table.from_arrays([column for table in tables for column in table.columns], names=names)
-    return joined.drop_columns(_INTERNAL)
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Shards where no row reached a detector lack its columns: add them as nulls, in the schema's order."""
-    columns = [
-        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
+    return pa.Table.from_arrays([column for table in tables for column in table.columns], names=names)
