@@ -93,3 +93,16 @@ def test_missing_offline_names_the_file_and_the_way_to_get_it(tmp_path: Path) ->
     message = str(err.value)
     assert "retinaface.pth" in message and "python -m curate.models download" in message
     assert "no published sha256" in message
+
+
+def test_a_failed_download_names_the_configured_cache(tmp_path: Path, server: tuple[str, Path]) -> None:
+    base, _ = server
+    spec = dataclasses.replace(REGISTRY["yolox_nano"], url=f"{base}/not-there.onnx")
+    cache = tmp_path / "my-cache"
+    cfg = ModelsConfig(cache=str(cache))
+    with pytest.raises(ModelMissing) as caught:
+        registry.download(spec, registry.locate(spec, cfg), cfg)
+    message = str(caught.value)
+    # before: the advice named ~/.cache/curate/models whatever models.cache said
+    assert str(cache) in message and ".cache/curate/models" not in message
+    assert not list(cache.glob("*.partial"))
