@@ -391,7 +391,7 @@ def validate(cfg: CurateConfig) -> None:
         given = [k for k in ("folder", "hashes", "embeddings") if getattr(ref, k)]
         need(bool(ref.name), "each dedup.references entry needs a name")
         need(len(given) == 1, f"dedup.references {ref.name!r}: give exactly one of folder, hashes, embeddings")
-        for key in given:
+        for key in given if cfg.stage in (Stage.dedup, Stage.all) else []:  # only the stage that reads them
             need(
                 Path(getattr(ref, key)).exists(), f"dedup.references {ref.name!r}: {key}={getattr(ref, key)} not found"
             )
@@ -399,13 +399,15 @@ def validate(cfg: CurateConfig) -> None:
     need(0.0 <= cfg.review.borderline_margin <= 1.0, "review.borderline_margin must be within 0..1")
     r = cfg.release
     need(r.owner_cap >= 0 and r.target_size >= 0, "release.owner_cap and release.target_size must be >= 0")
-    need(
-        not r.previous or any((Path(r.previous) / name).exists() for name in ("manifest.parquet", "pass_metadata.csv")),
-        f"release.previous={r.previous!r} must be a release folder holding manifest.parquet or pass_metadata.csv",
-    )
-    for path in r.takedowns:
-        need(Path(path).is_file(), f"release.takedowns: {path} not found")
-    need(not r.evaluation or Path(r.evaluation).is_file(), f"release.evaluation={r.evaluation!r} not found")
+    if cfg.stage in (Stage.release, Stage.all):  # the files only release reads: a report needs none of them
+        need(
+            not r.previous
+            or any((Path(r.previous) / name).exists() for name in ("manifest.parquet", "pass_metadata.csv")),
+            f"release.previous={r.previous!r} must be a release folder holding manifest.parquet or pass_metadata.csv",
+        )
+        for path in r.takedowns:
+            need(Path(path).is_file(), f"release.takedowns: {path} not found")
+        need(not r.evaluation or Path(r.evaluation).is_file(), f"release.evaluation={r.evaluation!r} not found")
     need(cfg.dask.gpus >= 0, "dask.gpus must be >= 0")
     need(cfg.dask.retries >= 0, "dask.retries must be >= 0")
     need(0.0 <= cfg.run.alarm_fraction <= 1.0, "run.alarm_fraction must be within 0..1")

@@ -2,7 +2,7 @@
 is not known.
 
 Only deterministic facts go in (no wall times, no paths of the run directory or the machine), so the same inputs
-give a byte-identical card. Counts are gathered shard by shard (`Tally.add`): the card never needs the whole
+and the same installed software (whose versions it lists) give a byte-identical card. Counts are gathered shard by shard (`Tally.add`): the card never needs the whole
 manifest in memory.
 """
 
@@ -24,7 +24,10 @@ from curate import __version__
 from curate.config import CurateConfig
 from curate.detect.decide import thresholds
 from curate.funnel import FunnelCounter, count_rows, describe_reasons, funnel_rows
+from curate.io.atomic import read_json
+from curate.manifest import tiles_scored
 from curate.review.audit import AuditEstimate, estimate, sample_path
+from curate.rundir import RunDir
 
 # The stages whose own status/reason every row carries, in pipeline order ("select" is release's selection).
 STAGES = ("ingest", "license", "fetch", "detect", "dedup", "review", "select")
@@ -177,7 +180,8 @@ def ran_families(cfg: CurateConfig) -> list[str]:
     d = cfg.detect
     families = ["face"] if d.face else []
     if d.person:
-        families += ["person"] + (["person_tiles"] if d.person_tiles > 1 else [])
+        tiled = any(tiles_scored("person", name, d) for name in d.person)  # only some detectors can tile
+        families += ["person"] + (["person_tiles"] if tiled else [])
     return families + (["clip"] if d.clip_model else [])
 
 
@@ -318,6 +322,10 @@ def _release_digest(cfg: CurateConfig, name: str) -> tuple[str, str]:
     spec = REGISTRY.get(name)
     if spec is None:
         return "-", "not in the registry"
+    ran = read_json(RunDir(Path(cfg.run.dir)).detect_weights) or {}
+    if name in ran:  # the file detect scored with, as verified on disk on the machine that ran it
+        origin = "pinned in the registry" if spec.sha256 else "recorded at first download (no published digest)"
+        return ran[name], f"{origin}; verified on disk when detect ran"
     if spec.sha256:
         prefix = "" if len(spec.sha256) == 64 else f" (its first {len(spec.sha256)} hex digits, all that is published)"
         return spec.sha256, "pinned in the registry" + prefix

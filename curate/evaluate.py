@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     images = Path(own["images"])
     labels_path = Path(own.get("labels", images / "labels.csv"))
     try:
-        cfg = load_config(overrides)
+        # stage=detect: the config's detectors and thresholds, without the run's ingest inputs (run.dir=RUN
+        # evaluates a run's remembered detectors; nothing is written to it)
+        cfg = load_config([*overrides, "stage=detect"])
         # One process does all the work here: let torch use every core.
         cfg = replace(cfg, detect=replace(cfg.detect, torch_threads=cfg.detect.torch_threads or os.cpu_count() or 1))
         labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)

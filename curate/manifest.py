@@ -132,7 +132,11 @@ DEDUP = [
 
 # Written by curate/stages/review.py (from the ledger review/decisions.parquet); declared here as it writes them.
 REVIEW = [
-    Column("review_status", STRING, "ok, or rejected (a reviewer removed it); null: not reached"),
+    Column(
+        "review_status",
+        STRING,
+        "ok; rejected (a reviewer removed it); review (a reviewer was unsure: not released); null: not reached",
+    ),
     Column("review_reason", STRING, "not_reviewed, kept, removed or unsure; null: not reached"),
     Column("review_decision", STRING, "the latest ledger decision: keep, remove or unsure; null: none"),
     Column("review_reviewer", STRING, "who decided"),

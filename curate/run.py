@@ -6,14 +6,13 @@ and prints a summary. No pipeline logic lives here.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fcntl
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -24,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from curate.config import ConfigError, CurateConfig, Stage, validate
 from curate.io.atomic import write_text
 from curate.runconfig import SAMPLE_DIR, load_run_config, register_schema
+from curate.rundir import RunDir
 from curate.runner import Runner, StageReport
 from curate.sources import check_inputs
 from curate.stages.base import ShardStage
@@ -104,6 +104,7 @@ def load_config(argv: list[str]) -> CurateConfig:
         cfg.run.dir = str(run_dir)  # the directory may have moved since it was recorded
     else:
         cfg = _compose_recipe(pipeline or "sample", overrides)
+    absolute_paths(cfg)
     validate(cfg)
     if cfg.stage in (Stage.ingest, Stage.all) and (problem := check_inputs(cfg.ingest)):
         raise ConfigError(f"invalid configuration:\n  - {problem}")
@@ -111,15 +112,44 @@ def load_config(argv: list[str]) -> CurateConfig:
 
 
 def given_run_dir(overrides: list[str]) -> Path | None:
-    found = [arg.split("=", 1)[1] for arg in overrides if arg.lstrip("+~").startswith("run.dir=")]
+    """run.dir as the command line gives it, unquoted as Hydra reads it (None: the recipe's default)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise ConfigError(_explain(err)) from err
+    found = [str(o.value()) for o in parsed if o.key_or_group == "run.dir" and not o.is_delete()]
+    if found and "${" in found[-1]:
+        return None  # an interpolation: the composed config resolves it
     return Path(found[-1]) if found and found[-1] else None
+
+
+# Input paths are remembered absolute: later invocations (the notebooks, a report) may run from elsewhere.
+PATH_KEYS = ("ingest.path", "fetch.file_root", "models.dir", "release.previous", "release.evaluation",
+             "release.data_card_dir")  # fmt: skip
+
+
+def absolute_paths(cfg: CurateConfig) -> None:
+    for key in PATH_KEYS:
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        if value:
+            setattr(getattr(cfg, group), name, os.path.abspath(os.path.expanduser(value)))
+    cfg.release.takedowns = [os.path.abspath(p) for p in cfg.release.takedowns]
+    for ref in cfg.dedup.references:
+        for name in ("folder", "hashes", "embeddings"):
+            if getattr(ref, name):
+                setattr(ref, name, os.path.abspath(getattr(ref, name)))
+    if cfg.pipeline.endswith(".yaml"):
+        cfg.pipeline = os.path.abspath(cfg.pipeline)
 
 
 def as_list_override(arg: str) -> str:
     """`release.takedowns=file.csv` means a list of one: a single value where the schema has a list is wrapped,
     instead of OmegaConf's `str is not a ListConfig`."""
     key, sep, value = arg.partition("=")
-    if sep and value and not value.startswith("[") and key.lstrip("+~") in _list_keys():
+    if sep and value not in ("", "null") and not value.startswith("[") and key.lstrip("+~") in _list_keys():
         return f"{key}=[{value}]"
     return arg
 
@@ -159,17 +189,23 @@ def _compose_remembered(path: Path, pipeline: str | None, overrides: list[str]) 
         raise ConfigError(
             f"{path} cannot be read as a curate config ({err}); restore it or start a new run.dir"
         ) from err
+    stored = without_per_invocation(stored)
     recorded = str(stored.pipeline)
     if pipeline is not None and not same_pipeline(pipeline, recorded):
         raise ConfigError(
             f"{path.parent} is a run of pipeline={recorded} (its config.yaml): leave pipeline= out to go on with it "
             f"(overrides still apply), or start a new run of pipeline={pipeline} with another run.dir=..."
         )
-    defaults = OmegaConf.structured(CurateConfig)
-    for key in PER_INVOCATION:
-        OmegaConf.update(stored, key, OmegaConf.select(defaults, key))
     ConfigStore.instance().store(name="curate_remembered_run", node=stored)
     return _compose(pipelines_dir(), "curate_remembered_run", overrides)
+
+
+def without_per_invocation(node: Any) -> Any:
+    """The config with the one-invocation settings (PER_INVOCATION) at their defaults."""
+    defaults = OmegaConf.structured(CurateConfig)
+    for key in PER_INVOCATION:
+        OmegaConf.update(node, key, OmegaConf.select(defaults, key))
+    return node
 
 
 def same_pipeline(given: str, recorded: str) -> bool:
@@ -189,7 +225,8 @@ def config_text(cfg: CurateConfig) -> str:
 def log_invocation(cfg: CurateConfig) -> Path:
     """invocations/NNNN-<stage>.yaml: every attempt under the lock, numbered under it (so numbers never race)."""
     folder = Path(cfg.run.dir) / "invocations"
-    number = len(list(folder.glob("[0-9]*.yaml"))) if folder.exists() else 0
+    numbers = [int(p.name[:4]) for p in folder.glob("[0-9][0-9][0-9][0-9]-*.yaml")] if folder.exists() else []
+    number = max(numbers, default=-1) + 1  # never an existing number, even after a log was deleted
     path = folder / f"{number:04d}-{cfg.stage.value}.yaml"
     write_text(path, config_text(cfg))
     return path
@@ -199,7 +236,8 @@ def remember_config(cfg: CurateConfig) -> None:
     """config.yaml: what the run directory is (the notebooks, report and audit read it). Written atomically, under
     the lock, by the first invocation and then by every one that succeeded; unchanged text is not rewritten."""
     path = Path(cfg.run.dir) / "config.yaml"
-    text = config_text(dataclasses.replace(cfg, stage=Stage.all))  # the stage is the invocation's, not the run's
+    # what holds for one invocation (its stage, retry_failed, ...) is not what the run is
+    text = OmegaConf.to_yaml(without_per_invocation(OmegaConf.structured(cfg)))
     if not path.exists() or path.read_text() != text:
         write_text(path, text)
 
@@ -268,15 +306,6 @@ def shard_stages() -> dict[str, tuple[type[ShardStage], list[str]]]:
         "review": (ReviewStage, REVIEW_INPUTS),
         "release": (ReleaseStage, RELEASE_INPUTS),
     }
-
-
-def run(cfg: CurateConfig) -> list[StageReport]:
-    """The stage(s) of `cfg.stage`, holding the run directory's lock."""
-    lock = hold_run_lock(Path(cfg.run.dir))
-    try:
-        return run_locked(cfg)
-    finally:
-        lock.close()
 
 
 def needs_models(cfg: CurateConfig, runner: Runner) -> bool:
@@ -445,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         cfg = load_config(args)
+        if cfg.stage not in (Stage.ingest, Stage.all) and not (Path(cfg.run.dir) / "config.yaml").exists():
+            raise ConfigError(
+                f"{cfg.run.dir} is not a run directory yet (no config.yaml): start it with stage=all (or stage=ingest)"
+            )
         lock = hold_run_lock(Path(cfg.run.dir))  # nothing is written to the run directory before this
     except ConfigError as err:
         print(f"curate: {err}", file=sys.stderr)
@@ -456,30 +489,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def invoke(cfg: CurateConfig, args: list[str]) -> int:
-    """One invocation under the lock: logged, run, and remembered in config.yaml when it succeeded (the first
-    one is remembered at once, so that the run directory knows its pipeline even if that one is killed)."""
+    """One invocation under the lock: logged, run, then remembered in config.yaml when it succeeded."""
     log_invocation(cfg)
-    if not (Path(cfg.run.dir) / "config.yaml").exists():
-        remember_config(cfg)
-    if cfg.stage in (Stage.audit, Stage.report):
-        code = run_tool(cfg)
-    else:
-        try:
-            reports = run_locked(cfg)
-        except (ConfigError, FileNotFoundError) as err:
-            print(f"curate: {err}", file=sys.stderr)
-            return 2
-        print(summary(reports, cfg.run.alarm_fraction))
-        if any(r.stage == "ingest" and r.done for r in reports):
-            print("\n".join(source_lines(Path(cfg.run.dir), cfg.run.alarm_fraction)))
-        if any(r.stage == "release" and not r.fatal for r in reports):
-            print(f"release: {Path(cfg.run.dir) / 'release' / cfg.release.version}")
-        if hint := next_version_hint(cfg, reports, args):
-            print(hint)
-        code = exit_code(cfg, reports)
-    if code == 0:
+    root = Path(cfg.run.dir)
+    first = not (root / "config.yaml").exists()
+    code = run_tool(cfg) if cfg.stage in (Stage.audit, Stage.report) else run_and_report(cfg, args)
+    # The first invocation is remembered once it made a run (shards exist), even if a shard failed: the run
+    # directory then knows its pipeline. After that, only successful invocations are remembered.
+    if code == 0 or (first and RunDir(root).shards_file.exists()):
         remember_config(cfg)
     return code
+
+
+def run_and_report(cfg: CurateConfig, args: list[str]) -> int:
+    try:
+        reports = run_locked(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"curate: {err}", file=sys.stderr)
+        return 2
+    print(summary(reports, cfg.run.alarm_fraction))
+    if any(r.stage == "ingest" and r.done for r in reports):
+        print("\n".join(source_lines(Path(cfg.run.dir), cfg.run.alarm_fraction)))
+    if any(r.stage == "release" and not r.fatal for r in reports):
+        print(f"release: {Path(cfg.run.dir) / 'release' / cfg.release.version}")
+    if hint := next_version_hint(cfg, reports, args):
+        print(hint)
+    return exit_code(cfg, reports)
 
 
 def next_version_hint(cfg: CurateConfig, reports: list[StageReport], args: list[str]) -> str:
@@ -491,18 +526,17 @@ def next_version_hint(cfg: CurateConfig, reports: list[StageReport], args: list[
     root = Path(cfg.run.dir)
     if release is None or not release.fatal or not is_published(root, cfg.release.version):
         return ""
-    kept = [a for a in args if not a.startswith(("stage=", "run.dir=", "release.version=", "release.previous="))]
-    if not kept:
-        return ""  # the refusal itself names the command
+    replaced = ("stage=", "run.dir=", "release.version=", "release.previous=")
+    kept = [a for a in args if not a.lstrip("+~").startswith(replaced)]
     command = [
-        "python -m curate.run",
+        "curate run",
         f"run.dir={root}",
         "stage=all",
         *kept,
         f"release.version={next_version(root, cfg.release.version)}",
         f"release.previous={root / 'release' / cfg.release.version}",
     ]
-    return "to publish what changed as a new version with this command's overrides, run:\n  " + " ".join(command)
+    return "to publish what changed as a new version (with this command's overrides), run:\n  " + " ".join(command)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,11 @@ class RunDir:
         return self.root / "release" / version
 
     @property
+    def detect_weights(self) -> Path:
+        """sha256 of each weight file detect scored with, as verified on disk when it last had work."""
+        return self.root / "stats" / "detect_weights.json"
+
+    @property
     def shards_file(self) -> Path:
         return self.root / "shards.json"
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -143,9 +144,13 @@ class DetectStage(ShardStage):
         return config
 
     def before_work(self) -> None:
-        from curate.models.registry import check_available
+        """A missing weight file fails here, before any shard is submitted; the digests of the files that will
+        score are recorded for the data card (a model without a published digest is known only this way)."""
+        from curate.io.atomic import sha256_file, write_json
+        from curate.models.registry import needed, resolve
 
-        check_available(self.cfg)  # a missing weight file fails here, before any shard is submitted
+        paths = {name: resolve(name, self.cfg.models) for name in needed(self.cfg)}
+        write_json(RunDir(Path(self.cfg.run.dir)).detect_weights, {n: sha256_file(p) for n, p in paths.items()})
 
     def scorer(self) -> Scorer:
         """The detectors for one shard (a seam: a test may wrap them, e.g. to script a fault)."""

@@ -114,7 +114,7 @@ def next_version(root: Path, version: str) -> str:
     """The first unused version after `version`: v1 -> v2 (v3 if v2 exists), other names get "-2", "-3", ..."""
     match = re.fullmatch(r"(.*?)(\d+)", version)
     stem, number = (match.group(1), int(match.group(2))) if match else (version + "-", 1)
-    while RunDir(root).release_dir(f"{stem}{number + 1}").exists():
+    while is_published(root, f"{stem}{number + 1}"):  # an unpublished (killed) attempt is that version's to finish
         number += 1
     return f"{stem}{number + 1}"
 
@@ -124,8 +124,8 @@ def published_refusal(root: Path, version: str) -> str:
     return (
         f"release {version} is published ({previous / 'SHA256SUMS'} exists) and a published version never changes, "
         "but what it is made from has changed since (review or audit decisions, thresholds, takedowns, candidates "
-        f"or release settings). Make the next version: python -m curate.run run.dir={root} stage=all "
-        f"release.version={next_version(root, version)} release.previous={previous}"
+        f"or release settings): make the next version, release.version={next_version(root, version)} "
+        f"release.previous={previous} (the full command follows)"
     )
 
 
@@ -192,7 +192,8 @@ class ReleaseStage(ShardStage):
     name = "release"
     version = "3"
     sees_all_rows = True
-    runtime_keys = frozenset({"data_card_dir"})
+    # allow_failed_shards only lets a release go on: with no shard failed its output is the same
+    runtime_keys = frozenset({"data_card_dir", "allow_failed_shards"})
 
     def out_dir(self, run: RunDir) -> Path:
         return run.release_dir(self.cfg.release.version)
@@ -202,21 +203,31 @@ class ReleaseStage(ShardStage):
 
     def fingerprint_config(self) -> dict[str, Any]:
         # The decision thresholds are applied here, so a changed threshold re-releases without re-detecting
-        # (the selection's digest, from prepare, joins every shard's fingerprint through the runner). The data
-        # card also states the audit and the evaluation: a new audit check or evaluation is a new release too.
+        # (the selection's digest, from prepare, joins every shard's fingerprint through the runner). Files enter
+        # by their content, never by how their path is spelt: the takedowns through the selection's stamp, the
+        # previous release, the audits and the evaluation (the data card states them) here.
+        config = super().fingerprint_config()
+        for key in ("previous", "takedowns", "evaluation"):
+            config.pop(key)
         return {
-            **super().fingerprint_config(),
+            **config,
             "decide": dataclasses.asdict(thresholds(self.cfg.decide)),
-            "card_inputs": {str(p): sha256_file(p) for p in self.card_inputs() if p.exists()},
+            "card_inputs": {role: sha256_file(path) for role, path in self.card_inputs().items() if path.exists()},
         }
 
-    def card_inputs(self) -> list[Path]:
-        """Files besides the shards that the data card reads: the audit samples it may report (this version's
-        and the previous one's) and the evaluation of the human filter."""
+    def card_inputs(self) -> dict[str, Path]:
+        """Files besides the shards that the release reads, by role: the previous release (the diff), the audit
+        samples the data card may report (this version's and the previous one's), the evaluation."""
         root, r = Path(self.cfg.run.dir), self.cfg.release
-        versions = [r.version] + ([Path(r.previous).name] if r.previous else [])
-        found = [root / "audit" / version / "sample.parquet" for version in versions]
-        return found + ([Path(r.evaluation)] if r.evaluation else [])
+        found = {"audit": root / "audit" / r.version / "sample.parquet"}
+        if r.previous:
+            previous = Path(r.previous)
+            found["previous_audit"] = root / "audit" / previous.name / "sample.parquet"
+            manifest = previous / "manifest.parquet"
+            found["previous"] = manifest if manifest.exists() else previous / "pass_metadata.csv"
+        if r.evaluation:
+            found["evaluation"] = Path(r.evaluation)
+        return found
 
     def prepare(self, runner: Runner, report: StageReport) -> str | None:
         """Cap per owner, seeded sample and takedowns over every shard's releasable rows."""
