@@ -131,7 +131,7 @@ def test_changed_thresholds_refuse_too_and_the_hint_keeps_the_overrides(
     published = snapshot(run / "release" / "v1")
     assert main([f"run.dir={run}", "stage=release", "decide.preset=pass_v1", *QUIET]) == 1
     out = capsys.readouterr().out
-    hint = out.split("with this command's overrides, run:")[1]
+    hint = out.split("(with this command's overrides), run:")[1]
     assert "decide.preset=pass_v1" in hint and "release.version=v2" in hint
     assert snapshot(run / "release" / "v1") == published
     assert not (run / "release" / "v2").exists()
@@ -182,3 +182,35 @@ def test_invocations_are_numbered_under_the_lock_and_config_is_remembered(run: P
     assert after == [*logged, f"{len(logged):04d}-report.yaml"]
     stored = yaml.safe_load((run / "config.yaml").read_text())
     assert stored["pipeline"] == "sample" and stored["stage"] == "all"
+
+
+def test_a_quoted_run_dir_is_the_same_run(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # before: the quotes were taken as part of the path, the sample recipe composed anew and another pipeline let in
+    assert load_config([f"run.dir='{run}'"]).release.name == "Truth"
+    assert main([f"run.dir='{run}'", "pipeline=folder", f"ingest.path={run}", *QUIET]) == 2
+    assert "is a run of pipeline=sample" in capsys.readouterr().err
+
+
+def test_a_tool_on_a_directory_that_is_no_run_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing-here"
+    assert main([f"run.dir={missing}", "stage=report", *QUIET]) == 2
+    assert not missing.exists()
+
+
+def test_a_re_spelt_run_dir_is_no_change(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main([f"run.dir={run}", "stage=audit", "audit.size=3", *QUIET]) == 0
+    published = snapshot(run / "release" / "v1")
+    monkeypatch.chdir(run.parent)
+    # the audit sample is a release input; the same file under a relative spelling must not count as a change
+    assert main([f"run.dir={run.name}", "stage=release", *QUIET]) == 1  # the v1 audit is new since v1: v2 needed
+    assert main([f"run.dir={run.name}", "stage=release", "release.version=v2",
+                 f"release.previous={run.name}/release/v1", *QUIET]) == 0  # fmt: skip
+    v2 = snapshot(run / "release" / "v2")
+    assert main([f"run.dir={run}", "stage=release", *QUIET]) == 0  # absolute now: still the same, a no-op
+    assert snapshot(run / "release" / "v2") == v2 and snapshot(run / "release" / "v1") == published
+
+
+def test_one_invocation_settings_are_not_remembered(run: Path) -> None:
+    assert main([f"run.dir={run}", "stage=fetch", "fetch.retry_failed=true", *QUIET]) == 0
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored["fetch"]["retry_failed"] is False and stored["release"]["allow_failed_shards"] is False
