@@ -98,13 +98,14 @@ def test_stage_config_change_recomputes_that_stage_and_later_only(sample_run: Pa
         return {p.name: p.read_text() for p in (run_dir / "stats" / stage).glob("*.json")}
 
     before = {s: stamps(s) for s in ("ingest", "license", "fetch", "release")}
-    assert run_curate(f"run.dir={run_dir}", "license.allow=[cc-by,cc-by-sa]", *NO_FILTER) == 0
+    # v1 is published and never changes: the new licence policy is v2
+    assert run_curate(f"run.dir={run_dir}", "license.allow=[cc-by,cc-by-sa]", "release.version=v2", *NO_FILTER) == 0
     after = {s: stamps(s) for s in ("ingest", "license", "fetch", "release")}
     assert after["ingest"] == before["ingest"]
     assert after["license"] != before["license"] and after["release"] != before["release"]
     rows = read_stage(run_dir, "license", "fetch")
     assert (rows["license_code"].eq("cc-by-sa") & rows["license_status"].eq("ok")).sum() == 2
-    manifest = pd.read_parquet(run_dir / "release" / "v1" / "manifest.parquet")
+    manifest = pd.read_parquet(run_dir / "release" / "v2" / "manifest.parquet")
     assert (manifest["status"] == "kept").sum() == 33
 
 
