@@ -361,7 +361,7 @@ def run_tool(cfg: CurateConfig) -> int:
             print(f"audit: {len(sample)} released images drawn (seed {cfg.audit.seed}) -> {sample_path(cfg)}")
             print(
                 "check them in notebooks/review_flagged.ipynb with mode='audit'; the next version's data card "
-                "states the residual rate (see README, 'New versions')"
+                "states the residual rate (README: 'Reviewing, auditing, reporting')"
             )
         else:
             from curate.review.report import write_report
