@@ -2,8 +2,8 @@
 is not known.
 
 Only deterministic facts go in (no wall times, no paths of the run directory or the machine), so the same inputs
-and the same installed software (whose versions it lists) give a byte-identical card. Counts are gathered shard by shard (`Tally.add`): the card never needs the whole
-manifest in memory.
+and the same installed software (whose versions it lists) give a byte-identical card. Counts are gathered shard
+by shard (`Tally.add`): the card never needs the whole manifest in memory.
 """
 
 from __future__ import annotations

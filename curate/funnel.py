@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, cast
 import pandas as pd
 import pyarrow.parquet as pq
 
+from curate import pipeline
 from curate.config import CurateConfig
 
 START = "candidates read"
@@ -26,16 +27,7 @@ RELEASED = "released"
 # (key, label) in the order release applies them. `reason` is "<stage>:<why>"; its stage names the step, except
 # "detect:", which is a scoring failure (detect_status not ok: step "detect") or the human filter's verdict on a
 # scored image (step "filter").
-STEPS: tuple[tuple[str, str], ...] = (
-    ("ingest", "valid records"),
-    ("license", "licence allowed"),
-    ("fetch", "downloaded and valid"),
-    ("detect", "scored by the human filter"),
-    ("filter", "passed the human filter (or a reviewer kept it)"),
-    ("dedup", "not a duplicate"),
-    ("review", "not removed or left unsure by a reviewer"),
-    ("select", "released: within the owner cap and the sample, not taken down"),
-)
+STEPS: tuple[tuple[str, str], ...] = pipeline.funnel_steps()  # declared with the stages (curate.pipeline)
 KEYS = tuple(key for key, _ in STEPS)
 # The manifest columns the funnel reads (a reader needs no more).
 COLUMNS = ("status", "reason", "detect_status")

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from curate import pipeline
 from curate.config import CurateConfig, DetectConfig
 from curate.detect.types import COUNT_ABOVE, MAX_BOXES
 from curate.fetching.imagecheck import EXTENSIONS
@@ -46,7 +47,7 @@ BOXES = pa.list_(pa.float64())
 EMBEDDING = pa.list_(pa.float32())
 
 # Columns of the pipeline's stages, in pipeline order: the manifest's column order.
-STAGES = ("ingest", "license", "fetch", "detect", "dedup", "review", "release")
+STAGES = pipeline.names()  # the manifest holds every stage's columns, in pipeline order
 
 
 def outcome(stage: str, error: str = "free text on what went wrong (null when nothing did)") -> list[Column]:

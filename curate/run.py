@@ -20,20 +20,19 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from curate import pipeline
 from curate.config import ConfigError, CurateConfig, Stage, validate
 from curate.io.atomic import write_text
 from curate.runconfig import SAMPLE_DIR, load_run_config, register_schema
 from curate.rundir import RunDir
 from curate.runner import Runner, StageReport
 from curate.sources import check_inputs
-from curate.stages.base import ShardStage
 
 __all__ = ["SAMPLE_DIR", "load_run_config", "main"]  # load_run_config: the notebooks' old import path
 
 log = logging.getLogger("curate")
 
 PIPELINES_ENV = "CURATE_PIPELINES_DIR"
-ORDER = ["ingest", "license", "fetch", "detect", "dedup", "review", "release"]
 
 
 def pipelines_dir() -> Path:
@@ -283,29 +282,8 @@ def gpu_cluster(gpus: int):  # type: ignore[no-untyped-def]
 
 def stages_for(stage: Stage) -> list[str]:
     if stage == Stage.all:
-        return ORDER
+        return list(pipeline.names())
     return [stage.value]
-
-
-def shard_stages() -> dict[str, tuple[type[ShardStage], list[str]]]:
-    """Every stage but ingest, with the stages whose columns it reads (imported here: they pull in torch)."""
-    from curate.stages.dedup import UPSTREAM as DEDUP_INPUTS
-    from curate.stages.dedup import DedupStage
-    from curate.stages.detect import DetectStage
-    from curate.stages.fetch import FetchStage
-    from curate.stages.license import LicenseStage
-    from curate.stages.release import RELEASE_INPUTS, ReleaseStage
-    from curate.stages.review import UPSTREAM as REVIEW_INPUTS
-    from curate.stages.review import ReviewStage
-
-    return {
-        "license": (LicenseStage, ["ingest"]),
-        "fetch": (FetchStage, ["ingest", "license"]),
-        "detect": (DetectStage, ["ingest", "license", "fetch"]),
-        "dedup": (DedupStage, DEDUP_INPUTS),
-        "review": (ReviewStage, REVIEW_INPUTS),
-        "release": (ReleaseStage, RELEASE_INPUTS),
-    }
 
 
 def needs_models(cfg: CurateConfig, runner: Runner) -> bool:
@@ -318,15 +296,16 @@ def needs_models(cfg: CurateConfig, runner: Runner) -> bool:
         return False
     if not runner.run.shards_file.exists() or ("ingest" in names and ingest_has_work(cfg, runner.run)):
         return True
-    stages = shard_stages()
-    upstream = [name for name in ("license", "fetch", "detect") if name in names]
-    return any(runner.has_work(stages[name][0](cfg), stages[name][1]) for name in upstream)
+    # detect has work when it, or a stage before it in this invocation, has a shard to redo
+    before = [*pipeline.upstream("detect"), "detect"]
+    return any(
+        runner.has_work(pipeline.stage_class(name)(cfg), pipeline.upstream(name))
+        for name in names
+        if name in before and name != "ingest"
+    )
 
 
 def run_locked(cfg: CurateConfig) -> list[StageReport]:
-    from curate.stages.ingest import run_ingest
-
-    stages = shard_stages()
     reports: list[StageReport] = []
     runner = Runner(cfg, lambda: open_client(cfg))
     try:
@@ -335,14 +314,8 @@ def run_locked(cfg: CurateConfig) -> list[StageReport]:
 
             check_available(cfg)  # a missing weight file fails here, before any work
         for name in stages_for(cfg.stage):
-            if name == "ingest":
-                report = run_ingest(runner)
-            else:
-                stage_cls, upstream = stages[name]
-                report = runner.run_stage(stage_cls(cfg), upstream)
+            report = pipeline.stage_class(name)(cfg).run(runner)
             reports.append(report)
-            if name == "ingest" and report.failures:
-                report.fatal = True  # no shard layout without every input read: nothing later can run
             if report.fatal:
                 break  # a failed shard does not stop the run (its rows are shard_failed); a failed stage does
     finally:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
+from curate import pipeline
 from curate.config import CurateConfig
 from curate.rundir import RunDir
 
@@ -35,6 +36,11 @@ class ShardStage(ABC):
 
     def __init__(self, cfg: CurateConfig) -> None:
         self.cfg = cfg
+
+    def run(self, runner: Runner) -> StageReport:
+        """The stage over every shard: the runner's skip-finished, fingerprints and Dask tasks, reading the
+        columns of every earlier stage of the pipeline."""
+        return runner.run_stage(self, pipeline.upstream(self.name))
 
     def stage_config(self) -> Any:
         return getattr(self.cfg, self.name)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from curate import pipeline
 from curate.config import CurateConfig
 from curate.dedup import embeddings as embedding_search
 from curate.dedup import hamming_index
@@ -33,7 +34,7 @@ from curate.stages.base import ShardStage
 if TYPE_CHECKING:
     from curate.runner import Runner, StageReport
 
-UPSTREAM = ["ingest", "license", "fetch", "detect"]
+UPSTREAM = pipeline.upstream("dedup")
 FEATURES_VERSION = "1"
 # Strongest evidence first: a group's reason is the strongest link that put a row in it.
 METHODS = ("exact_duplicate", "near_duplicate", "semantic_duplicate")

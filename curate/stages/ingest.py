@@ -43,6 +43,7 @@ from curate.sources import (
     unit_fingerprint,
 )
 from curate.sources.readers import describe_file, read_unit
+from curate.stages.base import ShardStage
 
 NAME = "ingest"
 VERSION = "3"  # photo_hash by PASS's rule for every source with a URL (a run whose parts do not change redoes nothing)
@@ -292,6 +293,23 @@ def is_current(run: RunDir, num_shards: int, fp: str) -> bool:
 
 def has_work(cfg: CurateConfig, run: RunDir) -> bool:
     return not is_current(run, cfg.ingest.num_shards, ingest_fingerprint(cfg, expand_inputs(cfg.ingest)))
+
+
+class IngestStage(ShardStage):
+    """Reading the inputs fixes the shard layout, so it is one step over every input, not a task per shard: it
+    runs itself (`run`), scattering the inputs' rows to the shards as Dask tasks, then merging each shard."""
+
+    name = NAME
+    version = VERSION
+
+    def run(self, runner: Runner) -> StageReport:
+        report = run_ingest(runner)
+        if report.failures:
+            report.fatal = True  # no shard layout without every input read: nothing later can run
+        return report
+
+    def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
+        raise NotImplementedError("ingest reads its inputs in run(); it has no rows to process")
 
 
 def run_ingest(runner: Runner) -> StageReport:

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import pipeline
 from curate.datacard import Tally, render_data_card
 from curate.detect.decide import Scores, decide, thresholds
 from curate.io.atomic import (
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("curate")
 
 # Stages whose columns the release reads, in pipeline order.
-RELEASE_INPUTS = ["ingest", "license", "fetch", "detect", "dedup", "review"]
+RELEASE_INPUTS = pipeline.upstream("release")
 # A member's extension names its content: PASS's own images were all JPEGs (`.jpeg`); a PNG or WebP kept by
 # fetch (its bytes are never re-encoded) is `<image_id>.png` / `.webp`. pass_metadata.csv's `file` names it.
 PASS_SUFFIX = {"jpeg": "jpeg", "png": "png", "webp": "webp"}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from curate import pipeline
 from curate.io.atomic import read_parquet, sha256_file, write_parquet
 from curate.review import ledger
 from curate.rundir import RunDir
@@ -21,7 +22,7 @@ from curate.stages.base import ShardStage
 if TYPE_CHECKING:
     from curate.runner import Runner, StageReport
 
-UPSTREAM = ["ingest", "license", "fetch", "detect", "dedup"]
+UPSTREAM = pipeline.upstream("review")
 REASON_OF = {"keep": "kept", "remove": "removed", "unsure": "unsure"}
 
 
