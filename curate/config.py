@@ -7,10 +7,19 @@ type is refused by OmegaConf before any work starts; `validate` then checks what
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+# Marks a key that changes only speed or where the work runs, never what it produces: stages leave it out of their
+# fingerprints (changing it redoes nothing) and the data card out of the settings it states.
+RUNTIME: dict[str, Any] = {"runtime": True}
+
+
+def runtime_keys(group: Any) -> frozenset[str]:
+    """The keys of a config group (a dataclass or its instance) marked RUNTIME."""
+    return frozenset(f.name for f in fields(group) if f.metadata.get("runtime"))
 
 
 class Stage(str, Enum):
@@ -111,11 +120,11 @@ class LicenseConfig:
 @dataclass
 class FetchConfig:
     # Downloads in flight per shard task.
-    concurrency: int = 64
+    concurrency: int = field(default=64, metadata=RUNTIME)
     # Downloads in flight per host and worker process (be polite to one server).
-    per_host_concurrency: int = 16
+    per_host_concurrency: int = field(default=16, metadata=RUNTIME)
     # Seconds to wait for a connection.
-    connect_timeout_s: float = 5.0
+    connect_timeout_s: float = field(default=5.0, metadata=RUNTIME)
     # Seconds to wait between two reads of the response.
     read_timeout_s: float = 10.0
     # Wall-clock cap for one download, body included (defeats slow-drip servers).
@@ -123,7 +132,7 @@ class FetchConfig:
     # Attempts after the first for a transient failure (timeouts, 5xx, 429, dropped connections).
     retries: int = 3
     # Exponential back-off base between attempts, with full jitter (uniform 0..base*2^n).
-    backoff_s: float = 0.5
+    backoff_s: float = field(default=0.5, metadata=RUNTIME)
     # A server's Retry-After (429/503) is honoured up to this many seconds; longer waits fail the attempt now.
     max_retry_after_s: float = 30.0
     # Redirects followed before the download fails as redirect_loop.
@@ -146,9 +155,9 @@ class FetchConfig:
     # Root under which file: URLs may be read (and against which relative file: URLs resolve).
     file_root: str = ""
     # The User-Agent header of every download.
-    user_agent: str = "curate/0.1 (dataset research; +https://github.com/curate)"
+    user_agent: str = field(default="curate/0.1 (dataset research; +https://github.com/curate)", metadata=RUNTIME)
     # Re-try only the rows of finished shards that failed for a transient reason.
-    retry_failed: bool = False
+    retry_failed: bool = field(default=False, metadata=RUNTIME)
 
 
 @dataclass
@@ -172,14 +181,14 @@ class DetectConfig:
     # The open_clip pretrained tag of detect.clip_model.
     clip_pretrained: str = "openai"
     # auto = CUDA when torch sees a GPU, else CPU.
-    device: str = "auto"
+    device: str = field(default="auto", metadata=RUNTIME)
     # Images per batch (16 suits CPUs; use 128 on a GPU). Speed only.
-    batch_size: int = 16
+    batch_size: int = field(default=16, metadata=RUNTIME)
     # A batch also stops before this many decoded pixels; 0 = batch_size x 1024 x 768 (12.6 MP at batch_size 16,
     # so the GPU advice batch_size=128 scales with it). A shard of 48 MP photos is then scored one photo at a
     # time, not 16 (about 40 GB of activations at their native size); an image over the budget is a batch by
     # itself. Speed and memory only: the results are those of one image at a time.
-    batch_pixels: int = 0
+    batch_pixels: int = field(default=0, metadata=RUNTIME)
     # Faces: images whose long side exceeds this are shrunk for the face detectors (0 = original size, as PASS
     # ran). No dev-set image exceeds 1024 px, so no cap >= 1024 changes the dev figures (recall 0.956, false
     # removals 0.143). With the dev set upscaled 4x (long sides ~4096, standing in for 12-16 MP originals), the
@@ -200,9 +209,9 @@ class DetectConfig:
     # fp16 on CUDA for the person detectors and CLIP (RetinaFace MobileNet-0.25 always runs in float32).
     half: bool = True
     # On CUDA, decode JPEGs with nvJPEG on the GPU (batched); false = PIL in a CPU thread.
-    gpu_decode: bool = True
+    gpu_decode: bool = field(default=True, metadata=RUNTIME)
     # Torch CPU threads per worker (0 = torch's default).
-    torch_threads: int = 0
+    torch_threads: int = field(default=0, metadata=RUNTIME)
 
 
 @dataclass
@@ -268,7 +277,7 @@ class DedupConfig:
 @dataclass
 class ReviewConfig:
     # Kept images whose best score is within this fraction of its threshold are shown as borderline.
-    borderline_margin: float = 0.5
+    borderline_margin: float = field(default=0.5, metadata=RUNTIME)
 
 
 @dataclass
@@ -288,7 +297,7 @@ class ReleaseConfig:
     # The dataset's name on the data card.
     name: str = "PASS-rebuild"
     # Where the generated data card is also written (besides the release folder); empty = run.dir/data_cards.
-    data_card_dir: str = ""
+    data_card_dir: str = field(default="", metadata=RUNTIME)
     # At most this many released images per Flickr owner (PASS: 80; 0 = no cap).
     owner_cap: int = 0
     # Then a seeded sample down to this many released images (PASS: 1,280,000; 0 = keep all).
@@ -303,7 +312,7 @@ class ReleaseConfig:
     takedowns: list[str] = field(default_factory=list)
     # Release although some shard of an earlier stage failed: that shard's rows are written as failed with
     # reason shard_failed. False refuses to release while any shard is failed.
-    allow_failed_shards: bool = False
+    allow_failed_shards: bool = field(default=False, metadata=RUNTIME)
     # An evaluation of the human filter (the JSON `curate evaluate ... out=FILE` writes), for the data card's
     # measured recall and false-removal rate; empty = the card says they were not measured.
     evaluation: str = ""

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from curate import __version__
-from curate.config import CurateConfig
+from curate.config import CurateConfig, runtime_keys
 from curate.detect.decide import thresholds
 from curate.funnel import FunnelCounter, count_rows, describe_reasons, funnel_rows
 from curate.io.atomic import read_json
@@ -196,9 +196,7 @@ def _decide_settings(cfg: CurateConfig) -> dict[str, Any]:
 
 def card_config(cfg: CurateConfig) -> dict[str, object]:
     """The settings that shaped the data; where it ran (paths, cluster) is left out, files are named only."""
-    fetch = asdict(cfg.fetch)
-    for key in ("concurrency", "per_host_concurrency", "retry_failed", "user_agent", "file_root"):
-        fetch.pop(key)
+    fetch = {k: v for k, v in asdict(cfg.fetch).items() if k not in runtime_keys(cfg.fetch) | {"file_root"}}
     ingest = asdict(cfg.ingest)
     ingest["source"] = cfg.ingest.source.value
     ingest["path"] = Path(cfg.ingest.path).name if cfg.ingest.path else ""
@@ -207,7 +205,7 @@ def card_config(cfg: CurateConfig) -> dict[str, object]:
         "ingest": ingest,
         "license": asdict(cfg.license),
         "fetch": fetch,
-        "detect": {k: v for k, v in asdict(cfg.detect).items() if k not in ("device", "batch_size", "torch_threads")},
+        "detect": {k: v for k, v in asdict(cfg.detect).items() if k not in runtime_keys(cfg.detect)},
         "decide": _decide_settings(cfg),
         "dedup": {**asdict(cfg.dedup), "references": [r.name for r in cfg.dedup.references]},
         "release": {

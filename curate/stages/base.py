@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pandas as pd
 
 from curate import pipeline
-from curate.config import CurateConfig
+from curate.config import CurateConfig, runtime_keys
 from curate.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -27,7 +27,8 @@ class ShardStage(ABC):
     name: ClassVar[str]
     # Bump when the output for the same input and config changes: finished shards are then redone.
     version: ClassVar[str]
-    # Config keys that change speed but not output; they stay out of the fingerprint.
+    # Further keys that change speed but not output, besides those marked RUNTIME on their field; they stay out of
+    # the fingerprint.
     runtime_keys: ClassVar[frozenset[str]] = frozenset()
     # Whether rows stopped by an earlier stage are passed in too (release needs every row).
     sees_all_rows: ClassVar[bool] = False
@@ -46,8 +47,9 @@ class ShardStage(ABC):
         return getattr(self.cfg, self.name)
 
     def fingerprint_config(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self.stage_config())
-        return {k: v for k, v in values.items() if k not in self.runtime_keys}
+        config = self.stage_config()
+        skip = self.runtime_keys | runtime_keys(config)  # speed-only keys are marked on their field (config.RUNTIME)
+        return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
 
     @abstractmethod
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame: ...

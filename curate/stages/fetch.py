@@ -27,9 +27,6 @@ COLUMNS = [column.name for column in FETCH]  # declared, with their types, in cu
 class FetchStage(ShardStage):
     name = "fetch"
     version = "2"  # 2: only the primary image is released (no trailer, MPO frame, JFIF thumbnail); internal_error
-    runtime_keys = frozenset(
-        {"concurrency", "per_host_concurrency", "retry_failed", "user_agent", "backoff_s", "connect_timeout_s"}
-    )
 
     def output_columns(self) -> dict[str, str]:
         return dtypes(FETCH)

@@ -193,8 +193,6 @@ class ReleaseStage(ShardStage):
     name = "release"
     version = "3"
     sees_all_rows = True
-    # allow_failed_shards only lets a release go on: with no shard failed its output is the same
-    runtime_keys = frozenset({"data_card_dir", "allow_failed_shards"})
 
     def out_dir(self, run: RunDir) -> Path:
         return run.release_dir(self.cfg.release.version)

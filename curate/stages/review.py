@@ -33,7 +33,6 @@ def latest_path(run: RunDir) -> Path:
 class ReviewStage(ShardStage):
     name = "review"
     version = "2"
-    runtime_keys = frozenset({"borderline_margin"})  # only changes what the notebook shows
 
     def prepare(self, runner: Runner, report: StageReport) -> str | None:
         path = latest_path(runner.run)
