@@ -180,10 +180,14 @@ INTERNAL_COLUMNS = frozenset(c.name for columns in _FIXED.values() for c in colu
 
 
 def tiles_scored(family: str, name: str, detect: DetectConfig) -> bool:
-    """Whether a detector stores a score of its own for tiles (`<family>_<name>_tiles_max`). Only the YOLOX person
-    detectors take tiles (curate.detect.loaders: person_detectors passes detect.person_tiles, the torchvision
-    branch drops it, face detectors never get it); the detect stage checks each built detector against this."""
-    return family == "person" and name.startswith("yolox_") and detect.person_tiles > 1
+    """Whether a detector stores a score of its own for tiles (`<family>_<name>_tiles_max`): a person detector
+    whose registry entry tiles (`ModelSpec.tiles`: the YOLOX ones), when detect.person_tiles > 1. One that cannot
+    tile is refused then (curate.models.registry.check_detectors); the detect stage checks each built detector
+    against this."""
+    from curate.models.registry import REGISTRY
+
+    spec = REGISTRY.get(name)
+    return family == "person" and spec is not None and spec.tiles and detect.person_tiles > 1
 
 
 def detector_columns(family: str, name: str, tiled: bool) -> list[Column]:

@@ -105,6 +105,10 @@ def load_config(argv: list[str]) -> CurateConfig:
         cfg = _compose_recipe(pipeline or "sample", overrides)
     absolute_paths(cfg)
     validate(cfg)
+    from curate.models.registry import check_detectors  # here: config knows no model (and no import cycle)
+
+    if problems := check_detectors(cfg):
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     if cfg.stage in (Stage.ingest, Stage.all) and (problem := check_inputs(cfg.ingest)):
         raise ConfigError(f"invalid configuration:\n  - {problem}")
     return cfg

@@ -7,6 +7,7 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from conftest import MODELS, encode, photo, run_curate
 
 from curate.config import ConfigError
 from curate.detect.images import Image, image_hw
-from curate.detect.types import Detections
+from curate.detect.types import Detections, Detector
 from curate.io.tars import SortedTarWriter, TarMembers, iter_tar, read_members
 from curate.run import load_config
 from curate.rundir import RunDir
@@ -157,15 +158,20 @@ def fetched(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class RaisesOn:
     """A real detector that raises on images of one size: a scripted fault, as a bug met by one image would."""
 
-    def __init__(self, inner: object, hw: tuple[int, int]) -> None:
+    def __init__(self, inner: Detector, hw: tuple[int, int]) -> None:
         self.inner, self.hw = inner, hw
-        self.name = getattr(inner, "name", "wrapped")
+        self.name, self.tiles = inner.name, inner.tiles
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         if any(image_hw(image) == self.hw for image in images):
             raise RuntimeError(f"scripted fault on an image of {self.hw}")
-        detect: Callable[[Sequence[Image]], list[Detections]] = self.inner.detect  # type: ignore[attr-defined]
-        return detect(images)
+        return self.inner.detect(images)
+
+    def submit(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
+        return lambda: self.detect(images)
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()  # the wrapped detector scores: the fingerprint's own
 
 
 class FaultyDetect(DetectStage):

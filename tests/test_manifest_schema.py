@@ -69,7 +69,7 @@ def test_detector_columns_follow_the_recipe_exactly() -> None:
         "person_yolox_nano_boxes",
     ]
     assert "person_yolox_nano_tiles_max" not in names(person=["yolox_nano"], person_tiles=1)
-    # torchvision's detectors drop the tiles (curate.detect.loaders); a face detector never gets them
+    # detectors that cannot tile have no tiles column (registry: tiles=False); a face detector never gets them
     assert names(face=[], person=["fasterrcnn_resnet50_fpn_v2"], person_tiles=3) == [
         *("person_fasterrcnn_resnet50_fpn_v2_max", "person_fasterrcnn_resnet50_fpn_v2_count"),
         "person_fasterrcnn_resnet50_fpn_v2_boxes",

@@ -24,7 +24,7 @@ machines pass `weights=` a local checkpoint file; it is handed to open_clip as `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +35,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from curate.config import DetectConfig
+from curate.detect.builder import RANDOM_INIT, Builder, Identified
 from curate.detect.images import Image as ImageInput
 from curate.detect.images import is_tensor, to_chw, to_hwc_numpy
+from curate.models.registry import file_digest
 
 # open_clip's OPENAI_DATASET_MEAN / _STD, the normalisation of models that do not state their own
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -209,7 +212,7 @@ def _as_rgb_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
-class ClipHumanFilter:
+class ClipHumanFilter(Identified):
     """Zero-shot human probability and image embeddings from an open_clip model.
 
     `model`/`pretrained` name the open_clip architecture and weights tag; `weights` is a local checkpoint file
@@ -223,6 +226,24 @@ class ClipHumanFilter:
     """
 
     name = "clip"
+    version = "1"
+    speed_only = frozenset({"device", "batch_size", "preprocess_workers"})
+
+    @classmethod
+    def constants(cls) -> dict[str, Any]:
+        return {"openai_mean": OPENAI_MEAN, "openai_std": OPENAI_STD, "max_logit_scale": MAX_LOGIT_SCALE}
+
+    @classmethod
+    def weights_of(cls, bound: Mapping[str, Any]) -> str:
+        """The checkpoint file's sha256; else what else the weights are (an injected model, open_clip's own
+        download of the pretrained tag, or none)."""
+        if bound.get("weights") is not None:
+            return file_digest(Path(bound["weights"]))
+        if bound.get("model_obj") is not None:
+            return "injected: a model object, no checkpoint file"
+        if bound.get("pretrained"):
+            return f"open_clip: {bound['model']}/{bound['pretrained']}, as open_clip downloads it"
+        return RANDOM_INIT
 
     def __init__(
         self,
@@ -240,6 +261,7 @@ class ClipHumanFilter:
         other_classes: Sequence[str] = NON_HUMAN_CLASSES,
         templates: Sequence[str] = TEMPLATES,
     ) -> None:
+        self._identify(locals())
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if not human_classes or not other_classes or not templates:
@@ -395,3 +417,17 @@ class ClipHumanFilter:
     def score(self, images: Sequence[ImageInput]) -> ClipScores:
         """Human probability, best human class and embedding for each RGB uint8 (H, W, 3) image of any size."""
         return self.submit(images)()
+
+
+def options(detect: DetectConfig) -> dict[str, Any]:
+    """The detect stage's arguments. The pretrained tag goes along with the checkpoint file: it says which
+    weights the file holds (OpenAI's need QuickGELU)."""
+    return {
+        "model": detect.clip_model,
+        "pretrained": detect.clip_pretrained,
+        "batch_size": detect.batch_size,
+        "half": detect.half,
+    }
+
+
+build = Builder(ClipHumanFilter, options)

@@ -1,22 +1,33 @@
-"""Build detectors by registry name, once per worker process (never at import)."""
+"""The detectors of a config, built by their registry entries (once per worker process, never at import), and
+what they will report as `identity()` (for the detect stage's fingerprint, without building them)."""
 
 from __future__ import annotations
 
 import functools
-import os
+import importlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate.config import ConfigError, CurateConfig, DetectConfig, ModelsConfig
-from curate.detect.types import COUNT_ABOVE, Detector
-from curate.models.registry import ModelMissing, resolve
-
-TORCHVISION_ARCHS = (
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_resnet50_fpn",
-    "retinanet_resnet50_fpn_v2",
-    "fcos_resnet50_fpn",
+from curate.detect.builder import report_floor as report_floor  # its old home: bench/ imports it from here
+from curate.detect.types import Detector
+from curate.models.clip import clip_checkpoint, clip_on_disk
+from curate.models.registry import (
+    CLIP,
+    REGISTRY,
+    ModelSpec,
+    absent,
+    file_digest,
+    known_digest,
+    refuse_bad_detectors,
+    resolve,
 )
+
+if TYPE_CHECKING:
+    from curate.detect.clip_filter import ClipHumanFilter
 
 
 def pick_device(wanted: str) -> str:
@@ -29,99 +40,97 @@ def pick_device(wanted: str) -> str:
     return wanted
 
 
-def clip_checkpoint(cfg: CurateConfig, download: bool) -> str:
-    """A local CLIP checkpoint: models.dir/clip-<model>-<tag>.pt, or open_clip's sha-checked download."""
-    model, tag = cfg.detect.clip_model, cfg.detect.clip_pretrained
-    if cfg.models.dir:
-        path = Path(os.path.expanduser(cfg.models.dir)) / f"clip-{model}-{tag}.pt"
-        if not path.exists():
-            raise ModelMissing(
-                f"CLIP {model}/{tag} needs {path.name} in models.dir={cfg.models.dir}: run "
-                "`python -m curate.models download` on a machine with internet and copy the file"
-            )
-        return str(path)
-    import open_clip
-
-    pretrained = open_clip.get_pretrained_cfg(model, tag)
-    if not pretrained:
-        raise ConfigError(f"open_clip has no pretrained tag {tag!r} for {model!r}: see open_clip.list_pretrained()")
-    if not download:
-        raise ModelMissing(f"CLIP {model}/{tag} is not cached and models.download=false")
-    cache = os.path.expanduser(cfg.models.cache)
-    path = open_clip.download_pretrained(pretrained, cache_dir=cache)
-    if not path:
-        raise ModelMissing(f"could not download CLIP {model}/{tag}")
-    return str(path)
+def builder_of(spec: ModelSpec) -> Callable[..., Any]:
+    """The entry's builder, imported from its "module:function" path when it is one."""
+    if callable(spec.builder):
+        return spec.builder
+    module, _, attribute = spec.builder.partition(":")
+    found: Callable[..., Any] = getattr(importlib.import_module(module), attribute)
+    return found
 
 
 @functools.lru_cache(maxsize=16)
-def _build(name: str, weights: str, device: str, options: tuple[tuple[str, Any], ...]) -> Detector:
-    kwargs = dict(options)
-    if name == "retinaface_mnet025":
-        from curate.detect.retinaface import RetinaFaceDetector
-
-        return RetinaFaceDetector(Path(weights), device=device, **kwargs)
-    if name == "retinaface_r50":
-        from curate.detect.retinaface_r50 import RetinaFaceR50Detector
-
-        return RetinaFaceR50Detector(Path(weights), device=device, **kwargs)
-    if name.startswith("yolox_"):
-        from curate.detect.yolox import YoloxDetector
-
-        return YoloxDetector(Path(weights), variant=name.removeprefix("yolox_"), device=device, **kwargs)
-    if name in TORCHVISION_ARCHS:
-        from curate.detect.torchvision_person import TorchvisionPersonDetector
-
-        kwargs.pop("tiles", None)
-        kwargs.pop("tile_min_side", None)
-        return TorchvisionPersonDetector(arch=name, weights=Path(weights), device=device, **kwargs)
-    raise ConfigError(f"no loader for detector {name!r}")
+def _build(name: str, spec: str, weights: str, device: str, detect: str) -> Any:
+    # keyed by the entry, the weights, the device and the detect config, all as text (hashable)
+    entry = REGISTRY[name]
+    return builder_of(entry)(Path(weights), device, DetectConfig(**json.loads(detect)), **entry.params)
 
 
-def face_detectors(cfg: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
-    half = cfg.half and device.startswith("cuda")
-    built = []
-    for name in cfg.face:
-        options: tuple[tuple[str, Any], ...] = (("batch_size", cfg.batch_size),)
-        if name != "retinaface_mnet025":  # always float32: see curate.detect.retinaface.full_float32
-            options += (("half", half),)
-        else:
-            options += (("report_floor", report_floor(cfg)),)
-        if cfg.face_max_side:
-            options += (("max_side", cfg.face_max_side),)
-        built.append(_build(name, str(resolve(name, models)), device, options))
-    return built
+def build(name: str, weights: Path, device: str, detect: DetectConfig) -> Any:
+    """The registry entry `name`'s detector with these weights, built once per process for the same arguments."""
+    spec = REGISTRY[name]
+    key = json.dumps({"builder": str(spec.builder), "params": dict(spec.params)}, sort_keys=True, default=str)
+    return _build(name, key, str(weights), device, json.dumps(asdict(detect), sort_keys=True))
 
 
-def person_detectors(cfg: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
-    half = cfg.half and device.startswith("cuda")
-    options: tuple[tuple[str, Any], ...] = (("batch_size", cfg.batch_size), ("half", half))
-    options += (("tiles", cfg.person_tiles), ("tile_min_side", cfg.person_tile_min_side))
-    built = []
-    for name in cfg.person:
-        extra = (("report_floor", report_floor(cfg)),) if name.startswith("yolox_") else ()
-        built.append(_build(name, str(resolve(name, models)), device, options + extra))
-    return built
+def family_detectors(family: str, detect: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
+    """The detectors of detect.<family>, in the order listed; a misconfigured list is refused first."""
+    refuse_bad_detectors(detect)
+    names: list[str] = getattr(detect, family)
+    return [build(name, resolve(name, models), device, detect) for name in names]
 
 
-def report_floor(cfg: DetectConfig) -> float:
-    """The lowest box score the detect stage stores or counts (boxes >= box_floor, counts above COUNT_ABOVE):
-    detectors that support it skip the boxes below, which saves their NMS most of its work and changes no stored
-    value."""
-    return min(cfg.box_floor, COUNT_ABOVE)
+def face_detectors(detect: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
+    return family_detectors("face", detect, models, device)
 
 
-@functools.lru_cache(maxsize=4)
-def _clip(model: str, checkpoint: str, device: str, batch_size: int, half: bool) -> Any:
-    from curate.detect.clip_filter import ClipHumanFilter
-
-    return ClipHumanFilter(model=model, pretrained=None, weights=Path(checkpoint), device=device,
-                           batch_size=batch_size, half=half)  # fmt: skip
+def person_detectors(detect: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
+    return family_detectors("person", detect, models, device)
 
 
-def clip_filter(cfg: CurateConfig, device: str) -> Any | None:
+def weights_path(name: str, cfg: CurateConfig) -> Path:
+    """A registry entry's verified weight file (downloaded when allowed); CLIP's is detect.clip_model's."""
+    if REGISTRY[name].kind == "clip":
+        return Path(clip_checkpoint(cfg, download=cfg.models.download))
+    return resolve(name, cfg.models)
+
+
+def clip_filter(cfg: CurateConfig, device: str) -> ClipHumanFilter | None:
     if not cfg.detect.clip_model:
         return None
-    checkpoint = clip_checkpoint(cfg, download=cfg.models.download)
-    return _clip(cfg.detect.clip_model, checkpoint, device, cfg.detect.batch_size,
-                 cfg.detect.half and device.startswith("cuda"))  # fmt: skip
+    clip: ClipHumanFilter = build(CLIP, weights_path(CLIP, cfg), device, cfg.detect)
+    return clip
+
+
+# -- identities without building ---------------------------------------------------------------------------
+
+
+def clip_key(detect: DetectConfig) -> str:
+    """The CLIP checkpoint's name among the digests the detect stage records (stats/detect_weights.json)."""
+    return f"clip:{detect.clip_model}/{detect.clip_pretrained}"
+
+
+def identity_of(name: str, digest: str, cfg: CurateConfig) -> dict[str, Any]:
+    """What the registry entry's detector, with weights of sha256 `digest`, reports as identity(): from its
+    Builder without building it, or (a plain callable builder) by building it on the CPU."""
+    spec = REGISTRY[name]
+    builder = builder_of(spec)
+    describe = getattr(builder, "identity", None)
+    if describe is not None:
+        found: dict[str, Any] = describe(digest, cfg.detect, **spec.params)
+        return found
+    if digest.startswith(absent("")):  # nothing to build it from: an identity that matches no built one
+        return {"builder": str(spec.builder), "params": dict(spec.params), "weights": digest}
+    return dict(builder(weights_path(name, cfg), "cpu", cfg.detect, **spec.params).identity())
+
+
+def identities(cfg: CurateConfig, recorded: Mapping[str, str]) -> dict[str, Any]:
+    """Per family, each configured detector's identity as it would be built now: the weights as they are on
+    this machine (`recorded`: the digests this run recorded, for weights that are not here). An unknown name
+    gets a stand-in (detect refuses it before any work)."""
+    detect = cfg.detect
+    found: dict[str, Any] = {}
+    for family in ("face", "person"):
+        names: list[str] = getattr(detect, family)
+        found[family] = {
+            name: identity_of(name, known_digest(name, cfg.models, recorded), cfg)
+            if name in REGISTRY
+            else {"unknown": name}
+            for name in names
+        }
+    found["clip"] = None
+    if detect.clip_model:
+        path = clip_on_disk(cfg)
+        digest = file_digest(path) if path else recorded.get(clip_key(detect), absent(clip_key(detect)))
+        found["clip"] = identity_of(CLIP, digest, cfg)
+    return found

@@ -26,12 +26,15 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from curate.config import DetectConfig
+from curate.detect.builder import Builder, Identified, report_floor
 from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.postprocess import grouped_nms, rank_in_group, sort_by_group_then_score, split_to_host
 from curate.detect.types import Detections
@@ -319,7 +322,7 @@ def full_float32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = before
 
 
-class RetinaFaceDetector:
+class RetinaFaceDetector(Identified):
     """PASS's face detector (RetinaFace, MobileNet-0.25) behind the batched ``Detector`` protocol.
 
     ``detect(images)``: RGB uint8 (H, W, 3) images of any sizes -> one ``Detections`` each, with boxes
@@ -334,6 +337,14 @@ class RetinaFaceDetector:
     """
 
     name = "retinaface_mnet025"
+    version = "1"
+    # how images are grouped and padded into batches: the padding masks make that no change to the results
+    speed_only = frozenset({"device", "batch_size", "max_pad_waste", "canvas_step"})
+    tiles = 1  # faces are looked for on the full view only
+
+    @classmethod
+    def constants(cls) -> dict[str, Any]:
+        return {"mean_bgr": MEAN_BGR, "strides": STRIDES, "anchor_sizes": ANCHOR_SIZES, "variances": VARIANCES}
 
     def __init__(
         self,
@@ -349,6 +360,7 @@ class RetinaFaceDetector:
         max_pad_waste: float = 0.25,
         canvas_step: int | None = None,
     ) -> None:
+        self._identify(locals())
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.device = torch.device(device)
@@ -497,3 +509,16 @@ class RetinaFaceDetector:
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         return self.submit(images)()
+
+
+def options(detect: DetectConfig) -> dict[str, Any]:
+    """The detect stage's arguments: original size unless detect.face_max_side caps it; always float32 (see
+    `full_float32`, so detect.half does not apply)."""
+    return {
+        "batch_size": detect.batch_size,
+        "report_floor": report_floor(detect),
+        "max_side": detect.face_max_side or None,
+    }
+
+
+build = Builder(RetinaFaceDetector, options)

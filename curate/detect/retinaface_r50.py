@@ -22,7 +22,7 @@ re-stated here over the package's own modules; with nothing padded it computes e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curate.config import DetectConfig
+from curate.detect.builder import Builder, Identified
 from curate.detect.images import Image, image_hw, to_hwc_numpy
 from curate.detect.postprocess import grouped_nms, rank_in_group, sort_by_group_then_score, split_to_host
 from curate.detect.retinaface import PaddingMasks, size_batches
@@ -177,7 +179,7 @@ def package_scale(
 # --------------------------------------------------------------------------------------------------- detector
 
 
-class RetinaFaceR50Detector:
+class RetinaFaceR50Detector(Identified):
     """insightface's RetinaFace-R50 (via ``retina-face``) behind the batched ``Detector`` protocol.
 
     ``detect(images)``: RGB uint8 (H, W, 3) images of any sizes -> one ``Detections`` each: boxes
@@ -191,6 +193,13 @@ class RetinaFaceR50Detector:
     """
 
     name = "retinaface_r50"
+    version = "1"
+    speed_only = frozenset({"device", "batch_size", "max_pad_waste"})
+    tiles = 1  # faces are looked for on the full view only
+
+    @classmethod
+    def constants(cls) -> dict[str, Any]:
+        return {"strides": STRIDES, "base_anchors": {str(k): v for k, v in BASE_ANCHORS.items()}}
 
     def __init__(
         self,
@@ -207,6 +216,7 @@ class RetinaFaceR50Detector:
         allow_upscaling: bool = True,
         max_pad_waste: float = 0.25,
     ) -> None:
+        self._identify(locals())
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.device = torch.device(device)
@@ -269,6 +279,10 @@ class RetinaFaceR50Detector:
         per_image, _ = split_to_host(image[kept], batch_size, (boxes[kept], face[kept], marks[kept]))
         return [Detections(boxes=b, scores=f, landmarks=m) for b, f, m in per_image]
 
+    def submit(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
+        """No queueing of its own: the work runs when the result is asked for (``detect``)."""
+        return lambda: self.detect(images)
+
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         results: list[Detections | None] = [None] * len(images)
         with torch.inference_mode():
@@ -281,3 +295,13 @@ class RetinaFaceR50Detector:
                 for index, detections in zip(group, self._run_batch([images[i] for i in group]), strict=True):
                     results[index] = detections
         return [r if r is not None else Detections() for r in results]
+
+
+def options(detect: DetectConfig) -> dict[str, Any]:
+    """The detect stage's arguments: the package's resizing, its long side capped by detect.face_max_side when
+    that is set."""
+    capped = {"max_side": detect.face_max_side} if detect.face_max_side else {}
+    return {"batch_size": detect.batch_size, "half": detect.half, **capped}
+
+
+build = Builder(RetinaFaceR50Detector, options)

@@ -25,6 +25,8 @@ import torchvision
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from curate.config import DetectConfig
+from curate.detect.builder import Builder, Identified
 from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.types import Detections
 
@@ -102,13 +104,20 @@ def _load_state_dict(model: nn.Module, path: Path) -> None:
         raise ValueError(f"{path}: missing keys {missing[:5]}..., unexpected keys {unexpected[:5]}...")
 
 
-class TorchvisionPersonDetector:
+class TorchvisionPersonDetector(Identified):
     """Person boxes and scores from a torchvision COCO detector, in original pixel coordinates.
 
     ``weights``: a torchvision state dict file; None builds a randomly initialised model (tests, timing).
     ``native_resolution``: run each image at its own size (shrinking only beyond ``max_side``) instead of
     torchvision's 800 px short side. ``half``: float16 autocast, on CUDA only (the weights stay float32).
     """
+
+    version = "1"
+    tiles = 1  # no tiles: check_detectors refuses detect.person_tiles > 1 for these
+
+    @classmethod
+    def constants(cls) -> dict[str, Any]:
+        return {"person_label": PERSON_LABEL}
 
     def __init__(
         self,
@@ -122,6 +131,7 @@ class TorchvisionPersonDetector:
         max_side: int | None = 1333,
         bucket_by_size: bool = True,
     ) -> None:
+        self._identify(locals())
         if arch not in ARCHS:
             raise ValueError(f"unknown torchvision detector {arch!r}; expected one of {sorted(ARCHS)}")
         self.name = arch
@@ -166,6 +176,10 @@ class TorchvisionPersonDetector:
             outputs = self.model([self._to_tensor(im) for im in images])
         return [person_only(o, self.score_floor) for o in outputs]
 
+    def submit(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
+        """No queueing of its own: the work runs when the result is asked for (``detect``)."""
+        return lambda: self.detect(images)
+
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         if self.bucket_by_size:
             groups: dict[tuple[int, int], list[int]] = {}
@@ -183,3 +197,11 @@ class TorchvisionPersonDetector:
             for i, det in zip(chunk, self._forward([images[i] for i in chunk]), strict=True):
                 results[i] = det
         return [r if r is not None else Detections() for r in results]
+
+
+def options(detect: DetectConfig) -> dict[str, Any]:
+    """The detect stage's arguments (the architecture is the registry entry's), at native resolution."""
+    return {"batch_size": detect.batch_size, "half": detect.half}
+
+
+build = Builder(TorchvisionPersonDetector, options)

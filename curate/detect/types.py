@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,8 +40,22 @@ class Detections:
 
 
 class Detector(Protocol):
-    """Batched: one call per batch, images of any sizes (H, W, 3) RGB uint8."""
+    """What the detect stage runs (`curate.stages.detect.Scorer`): batched, one call per batch, images of any sizes
+    (H, W, 3) RGB uint8 (or `curate.detect.images`' tensors). Built by its registry entry's builder
+    (`curate.models.registry`); `curate.detect.builder.Identified` implements `identity`."""
 
     name: str
+    # The side of the grid of tiles it scores besides the full view (1: none). Above 1 it sets
+    # `Detections.tiles_best`, stored as `<family>_<name>_tiles_max` (curate.manifest.tiles_scored agrees).
+    tiles: int
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]: ...
+
+    def submit(self, images: Sequence[np.ndarray]) -> Callable[[], list[Detections]]:
+        """Queue the work on `images` and return what finishes it (waiting for the device), so that a caller can
+        queue other models' work in between; ``submit(images)()`` equals ``detect(images)``."""
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that shapes its outputs: class, version, effective arguments, constants, weights' sha256."""
+        ...

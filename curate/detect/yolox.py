@@ -22,12 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curate.config import DetectConfig
+from curate.detect.builder import Builder, Identified, report_floor
 from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.postprocess import grouped_nms, sort_by_group_then_score, split_to_host
 from curate.detect.types import Detections
@@ -46,6 +49,8 @@ NUM_CLASSES = 80
 PERSON = 0
 PAD_VALUE = 114.0
 BN_EPS = 1e-3
+# a tile's box reaching within this many input pixels of a side of the tile that cuts the image is dropped
+CUT_MARGIN = 2.0
 
 
 def canonical_variant(variant: str) -> str:
@@ -510,7 +515,7 @@ def decode_boxes(raw: torch.Tensor, size: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class YoloxDetector:
+class YoloxDetector(Identified):
     """Person boxes and scores (objectness x person probability) from YOLOX, in original pixel coordinates.
 
     ``weights``: an ONNX export of an official model (initializers are read, onnxruntime is not used) or an
@@ -532,6 +537,25 @@ class YoloxDetector:
     """
 
     name = "yolox"
+    version = "1"
+
+    @classmethod
+    def constants(cls) -> dict[str, Any]:
+        return {
+            "variants": VARIANTS,
+            "strides": STRIDES,
+            "person": PERSON,
+            "pad_value": PAD_VALUE,
+            "bn_eps": BN_EPS,
+            "cut_margin": CUT_MARGIN,
+        }
+
+    @classmethod
+    def effective(cls, bound: dict[str, Any]) -> dict[str, Any]:
+        variant = canonical_variant(bound["variant"])
+        size = VARIANTS[variant][3] if bound["input_size"] is None else bound["input_size"]
+        side = size if bound["tile_min_side"] is None else bound["tile_min_side"]
+        return {**bound, "variant": variant, "input_size": size, "tile_min_side": side}
 
     def __init__(
         self,
@@ -549,6 +573,7 @@ class YoloxDetector:
         tile_drop_cut: bool = True,
         report_floor: float = 0.0,
     ) -> None:
+        self._identify(locals())
         self.variant = canonical_variant(variant)
         if input_size is None:
             input_size = VARIANTS[self.variant][3]
@@ -641,7 +666,7 @@ class YoloxDetector:
         score = scores[entry, anchor]
         # a tile's box reaching within 2 input pixels of a side that cuts through the image: probably a part of an
         # object that goes on beyond the tile (the overlapping neighbour or the full-image pass sees it whole)
-        whole = ~cut_by_window(boxes, window_t[entry], cut_t[entry], 2.0 / ratio[entry])
+        whole = ~cut_by_window(boxes, window_t[entry], cut_t[entry], CUT_MARGIN / ratio[entry])
         image = image_of[entry][whole]
         boxes, score = boxes[whole], score[whole]
         own = torch.tensor(sizes, device=self.device, dtype=torch.float32)[image]  # (h, w) per box
@@ -684,3 +709,17 @@ class YoloxDetector:
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         return self.submit(images)()
+
+
+def options(detect: DetectConfig) -> dict[str, Any]:
+    """The detect stage's arguments (the variant is the registry entry's): detect.person_tiles' tiles."""
+    return {
+        "batch_size": detect.batch_size,
+        "half": detect.half,
+        "tiles": detect.person_tiles,
+        "tile_min_side": detect.person_tile_min_side,
+        "report_floor": report_floor(detect),
+    }
+
+
+build = Builder(YoloxDetector, options)

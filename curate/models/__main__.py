@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "list":
         for spec in REGISTRY.values():
-            pin = spec.sha256[:12] if spec.sha256 else "(recorded)"
+            pin = spec.sha256[:12] if spec.sha256 else "(open_clip)" if spec.kind == "clip" else "(recorded)"
             print(f"{spec.name:<28} {spec.kind:<7} {spec.filename:<48} {pin:<12} {spec.licence}")
         return 0
     try:
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
         for name in [*cfg.detect.face, *cfg.detect.person]:
             print(f"{name}: {resolve(name, cfg.models)}")
         if cfg.detect.clip_model:
-            from curate.detect.loaders import clip_checkpoint
+            from curate.models.clip import clip_checkpoint
 
             print(f"clip {cfg.detect.clip_model}/{cfg.detect.clip_pretrained}: {clip_checkpoint(cfg, download=True)}")
     except ConfigError as err:

@@ -9,6 +9,12 @@ batch is decoded, and batches are cut by pixels (`detect.batch_pixels`) as well 
 two batches of pixels (the one being scored, the one decoding) whatever the shard holds; a photo over the budget
 is a batch of its own and is scored with nothing decoding beside it.
 
+Fingerprint. What shapes the stored scores lives in code as much as in config: every detector reports its
+`identity()` (class, version, effective arguments, output-shaping constants, the sha256 of the weights it loaded;
+`curate.detect.builder`), and the fingerprint holds those (computed in the client without building a model) with
+the detect config's non-speed keys and the constants of what is stored (MAX_BOXES, COUNT_ABOVE). A worker checks
+that the detectors it built are the ones fingerprinted (e.g. that its weight files are the client's).
+
 Faults. One image must not fail its shard: a batch whose scoring raises is scored again image by image, and an
 image that still raises (or whose bytes could not be read or decoded for an unforeseen reason) becomes that
 row's `failed` / `internal_error`, with `curate.faults.describe` in `detect_error`; the other rows keep their
@@ -19,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -30,11 +37,15 @@ from curate.detect.decoding import DECODE_ERRORS, decode, decode_batch, header_s
 from curate.detect.images import Image
 from curate.detect.types import COUNT_ABOVE, MAX_BOXES, Detections, Detector
 from curate.faults import INTERNAL_ERROR, describe
+from curate.io.atomic import read_json
 from curate.io.tars import TarMembers
 from curate.manifest import detect_columns, dtypes, frame_of, tiles_scored
-from curate.models.registry import REGISTRY
+from curate.models.registry import absent
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
+
+if TYPE_CHECKING:
+    from curate.detect.clip_filter import ClipHumanFilter
 
 PIXELS_PER_SLOT = 1024 * 768  # detect.batch_pixels=0: this many pixels per image of batch_size
 
@@ -68,9 +79,18 @@ class Scorer:
         }
         for family, names, detectors in self.families:
             for name, detector in zip(names, detectors, strict=True):
-                if (getattr(detector, "tiles", 1) > 1) != self.tiled[f"{family}_{name}"]:
+                if (detector.tiles > 1) != self.tiled[f"{family}_{name}"]:
                     raise RuntimeError(f"{family} detector {name} disagrees with curate.manifest.tiles_scored")
-        self.clip = clip_filter(cfg, device)
+        self.clip: ClipHumanFilter | None = clip_filter(cfg, device)
+
+    def identities(self) -> dict[str, Any]:
+        """Each detector's identity(), per family: what `curate.detect.loaders.identities` computes without them."""
+        found: dict[str, Any] = {
+            family: {name: detector.identity() for name, detector in zip(names, detectors, strict=True)}
+            for family, names, detectors in self.families
+        }
+        found["clip"] = self.clip.identity() if self.clip is not None else None
+        return found
 
     def score(self, images: Sequence[Image | None]) -> dict[str, list[Any]]:
         ok = [i for i, image in enumerate(images) if image is not None]
@@ -102,15 +122,10 @@ class Scorer:
 
 
 def queue(detector: Detector, images: Sequence[Image]) -> Callable[[], list[Detections]]:
-    """The detector's two-step form where it has one (``submit``: queue now, finish later), else a deferred
-    ``detect``. No images: nothing to run."""
+    """The detector's two-step form (``submit``: queue now, finish later). No images: nothing to run."""
     if not images:
         return list
-    submit = getattr(detector, "submit", None)
-    if submit is not None:
-        finish: Callable[[], list[Detections]] = submit(images)
-        return finish
-    return lambda: detector.detect(images)
+    return detector.submit(images)
 
 
 def spread(ok: list[int], n: int, values: Sequence[Any]) -> list[Any]:
@@ -131,26 +146,43 @@ def flatten(found: Detections, floor: float) -> list[float]:
 
 class DetectStage(ShardStage):
     name = "detect"
-    version = "1"
+    # 2: the fingerprint holds the detectors' identities (their code, constants and weights on disk)
+    version = "2"
     uses_gpu = True
-    # Batching is tested to give the same results as one image at a time, whatever cuts the batches (count or
-    # pixels: tests/test_detect_memory.py); the device only moves the work.
-    runtime_keys = frozenset({"batch_size", "batch_pixels", "device", "torch_threads", "gpu_decode"})
+    # Speed-only keys (batch_size, batch_pixels, device, torch_threads, gpu_decode) are marked RUNTIME in
+    # curate.config: batching is tested to give the results of one image at a time, whatever cuts the batches
+    # (count or pixels: tests/test_detect_memory.py); the device only moves the work.
 
     def fingerprint_config(self) -> dict[str, Any]:
         config = super().fingerprint_config()
-        names = [*self.cfg.detect.face, *self.cfg.detect.person]
-        config["weights"] = {n: REGISTRY[n].sha256 for n in names if n in REGISTRY}
+        config["stored"] = {"max_boxes": MAX_BOXES, "count_above": COUNT_ABOVE}  # as flatten and score read them
+        config["detectors"] = self.identities
         return config
 
-    def before_work(self) -> None:
-        """A missing weight file fails here, before any shard is submitted; the digests of the files that will
-        score are recorded for the data card (a model without a published digest is known only this way)."""
-        from curate.io.atomic import sha256_file, write_json
-        from curate.models.registry import needed, resolve
+    @cached_property
+    def identities(self) -> dict[str, Any]:
+        """The configured detectors' identities, computed once per stage object (the fingerprint asks per shard),
+        in the client: the stage object travels to the workers with them, and `process` holds its detectors to
+        them. A weight file that is not on this machine counts with the digest this run recorded for it."""
+        from curate.detect.loaders import identities
 
-        paths = {name: resolve(name, self.cfg.models) for name in needed(self.cfg)}
-        write_json(RunDir(Path(self.cfg.run.dir)).detect_weights, {n: sha256_file(p) for n, p in paths.items()})
+        recorded = read_json(RunDir(Path(self.cfg.run.dir)).detect_weights) or {}
+        found: dict[str, Any] = identities(self.cfg, recorded)
+        return found
+
+    def before_work(self) -> None:
+        """Misconfigured detectors and a missing weight file fail here, before any shard is submitted; the digests
+        of the files that will score are recorded for the data card (a model without a published digest is known
+        only this way) and for the fingerprint of a later run on a machine without them."""
+        from curate.detect.loaders import clip_key, weights_path
+        from curate.io.atomic import write_json
+        from curate.models.registry import CLIP, file_digest, needed, refuse_bad_detectors
+
+        refuse_bad_detectors(self.cfg)
+        digests = {name: file_digest(weights_path(name, self.cfg)) for name in needed(self.cfg)}
+        if self.cfg.detect.clip_model:
+            digests[clip_key(self.cfg.detect)] = file_digest(weights_path(CLIP, self.cfg))
+        write_json(RunDir(Path(self.cfg.run.dir)).detect_weights, digests)
 
     def scorer(self) -> Scorer:
         """The detectors for one shard (a seam: a test may wrap them, e.g. to script a fault)."""
@@ -158,6 +190,9 @@ class DetectStage(ShardStage):
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
         scorer = self.scorer()
+        drift = unlike(self.identities, scorer.identities())
+        if drift:  # the shard's fingerprint would name other detectors than the ones that score it
+            raise RuntimeError("the detectors built here are not the ones fingerprinted: " + "; ".join(drift))
         detect = self.cfg.detect
         gpu = scorer.device if scorer.device.startswith("cuda") and detect.gpu_decode else None
         members = [m if isinstance(m, str) else None for m in rows["tar_member"]]
@@ -191,6 +226,25 @@ class DetectStage(ShardStage):
 
     def output_columns(self) -> dict[str, str]:
         return dtypes(detect_columns(self.cfg.detect))
+
+
+def unlike(fingerprinted: dict[str, Any], built: dict[str, Any]) -> list[str]:
+    """Where the built detectors' identities differ from the fingerprinted ones (e.g. a worker whose weight file
+    is not the client's), as "<detector> differs in <keys>". Weights the client did not have (`absent`) are not
+    compared."""
+    pairs = [(f"{family} {name}", wanted, built[family].get(name)) for family in ("face", "person")
+             for name, wanted in fingerprinted[family].items()]  # fmt: skip
+    pairs.append(("clip", fingerprinted["clip"], built["clip"]))
+    drift = []
+    for what, wanted, found in pairs:
+        wanted, found = dict(wanted or {}), dict(found or {})
+        if str(wanted.get("weights", "")).startswith(absent("")):
+            wanted.pop("weights")
+            found.pop("weights", None)
+        keys = sorted(k for k in {*wanted, *found} if wanted.get(k) != found.get(k))
+        if keys:
+            drift.append(f"{what} differs in {', '.join(keys)}")
+    return drift
 
 
 # (reason, error text) for an image that could not be scored; None for one that was

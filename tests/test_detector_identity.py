@@ -1,0 +1,348 @@
+"""Detectors say who they are, and detect's fingerprint is made of it.
+
+- Golden outputs: each offline detector scores a few sample photos; the max scores (3 decimals) and box counts
+  are kept in tests/golden/<detector>.json with the detector's identity (its version among it). Outputs that
+  change while the identity does not fail: bump the detector's `version` (so that detect re-runs on resume) and
+  regenerate with `python tests/test_detector_identity.py --regenerate`.
+- The fingerprint (`DetectStage(cfg).fingerprint_config()`) changes with a code constant, the weights file and a
+  detector's version, and not with the speed-only settings; a resumed run re-detects exactly then.
+- The registry is the factory: a model listed under the wrong family, or asked for tiles it cannot score, is
+  refused with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import MODELS, REPO, run_curate
+from PIL import Image
+
+from curate.config import ConfigError, DetectConfig
+from curate.detect.types import COUNT_ABOVE
+from curate.io.atomic import sha256_file
+from curate.models import registry
+from curate.models.registry import REGISTRY, check_detectors
+from curate.run import load_config
+from curate.stages import detect as detect_stage
+from curate.stages.detect import DetectStage
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+REGENERATE = "python tests/test_detector_identity.py --regenerate"
+PHOTOS = (
+    "dlib_000288_00470387.jpg",  # a face close up
+    "rembg_girl-1.jpg",  # a person, full body
+    "caffe_cat.jpg",  # no human
+    "ns_golden_gate.jpg",  # no human, a landscape photo
+)
+# The detect settings the golden outputs are for (written out: a changed default is not a changed detector).
+GOLDEN_DETECT = DetectConfig(batch_size=4, face_max_side=2048, person_tiles=3, person_tile_min_side=0, box_floor=0.1)
+# CLIP: no weights exist offline, so a small randomly initialised open_clip model, seeded, with few prompts.
+CLIP_ARGS: dict[str, Any] = {
+    "model": "ViT-S-32",
+    "pretrained": None,
+    "human_classes": ("a person", "a human face"),
+    "other_classes": ("a landscape with no people", "an animal"),
+    "templates": ("a photo of {}.", "a blurry photo of {}."),
+}
+
+
+def on_disk(name: str) -> bool:
+    return (MODELS / REGISTRY[name].filename).is_file()
+
+
+# every registry detector whose weights are here (the torchvision and R50 ones are not), and CLIP
+GOLDEN_DETECTORS = [n for n, spec in REGISTRY.items() if spec.kind in ("face", "person") and on_disk(n)] + ["clip"]
+
+
+def photos() -> list[np.ndarray]:
+    folder = REPO / "curate" / "sample_data" / "images"
+    return [np.asarray(Image.open(folder / name).convert("RGB")) for name in PHOTOS]
+
+
+def scored(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(identity, outputs per photo) of one golden detector."""
+    torch.set_num_threads(2)
+    if name == "clip":
+        from curate.detect.clip_filter import ClipHumanFilter
+
+        torch.manual_seed(0)
+        clip = ClipHumanFilter(**CLIP_ARGS)
+        found = clip.score(photos())
+        outputs = {
+            photo: {"human_prob": round(float(p), 3), "top_class": top}
+            for photo, p, top in zip(PHOTOS, found.human_prob, found.top_human_class, strict=True)
+        }
+        return clip.identity(), outputs
+    from curate.detect.loaders import build
+
+    detector = build(name, MODELS / REGISTRY[name].filename, "cpu", GOLDEN_DETECT)
+    outputs = {}
+    for photo, detections in zip(PHOTOS, detector.detect(photos()), strict=True):
+        tiles = detections.tiles_best
+        outputs[photo] = {
+            "max": round(detections.max_score, 3),
+            "tiles_max": None if tiles is None else round(tiles, 3),
+            "count": detections.count_above(COUNT_ABOVE),
+        }
+    return detector.identity(), outputs
+
+
+def differences(stored: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """Per photo and value, where the outputs differ (scores by more than 1e-3, anything else at all)."""
+    out = []
+    for photo in sorted({*stored, *found}):
+        for key in sorted({*stored.get(photo, {}), *found.get(photo, {})}):
+            a, b = stored.get(photo, {}).get(key), found.get(photo, {}).get(key)
+            close = isinstance(a, float) and isinstance(b, float) and abs(a - b) <= 1e-3 + 1e-9
+            if a != b and not close:
+                out.append(f"{photo} {key}: {a} -> {b}")
+    return out
+
+
+@pytest.mark.parametrize("name", GOLDEN_DETECTORS)
+def test_outputs_change_only_with_the_identity(name: str) -> None:
+    path = GOLDEN / f"{name}.json"
+    assert path.exists(), f"no golden outputs for {name}: write them with `{REGENERATE}`"
+    stored = json.loads(path.read_text())
+    identity, outputs = scored(name)
+    old, new = stored["identity"]["version"], identity["version"]
+    assert old == new, f"{name}: version {old} -> {new}; regenerate the golden outputs with `{REGENERATE}`"
+    changed = sorted(k for k in identity if identity[k] != stored["identity"].get(k))
+    assert not changed, (
+        f"{name}: its identity changed ({', '.join(changed)}), so detect re-runs; regenerate the golden outputs "
+        f"with `{REGENERATE}`"
+    )
+    drift = differences(stored["outputs"], outputs)
+    assert not drift, (
+        f"{name}'s outputs changed while its identity (version {new}) did not, so a resumed run would keep stale "
+        f"scores: bump {identity['class']}.version, then `{REGENERATE}`. Changed: " + "; ".join(drift)
+    )
+
+
+def regenerate() -> None:
+    GOLDEN.mkdir(exist_ok=True)
+    for name in GOLDEN_DETECTORS:
+        identity, outputs = scored(name)
+        (GOLDEN / f"{name}.json").write_text(json.dumps({"identity": identity, "outputs": outputs}, indent=1) + "\n")
+        print(f"wrote {GOLDEN / name}.json (version {identity['version']})")
+
+
+# ---------------------------------------------------------------------------------------- the fingerprint
+
+needs_models = pytest.mark.skipif(not on_disk("retinaface_mnet025"), reason="needs the offline weights")
+
+
+def fingerprint(tmp_path: Path, *overrides: str, models: Path = MODELS) -> dict[str, Any]:
+    cfg = load_config([f"run.dir={tmp_path / 'run'}", f"models.dir={models}", *overrides])
+    found: dict[str, Any] = DetectStage(cfg).fingerprint_config()
+    return found
+
+
+def with_params(name: str, **params: Any) -> registry.ModelSpec:
+    return dataclasses.replace(REGISTRY[name], params=params)
+
+
+@needs_models
+def test_code_constants_are_in_the_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import curate.detect.retinaface as retinaface
+    import curate.detect.yolox as yolox
+
+    base = fingerprint(tmp_path)
+    changes: list[Callable[[], None]] = [
+        lambda: monkeypatch.setattr(detect_stage, "MAX_BOXES", 5),  # what the stage stores
+        lambda: monkeypatch.setattr(detect_stage, "COUNT_ABOVE", 0.6),
+        lambda: monkeypatch.setattr(retinaface, "VARIANCES", (0.1, 0.25)),  # the priors' decoding
+        lambda: monkeypatch.setattr(yolox, "PAD_VALUE", 0.0),  # the letterbox
+        # a detector's NMS IoU, set by its registry entry
+        lambda: monkeypatch.setitem(REGISTRY, "yolox_nano", with_params("yolox_nano", variant="nano", nms_iou=0.5)),
+    ]
+    for change in changes:
+        change()
+        assert fingerprint(tmp_path) != base
+        monkeypatch.undo()
+    assert fingerprint(tmp_path) == base
+
+
+@needs_models
+def test_a_detectors_version_is_in_the_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from curate.detect.yolox import YoloxDetector
+
+    base = fingerprint(tmp_path)
+    monkeypatch.setattr(YoloxDetector, "version", "999")
+    assert fingerprint(tmp_path)["detectors"]["person"]["yolox_nano"]["version"] == "999"
+    assert fingerprint(tmp_path) != base
+
+
+@needs_models
+def test_speed_only_settings_are_not(tmp_path: Path) -> None:
+    base = fingerprint(tmp_path)
+    for override in ("detect.batch_size=3", "detect.device=cpu", "detect.batch_pixels=1000", "detect.torch_threads=1",
+                     "detect.gpu_decode=false"):  # fmt: skip
+        assert fingerprint(tmp_path, override) == base, override
+    assert fingerprint(tmp_path, "detect.person_tiles=1") != base  # an output setting, for contrast
+
+
+@needs_models
+def test_the_weights_file_as_it_is_on_disk_is_in_the_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("retinaface_mnet025", "yolox_nano"):
+        shutil.copy(MODELS / REGISTRY[name].filename, models)
+    assert fingerprint(tmp_path, models=models) == fingerprint(tmp_path)  # a copy is the same weights
+    weights = models / REGISTRY["retinaface_mnet025"].filename
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1  # one byte of one weight of the checkpoint
+    weights.write_bytes(data)
+    changed = fingerprint(tmp_path, models=models)
+    assert changed != fingerprint(tmp_path)
+    digest = changed["detectors"]["face"]["retinaface_mnet025"]["weights"]
+    assert digest == sha256_file(weights)
+
+    # The pin refuses the changed file before any work; pinned to it, it loads, and the detector built from it
+    # reports the digest the fingerprint holds.
+    cfg = load_config([f"run.dir={tmp_path / 'run'}", f"models.dir={models}"])
+    with pytest.raises(registry.ModelMissing, match="pinned"):
+        DetectStage(cfg).before_work()
+    spec = dataclasses.replace(REGISTRY["retinaface_mnet025"], sha256=digest)
+    monkeypatch.setitem(REGISTRY, "retinaface_mnet025", spec)
+    from curate.detect.loaders import face_detectors
+
+    (built,) = face_detectors(cfg.detect, cfg.models, "cpu")
+    assert built.identity() == changed["detectors"]["face"]["retinaface_mnet025"]
+
+
+@needs_models
+def test_the_built_detectors_report_the_fingerprinted_identities(tmp_path: Path) -> None:
+    """The client computes identities without building; a worker's built detectors must report the same (the
+    stage refuses to score with others)."""
+    from curate.stages.detect import Scorer, unlike
+
+    checkpoint = tmp_path / "models" / "clip-ViT-S-32-test.pt"
+    checkpoint.parent.mkdir()
+    for name in ("retinaface_mnet025", "yolox_nano"):
+        (checkpoint.parent / REGISTRY[name].filename).symlink_to(MODELS / REGISTRY[name].filename)
+    torch.manual_seed(0)
+    from curate.detect.clip_filter import ClipHumanFilter
+
+    torch.save(ClipHumanFilter("ViT-S-32", pretrained=None).model.state_dict(), checkpoint)
+    cfg = load_config([f"run.dir={tmp_path / 'run'}", f"models.dir={checkpoint.parent}", "detect.clip_model=ViT-S-32",
+                       "detect.clip_pretrained=test"])  # fmt: skip
+    stage = DetectStage(cfg)
+    scorer = Scorer(cfg)
+    assert unlike(stage.identities, scorer.identities()) == []
+    assert stage.identities["clip"]["weights"] == sha256_file(checkpoint)
+    assert stage.identities["clip"]["params"]["pretrained"] == "test"  # the tag goes along with the file
+    assert "human_classes" in stage.identities["clip"]["params"]  # the prompts are part of it
+
+    # a worker whose weight file is another one than the client hashed: told, not silently scored
+    other = dict(stage.identities, face={"retinaface_mnet025": {**stage.identities["face"]["retinaface_mnet025"],
+                                                              "weights": "0" * 64}})  # fmt: skip
+    assert unlike(other, scorer.identities()) == ["face retinaface_mnet025 differs in weights"]
+
+
+def test_a_finished_run_needs_no_weights_for_its_fingerprint(tmp_path: Path) -> None:
+    """Without the files, the digests the run recorded when detect last ran stand in (then the registry's pin)."""
+    run = tmp_path / "run"
+    (run / "stats").mkdir(parents=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (run / "stats" / "detect_weights.json").write_text(json.dumps({"yolox_nano": "ab" * 32}))
+    found = fingerprint(tmp_path, models=empty)["detectors"]
+    assert found["person"]["yolox_nano"]["weights"] == "ab" * 32
+    assert found["face"]["retinaface_mnet025"]["weights"] == REGISTRY["retinaface_mnet025"].sha256
+
+
+@needs_models
+def test_resume_re_detects_when_a_constant_changes_and_only_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    flags = [f"run.dir={run_dir}", "detect.person_tiles=1", "ingest.num_shards=2"]
+
+    def markers() -> dict[str, str]:
+        return {p.name: p.read_text() for p in sorted((run_dir / "stats" / "detect").glob("part-*.json"))}
+
+    def stored_boxes() -> list[list[float]]:
+        parts = sorted((run_dir / "manifest" / "detect").glob("part-*.parquet"))
+        import pandas as pd
+
+        frame = pd.concat([pd.read_parquet(p) for p in parts])
+        return [list(b) for b in frame["face_retinaface_mnet025_boxes"].dropna()]
+
+    assert run_curate(*flags) == 0
+    before = markers()
+    assert len(before) == 2 and max(len(b) for b in stored_boxes()) > 5  # some image has more than one face
+    assert run_curate(*flags, "stage=detect") == 0
+    assert markers() == before  # nothing changed: every shard kept
+    monkeypatch.setattr(detect_stage, "MAX_BOXES", 1)  # the workers are threads of this process: it applies
+    assert run_curate(*flags, "stage=detect") == 0
+    after = markers()
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)  # every shard re-ran
+    assert max(len(b) for b in stored_boxes()) == 5  # and stored one box per detector and image
+    assert run_curate(*flags, "stage=detect") == 0
+    assert markers() == after  # and is kept from then on
+
+
+# ------------------------------------------------------------------------------------ the registry factory
+
+
+def test_a_model_in_the_wrong_family_is_refused() -> None:
+    problems = check_detectors(DetectConfig(face=["retinaface_mnet025"], person=["retinaface_mnet025"]))
+    assert len(problems) == 1 and "detect.person lists retinaface_mnet025, a face model" in problems[0]
+    assert "belongs in detect.face" in problems[0] and "yolox_nano" in problems[0]  # where, and what fits
+    assert "belongs in detect.clip_model" in check_detectors(DetectConfig(face=["open_clip"], person=[]))[0]
+    assert "unknown model 'nope'" in check_detectors(DetectConfig(face=["nope"], person=[]))[0]
+    assert "twice" in check_detectors(DetectConfig(face=[], person=["yolox_nano", "yolox_nano"]))[0]
+    assert check_detectors(DetectConfig()) == []
+    # enforced where detectors are built and before detect has any work
+    from curate.detect.loaders import person_detectors
+
+    wrong = DetectConfig(face=[], person=["retinaface_mnet025"])
+    with pytest.raises(ConfigError, match="a face model"):
+        person_detectors(wrong, load_config([]).models, "cpu")
+    cfg = load_config(["detect.person=[retinaface_mnet025]"])
+    with pytest.raises(ConfigError, match="a face model"):
+        DetectStage(cfg).before_work()
+    with pytest.raises(ConfigError, match="a face model"):
+        registry.check_available(cfg)
+
+
+def test_tiles_are_refused_for_a_detector_that_cannot_score_them() -> None:
+    (problem,) = check_detectors(DetectConfig(person=["fasterrcnn_resnet50_fpn_v2"], person_tiles=3))
+    assert "detect.person_tiles=3" in problem and "cannot score tiles" in problem and "person_tiles=1" in problem
+    assert check_detectors(DetectConfig(person=["fasterrcnn_resnet50_fpn_v2"], person_tiles=1)) == []
+    assert check_detectors(DetectConfig(person=["yolox_nano"], person_tiles=3)) == []
+    # the pass recipe runs Faster R-CNN: it says person_tiles 1
+    cfg = load_config(["pipeline=pass", f"ingest.path={REPO / 'curate' / 'sample_data' / 'yfcc_sample.tsv'}"])
+    assert cfg.detect.person == ["fasterrcnn_resnet50_fpn_v2"] and check_detectors(cfg) == []
+
+
+def test_every_registry_entry_builds_through_its_builder() -> None:
+    """No name branches: each entry's builder is importable and knows the family's detector."""
+    from curate.detect.builder import Builder
+    from curate.detect.loaders import builder_of
+
+    for name, spec in REGISTRY.items():
+        builder = builder_of(spec)
+        assert isinstance(builder, Builder), name
+        identity = builder.identity("digest", DetectConfig(clip_model="ViT-B-32"), **spec.params)
+        assert identity["weights"] == "digest" and identity["version"], name
+        assert "device" not in identity["params"] and "batch_size" not in identity["params"], name
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--regenerate"]:
+        print(f"usage: {REGENERATE}", file=sys.stderr)
+        sys.exit(2)
+    regenerate()
