@@ -5,6 +5,10 @@ differs in at most floor(k / m) bits. So for every chunk, each hash looks up the
 with up to floor(k / m) bits flipped (a direct-address table of 2^b buckets), and only those candidates are
 compared in full. m and b are chosen per call from the set's size to minimise the expected lookups plus
 candidates (Norouzi et al., "Fast Search in Hamming Space with Multi-Index Hashing", CVPR 2012).
+
+faiss (a dependency) has the same scheme as `IndexBinaryMultiHash`; measured against it (`bench/dedup.py --compare`,
+bench/README.md), this one found the same pairs 10-23x faster at 1M and 4M hashes in 0.6x the peak memory, so it
+stays.
 """
 
 from __future__ import annotations
