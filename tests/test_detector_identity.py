@@ -311,7 +311,10 @@ def test_a_model_in_the_wrong_family_is_refused() -> None:
     wrong = DetectConfig(face=[], person=["retinaface_mnet025"])
     with pytest.raises(ConfigError, match="a face model"):
         person_detectors(wrong, load_config([]).models, "cpu")
-    cfg = load_config(["detect.person=[retinaface_mnet025]"])
+    with pytest.raises(ConfigError, match="a face model"):  # when the config is loaded, before anything else
+        load_config(["detect.person=[retinaface_mnet025]"])
+    cfg = load_config([])
+    cfg.detect.person = ["retinaface_mnet025"]  # a config built in code, not loaded: refused where it would run
     with pytest.raises(ConfigError, match="a face model"):
         DetectStage(cfg).before_work()
     with pytest.raises(ConfigError, match="a face model"):
