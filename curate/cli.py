@@ -70,7 +70,7 @@ def _module_docstring(name: str) -> str:
 COMMANDS: dict[str, Command] = {
     "run": Command(
         "run stages of the pipeline over a run directory (Hydra-style key=value overrides)",
-        "curate run pipeline=sample models.dir=../shared/models",
+        "curate run pipeline=sample models.dir=/path/to/weights",
         "curate.run",
         _run_help,
     ),

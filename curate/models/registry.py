@@ -153,7 +153,7 @@ def recorded_pin(path: Path) -> Path:
 def verify(spec: ModelSpec, path: Path, record: bool = False) -> None:
     """The file's sha256 against the registry's pin; for a model without one (``sha256 == ""``), against the
     digest recorded at its first download (``record``: this is that download, so record it)."""
-    found = sha256_file(path)
+    found = file_digest(path)  # hashed once per version of the file: the fingerprint and the worker ask again
     if spec.sha256:
         if not found.startswith(spec.sha256):
             raise ModelMissing(

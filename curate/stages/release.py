@@ -205,14 +205,19 @@ class ReleaseStage(ShardStage):
         # (the selection's digest, from prepare, joins every shard's fingerprint through the runner). Files enter
         # by their content, never by how their path is spelt: the takedowns through the selection's stamp, the
         # previous release, the audits and the evaluation (the data card states them) here.
+        # Asked once per shard: hash the files (a previous release's manifest may be gigabytes) only once.
+        memo: dict[str, Any] | None = getattr(self, "_fingerprint_config", None)
+        if memo is not None:
+            return memo
         config = super().fingerprint_config()
         for key in ("previous", "takedowns", "evaluation"):
             config.pop(key)
-        return {
+        self._fingerprint_config: dict[str, Any] = {
             **config,
             "decide": dataclasses.asdict(thresholds(self.cfg.decide)),
             "card_inputs": {role: sha256_file(path) for role, path in self.card_inputs().items() if path.exists()},
         }
+        return self._fingerprint_config
 
     def card_inputs(self) -> dict[str, Path]:
         """Files besides the shards that the release reads, by role: the previous release (the diff), the audit
