@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curate.configload import load_config
 from curate.detect.decoding import decode, decode_batch
 from curate.detect.images import to_chw
 from curate.detect.loaders import pick_device
 from curate.detect.torchvision_person import TorchvisionPersonDetector
-from curate.run import SAMPLE_DIR, load_config
+from curate.runconfig import SAMPLE_DIR
 from curate.stages.detect import Scorer, decoded_batches
 
 

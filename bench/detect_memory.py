@@ -190,12 +190,12 @@ def face_caps(dev: Path, models: Path, caps: tuple[int, ...] = (0, 3000, 2048, 1
     import pandas as pd
     import torch
 
+    from curate.configload import load_config
     from curate.detect.decide import Scores, decide, thresholds
     from curate.detect.decoding import decode
     from curate.detect.loaders import report_floor
     from curate.detect.retinaface import RetinaFaceDetector
     from curate.evaluate import score_folder
-    from curate.run import load_config
 
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = load_config([f"models.dir={models}"])

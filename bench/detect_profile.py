@@ -24,8 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detect import pass_sized_jpegs, scorer_parts, source_files, sync, with_random_clip
 
+from curate.configload import load_config
 from curate.detect.decoding import decode, decode_batch
-from curate.run import SAMPLE_DIR, load_config
+from curate.runconfig import SAMPLE_DIR
 from curate.stages.detect import Scorer, decoded_batches
 
 

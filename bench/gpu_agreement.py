@@ -11,9 +11,10 @@ import argparse
 import numpy as np
 import pandas as pd
 
+from curate.configload import load_config
 from curate.detect.decide import Scores, decide
 from curate.detect.decoding import decode, decode_batch
-from curate.run import SAMPLE_DIR, load_config
+from curate.runconfig import SAMPLE_DIR
 from curate.stages.detect import Scorer
 
 

@@ -45,7 +45,7 @@ class Command:
 
 def _run_help(args: list[str]) -> str:
     from curate import configdoc
-    from curate.run import pipelines_dir  # lazily: it imports Hydra
+    from curate.configload import pipelines_dir  # lazily: it imports Hydra
 
     return configdoc.run_help(pipelines_dir(), full=HELP_ALL_FLAG in args)
 

@@ -1,16 +1,43 @@
-"""Typed configuration schemas.
+"""Typed configuration schemas: a pure schema, which looks at nothing but the values it holds.
 
 Hydra composes a recipe from `pipelines/` over these dataclasses, so a misspelt key or a value of the wrong
-type is refused by OmegaConf before any work starts; `validate` then checks what types cannot express.
+type is refused by OmegaConf before any work starts. What types cannot express (ranges, choices, combinations)
+each group states in its `problems()`, and `CurateConfig` refuses them all at once when it is built
+(`OmegaConf.to_object` builds it, so a loaded config is always checked). Whether the files, environment variables
+and models a config names are there is `curate.preflight`'s question; loading a config is `curate.configload`'s.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from pathlib import Path
 from typing import Any
+
+from curate.licenses import KNOWN_CODES
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; raised before any work starts."""
+
+
+def refuse(problems: list[str]) -> None:
+    """One ConfigError naming every problem (nothing: none); every message names the key to change."""
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def failed(*checks: tuple[bool, str]) -> list[str]:
+    """The messages of the checks that do not hold."""
+    return [message for ok, message in checks if not ok]
+
+
+# The environment variables holding the Flickr API's credentials (ingest.source=flickr).
+FLICKR_KEY_ENV = "FLICKR_API_KEY"
+FLICKR_SECRET_ENV = "FLICKR_API_SECRET"
+
+# The decide.* thresholds and review bands, each a score or probability within 0..1.
+DECISION_KEYS = ("face", "person", "person_tiles", "clip", "face_review", "person_review", "person_tiles_review",
+                 "clip_review")  # fmt: skip
 
 # Marks a key that changes only speed or where the work runs, never what it produces: stages leave it out of their
 # fingerprints (changing it redoes nothing) and the data card out of the settings it states.
@@ -53,6 +80,9 @@ class RunConfig:
     # Warn loudly in the summary when a stage or source rejects or fails more than this fraction of its rows.
     alarm_fraction: float = 0.5
 
+    def problems(self) -> list[str]:
+        return failed((0.0 <= self.alarm_fraction <= 1.0, "run.alarm_fraction must be within 0..1"))
+
 
 @dataclass
 class DaskConfig:
@@ -66,6 +96,17 @@ class DaskConfig:
     gpus: int = 0
     # How many times Dask re-runs a shard task that raised (or whose worker died) before the shard counts as failed.
     retries: int = 2
+
+    def problems(self) -> list[str]:
+        return failed(
+            (self.gpus >= 0, "dask.gpus must be >= 0"),
+            (self.retries >= 0, "dask.retries must be >= 0"),
+            (self.n_workers >= 0, "dask.n_workers must be >= 0 (0 = one per core)"),
+            (
+                not self.address or self.address.startswith(("tcp://", "tls://", "inproc://", "ucx://")),
+                f"dask.address={self.address!r} must look like tcp://HOST:PORT",
+            ),
+        )
 
 
 @dataclass
@@ -89,6 +130,12 @@ class FlickrQuery:
     # Timeout of one API call, in seconds.
     timeout_s: float = 30.0
 
+    def problems(self) -> list[str]:
+        return failed(
+            (1 <= self.per_page <= 500, "ingest.flickr.per_page must be 1..500"),
+            (self.max_pages >= 1, "ingest.flickr.max_pages must be >= 1"),
+        )
+
 
 @dataclass
 class IngestConfig:
@@ -108,6 +155,20 @@ class IngestConfig:
     assume_license: str = ""
     flickr: FlickrQuery = field(default_factory=FlickrQuery)
 
+    def problems(self) -> list[str]:
+        # Whether ingest.path is given and names existing inputs depends on the stage and the disk: preflight.
+        return [
+            *failed(
+                (self.num_shards >= 1, "ingest.num_shards must be >= 1"),
+                (self.limit >= 0, "ingest.limit must be >= 0 (0 = no limit)"),
+                (
+                    not self.assume_license or self.assume_license in KNOWN_CODES,
+                    f"ingest.assume_license={self.assume_license!r} is not a known code; known: {sorted(KNOWN_CODES)}",
+                ),
+            ),
+            *self.flickr.problems(),
+        ]
+
 
 @dataclass
 class LicenseConfig:
@@ -115,6 +176,10 @@ class LicenseConfig:
     allow: list[str] = field(default_factory=lambda: ["cc-by"])
     # Keep candidates whose licence is unknown (only sensible for your own folders).
     keep_unknown: bool = False
+
+    def problems(self) -> list[str]:
+        unknown = [code for code in self.allow if code not in KNOWN_CODES]
+        return failed((not unknown, f"license.allow has unknown codes {unknown}; known: {sorted(KNOWN_CODES)}"))
 
 
 @dataclass
@@ -159,6 +224,20 @@ class FetchConfig:
     # Re-try only the rows of finished shards that failed for a transient reason.
     retry_failed: bool = field(default=False, metadata=RUNTIME)
 
+    def problems(self) -> list[str]:
+        bad_formats = [x for x in self.allowed_formats if x not in ("jpeg", "png", "webp")]
+        timeouts = (self.connect_timeout_s, self.read_timeout_s, self.total_timeout_s)
+        return failed(
+            (self.concurrency >= 1, "fetch.concurrency must be >= 1"),
+            (self.per_host_concurrency >= 1, "fetch.per_host_concurrency must be >= 1"),
+            (self.retries >= 0, "fetch.retries must be >= 0"),
+            (self.max_bytes > 0, "fetch.max_bytes must be > 0"),
+            (self.max_aspect_ratio >= 1.0, "fetch.max_aspect_ratio must be >= 1"),
+            (all(t > 0 for t in timeouts), "fetch.*_timeout_s must be > 0"),
+            (not bad_formats, f"fetch.allowed_formats has {bad_formats}; choose from jpeg, png, webp"),
+            (self.max_retry_after_s >= 0, "fetch.max_retry_after_s must be >= 0"),
+        )
+
 
 @dataclass
 class ModelsConfig:
@@ -168,6 +247,10 @@ class ModelsConfig:
     cache: str = "~/.cache/curate/models"
     # Download missing weights (sha256-checked) on first use; false fails before any work instead.
     download: bool = True
+
+    def problems(self) -> list[str]:
+        # Whether the weights are there (or may be fetched) is the registry's to say, before detect's work.
+        return []
 
 
 @dataclass
@@ -213,6 +296,20 @@ class DetectConfig:
     # Torch CPU threads per worker (0 = torch's default).
     torch_threads: int = field(default=0, metadata=RUNTIME)
 
+    def problems(self) -> list[str]:
+        # Which models the lists may name is the registry's to say (preflight asks it).
+        return failed(
+            (
+                self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                f"detect.device={self.device!r}: use auto, cpu, cuda or cuda:N",
+            ),
+            (self.batch_size >= 1, "detect.batch_size must be >= 1"),
+            (self.batch_pixels >= 0, "detect.batch_pixels must be >= 0 (0 = batch_size x 1024 x 768)"),
+            (self.face_max_side >= 0, "detect.face_max_side must be >= 0 (0 = native size)"),
+            (self.person_tiles >= 1, "detect.person_tiles must be >= 1 (1 = no tiles)"),
+            (self.person_tile_min_side >= 0, "detect.person_tile_min_side must be >= 0 (0 = tile every image)"),
+        )
+
 
 @dataclass
 class DecideConfig:
@@ -238,6 +335,12 @@ class DecideConfig:
     # CLIP probabilities between this and decide.clip go to review (1.0 = no band).
     clip_review: float = 1.0
 
+    def problems(self) -> list[str]:
+        return failed(
+            (self.preset in ("pass_v1", "strict", "custom"), "decide.preset must be pass_v1, strict or custom"),
+            *((0.0 <= getattr(self, key) <= 1.0, f"decide.{key} must be within 0..1") for key in DECISION_KEYS),
+        )
+
 
 @dataclass
 class ReferenceSet:
@@ -252,6 +355,14 @@ class ReferenceSet:
     hashes: str = ""
     # A .npy (N, D) of L2-normalised CLIP embeddings of detect's CLIP model.
     embeddings: str = ""
+
+    def problems(self) -> list[str]:
+        # Whether the file or folder exists is checked by preflight, and only for the stage that reads it.
+        given = [k for k in ("folder", "hashes", "embeddings") if getattr(self, k)]
+        return failed(
+            (bool(self.name), "each dedup.references entry needs a name"),
+            (len(given) == 1, f"dedup.references {self.name!r}: give exactly one of folder, hashes, embeddings"),
+        )
 
 
 @dataclass
@@ -273,11 +384,23 @@ class DedupConfig:
     # Evaluation sets no released image may duplicate: [{name: ..., folder|hashes|embeddings: ...}].
     references: list[ReferenceSet] = field(default_factory=list)
 
+    def problems(self) -> list[str]:
+        return [
+            *failed(
+                (-1 <= self.phash_distance <= 16, "dedup.phash_distance must be within -1..16 (-1 = off)"),
+                (0.0 <= self.embedding_cosine <= 1.0, "dedup.embedding_cosine must be within 0..1 (0 = off)"),
+            ),
+            *(problem for ref in self.references for problem in ref.problems()),
+        ]
+
 
 @dataclass
 class ReviewConfig:
     # Kept images whose best score is within this fraction of its threshold are shown as borderline.
     borderline_margin: float = field(default=0.5, metadata=RUNTIME)
+
+    def problems(self) -> list[str]:
+        return failed((0.0 <= self.borderline_margin <= 1.0, "review.borderline_margin must be within 0..1"))
 
 
 @dataclass
@@ -288,6 +411,9 @@ class AuditConfig:
     seed: int = 0
     # The release to audit; empty = release.version.
     version: str = ""
+
+    def problems(self) -> list[str]:
+        return failed((self.size >= 1, "audit.size must be >= 1"))
 
 
 @dataclass
@@ -317,6 +443,19 @@ class ReleaseConfig:
     # measured recall and false-removal rate; empty = the card says they were not measured.
     evaluation: str = ""
 
+    def problems(self) -> list[str]:
+        # release.previous, release.takedowns and release.evaluation name files: preflight checks they exist.
+        return failed(
+            (
+                bool(self.version) and all(c.isalnum() or c in "-_" for c in self.version),
+                f"release.version={self.version!r} must be non-empty letters, digits, '-' or '_' (e.g. v2)",
+            ),
+            (
+                self.owner_cap >= 0 and self.target_size >= 0,
+                "release.owner_cap and release.target_size must be >= 0",
+            ),
+        )
+
 
 @dataclass
 class CurateConfig:
@@ -337,112 +476,15 @@ class CurateConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
+    def __post_init__(self) -> None:
+        # OmegaConf.to_object builds the groups first and this last: every group's problems are refused at once.
+        refuse(self.problems())
 
-class ConfigError(ValueError):
-    """A configuration that cannot work; raised before any work starts."""
-
-
-FLICKR_KEY_ENV = "FLICKR_API_KEY"
-FLICKR_SECRET_ENV = "FLICKR_API_SECRET"
-
-
-def validate(cfg: CurateConfig) -> None:
-    """Check what the types cannot; every message names the key to change."""
-    from curate.licenses import KNOWN_CODES
-
-    problems: list[str] = []
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            problems.append(message)
-
-    need(cfg.ingest.num_shards >= 1, "ingest.num_shards must be >= 1")
-    need(cfg.ingest.limit >= 0, "ingest.limit must be >= 0 (0 = no limit)")
-    unknown = [code for code in cfg.license.allow if code not in KNOWN_CODES]
-    need(not unknown, f"license.allow has unknown codes {unknown}; known: {sorted(KNOWN_CODES)}")
-    need(
-        not cfg.ingest.assume_license or cfg.ingest.assume_license in KNOWN_CODES,
-        f"ingest.assume_license={cfg.ingest.assume_license!r} is not a known code; known: {sorted(KNOWN_CODES)}",
-    )
-    f = cfg.fetch
-    need(f.concurrency >= 1, "fetch.concurrency must be >= 1")
-    need(f.per_host_concurrency >= 1, "fetch.per_host_concurrency must be >= 1")
-    need(f.retries >= 0, "fetch.retries must be >= 0")
-    need(f.max_bytes > 0, "fetch.max_bytes must be > 0")
-    need(f.max_aspect_ratio >= 1.0, "fetch.max_aspect_ratio must be >= 1")
-    need(
-        all(t > 0 for t in (f.connect_timeout_s, f.read_timeout_s, f.total_timeout_s)),
-        "fetch.*_timeout_s must be > 0",
-    )
-    bad_formats = [x for x in f.allowed_formats if x not in ("jpeg", "png", "webp")]
-    need(not bad_formats, f"fetch.allowed_formats has {bad_formats}; choose from jpeg, png, webp")
-    need(
-        bool(cfg.release.version) and all(c.isalnum() or c in "-_" for c in cfg.release.version),
-        f"release.version={cfg.release.version!r} must be non-empty letters, digits, '-' or '_' (e.g. v2)",
-    )
-    need(cfg.decide.preset in ("pass_v1", "strict", "custom"), "decide.preset must be pass_v1, strict or custom")
-    need(
-        cfg.detect.device in ("auto", "cpu", "cuda") or cfg.detect.device.startswith("cuda:"),
-        f"detect.device={cfg.detect.device!r}: use auto, cpu, cuda or cuda:N",
-    )
-    need(cfg.detect.batch_size >= 1, "detect.batch_size must be >= 1")
-    need(cfg.detect.batch_pixels >= 0, "detect.batch_pixels must be >= 0 (0 = batch_size x 1024 x 768)")
-    need(cfg.detect.face_max_side >= 0, "detect.face_max_side must be >= 0 (0 = native size)")
-    need(cfg.detect.person_tiles >= 1, "detect.person_tiles must be >= 1 (1 = no tiles)")
-    need(cfg.detect.person_tile_min_side >= 0, "detect.person_tile_min_side must be >= 0 (0 = tile every image)")
-    for key in ("face", "person", "person_tiles", "clip", "face_review", "person_review", "person_tiles_review",
-                "clip_review"):  # fmt: skip
-        need(0.0 <= getattr(cfg.decide, key) <= 1.0, f"decide.{key} must be within 0..1")
-    d = cfg.dedup
-    need(-1 <= d.phash_distance <= 16, "dedup.phash_distance must be within -1..16 (-1 = off)")
-    need(0.0 <= d.embedding_cosine <= 1.0, "dedup.embedding_cosine must be within 0..1 (0 = off)")
-    for ref in d.references:
-        given = [k for k in ("folder", "hashes", "embeddings") if getattr(ref, k)]
-        need(bool(ref.name), "each dedup.references entry needs a name")
-        need(len(given) == 1, f"dedup.references {ref.name!r}: give exactly one of folder, hashes, embeddings")
-        for key in given if cfg.stage in (Stage.dedup, Stage.all) else []:  # only the stage that reads them
-            need(
-                Path(getattr(ref, key)).exists(), f"dedup.references {ref.name!r}: {key}={getattr(ref, key)} not found"
-            )
-    need(cfg.audit.size >= 1, "audit.size must be >= 1")
-    need(0.0 <= cfg.review.borderline_margin <= 1.0, "review.borderline_margin must be within 0..1")
-    r = cfg.release
-    need(r.owner_cap >= 0 and r.target_size >= 0, "release.owner_cap and release.target_size must be >= 0")
-    if cfg.stage in (Stage.release, Stage.all):  # the files only release reads: a report needs none of them
-        need(
-            not r.previous
-            or any((Path(r.previous) / name).exists() for name in ("manifest.parquet", "pass_metadata.csv")),
-            f"release.previous={r.previous!r} must be a release folder holding manifest.parquet or pass_metadata.csv",
-        )
-        for path in r.takedowns:
-            need(Path(path).is_file(), f"release.takedowns: {path} not found")
-        need(not r.evaluation or Path(r.evaluation).is_file(), f"release.evaluation={r.evaluation!r} not found")
-    need(cfg.dask.gpus >= 0, "dask.gpus must be >= 0")
-    need(cfg.dask.retries >= 0, "dask.retries must be >= 0")
-    need(0.0 <= cfg.run.alarm_fraction <= 1.0, "run.alarm_fraction must be within 0..1")
-    need(f.max_retry_after_s >= 0, "fetch.max_retry_after_s must be >= 0")
-    need(cfg.dask.n_workers >= 0, "dask.n_workers must be >= 0 (0 = one per core)")
-    need(
-        not cfg.dask.address or cfg.dask.address.startswith(("tcp://", "tls://", "inproc://", "ucx://")),
-        f"dask.address={cfg.dask.address!r} must look like tcp://HOST:PORT",
-    )
-
-    if cfg.stage in (Stage.ingest, Stage.all):
-        _validate_ingest_source(cfg.ingest, need)
-
-    if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
-
-
-def _validate_ingest_source(ing: IngestConfig, need: Any) -> None:
-    if ing.source == Source.flickr:
-        need(
-            bool(os.environ.get(FLICKR_KEY_ENV)) and bool(os.environ.get(FLICKR_SECRET_ENV)),
-            f"ingest.source=flickr needs the environment variables {FLICKR_KEY_ENV} and {FLICKR_SECRET_ENV}",
-        )
-        need(ing.flickr.per_page >= 1 and ing.flickr.per_page <= 500, "ingest.flickr.per_page must be 1..500")
-        need(ing.flickr.max_pages >= 1, "ingest.flickr.max_pages must be >= 1")
-        return
-    need(bool(ing.path), f"ingest.path must be set for ingest.source={ing.source.value}")
-    # Whether ingest.path names existing inputs is checked by curate.sources.check_inputs (which knows how each
-    # source expands its path) when the config is loaded: config knows no source module.
+    def problems(self) -> list[str]:
+        """What every group's values cannot be (no group is checked against another today)."""
+        found: list[str] = []
+        for spec in fields(self):
+            check = getattr(getattr(self, spec.name), "problems", None)
+            if check is not None:
+                found += check()
+        return found

@@ -153,7 +153,8 @@ class Tally:
 # --- small pieces ---------------------------------------------------------------------------------------------
 
 
-def _table(header: tuple[str, ...], rows: Sequence[tuple[object, ...]]) -> str:
+def markdown_table(header: tuple[str, ...], rows: Sequence[tuple[object, ...]]) -> str:
+    """A Markdown table (the data card's, and the release's sections of it)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -241,7 +242,7 @@ def _funnel(tally: Tally) -> list[str]:
         "## Funnel",
         "Each candidate is counted once, at the first step that stopped it (its `reason` in `manifest.parquet`):",
         "",
-        _table(("step", "images left", "stopped here", "reasons"), rows),
+        markdown_table(("step", "images left", "stopped here", "reasons"), rows),
         "",
         f"Released: {tally.released} of {tally.candidates} candidates.",
     ]
@@ -257,7 +258,7 @@ def _outcomes(tally: Tally, num_shards: int) -> list[str]:
         "What each stage decided about every row it saw. A row a stage stopped goes to no later stage; the human "
         "filter's verdicts are applied at release, so dedup and review also see the images it rejects.",
         "",
-        _table(("stage", "status", "reason", "rows"), rows),
+        markdown_table(("stage", "status", "reason", "rows"), rows),
         "",
         f"Rows that reached fetch: {tally.reached_fetch}; shards: {num_shards}.",
     ]
@@ -290,11 +291,11 @@ def _human_filter(cfg: CurateConfig, tally: Tally) -> list[str]:
         "a score is above its family's threshold, and sent to review (never released unseen) when it is above "
         "the review band only. Only the families that ran are listed.",
         "",
-        _table(("family", "scores of", "rejected above", "sent to review above"), rows),
+        markdown_table(("family", "scores of", "rejected above", "sent to review above"), rows),
         "",
         "The filter's verdicts on every scored image, before any reviewer's decision (`decision`, `decision_reason`):",
         "",
-        _table(("decision", "reason", "images"), sorted((d, r, n) for (d, r), n in tally.decisions.items())),
+        markdown_table(("decision", "reason", "images"), sorted((d, r, n) for (d, r), n in tally.decisions.items())),
     ]
 
 
@@ -405,7 +406,7 @@ def _evaluation(cfg: CurateConfig, found: dict[str, Any] | None) -> list[str]:
         f"people, {found['n_no_human']} without). An image counts as removed when the filter rejects it or sends it "
         "to review.",
         "",
-        _table(
+        markdown_table(
             ("measure", "value", "images"),
             [
                 ("recall (people removed)", _rate(found["recall"]), found["n_human"]),
@@ -424,7 +425,7 @@ def _evaluation(cfg: CurateConfig, found: dict[str, Any] | None) -> list[str]:
             for k, v in sorted(detectors.items())
         ]
         parts += ["", "Each detector alone at its threshold:", ""]
-        parts.append(_table(("detector", "threshold", "recall", "false-removal rate"), rows))
+        parts.append(markdown_table(("detector", "threshold", "recall", "false-removal rate"), rows))
     return parts
 
 
@@ -471,11 +472,13 @@ def _misses(found: dict[str, Any]) -> list[str]:
     return [
         "Categories of the evaluation set where the filter missed people:",
         "",
-        _table(("category", "images", "missed", "recall"), misses) if misses else "none: it removed every person.",
+        markdown_table(("category", "images", "missed", "recall"), misses)
+        if misses
+        else "none: it removed every person.",
         "",
         "Images without people that the filter removed, by category:",
         "",
-        _table(("category", "images", "removed", "rate", "reasons"), removals) if removals else "none.",
+        markdown_table(("category", "images", "removed", "rate", "reasons"), removals) if removals else "none.",
     ]
 
 
@@ -489,7 +492,7 @@ def _licences(cfg: CurateConfig, tally: Tally) -> list[str]:
         return f"{code} (assumed: {why})"
 
     rows: list[tuple[object, ...]] = sorted((label(c, a), n) for (c, a), n in tally.licences.items())
-    parts = ["## Licences of released images", _table(("licence", "images"), rows or [("-", 0)])]
+    parts = ["## Licences of released images", markdown_table(("licence", "images"), rows or [("-", 0)])]
     unknown = sum(n for (c, _), n in tally.licences.items() if c == UNKNOWN_LICENCE)
     if unknown:
         parts += ["", f"**{unknown} released image(s) have no known licence** (`license.keep_unknown`): "]
@@ -511,7 +514,7 @@ def _attribution(tally: Tally) -> list[str]:
     return [
         "Attribution as far as the data holds it (`pass_metadata.csv`):",
         "",
-        _table(("released images with", "images", "without"), rows),
+        markdown_table(("released images with", "images", "without"), rows),
         "",
         f"**Not every released image can be attributed from this data**: {'; '.join(lacking)}."
         if tally.released
@@ -528,7 +531,7 @@ def _overrides(tally: Tally) -> list[str]:
         f"**{tally.overrides} image(s) the filter rejected or sent to review were kept by a reviewer** (a "
         f"reviewer's keep overrides the filter){shown}:",
         "",
-        _table(("image_id", "filter's verdict", "reviewer", "date", "in this release"), rows),
+        markdown_table(("image_id", "filter's verdict", "reviewer", "date", "in this release"), rows),
     ]
 
 
@@ -557,7 +560,7 @@ def audit_section(cfg: CurateConfig, tally: Tally) -> list[str]:
         "## Human review",
         "The latest review decision of each candidate (`review_decision`):",
         "",
-        _table(("review decision", "images"), sorted(tally.reviews.items()))
+        markdown_table(("review decision", "images"), sorted(tally.reviews.items()))
         if tally.reviews
         else "No reviewer has decided on any candidate.",
         "",
@@ -614,16 +617,16 @@ def render_data_card(cfg: CurateConfig, tally: Tally, num_shards: int, extra: li
         _limitations(cfg, found),
         audit_section(cfg, tally),
         _licences(cfg, tally),
-        ["## Formats of released images", _table(("format", "images"), formats or [("-", 0)])],
+        ["## Formats of released images", markdown_table(("format", "images"), formats or [("-", 0)])],
         _duplicates(cfg, tally),
         _outcomes(tally, num_shards),
         [
             "## Models",
-            _table(("model", "family", "source", "weights sha256", "digest from", "licence"), _model_rows(cfg))
+            markdown_table(("model", "family", "source", "weights sha256", "digest from", "licence"), _model_rows(cfg))
             if ran_families(cfg)
             else "No model ran.",
         ],
-        ["## Software", _table(("package", "version"), _software(cfg))],
+        ["## Software", markdown_table(("package", "version"), _software(cfg))],
         ["## Configuration", "```yaml", yaml.safe_dump(card_config(cfg), sort_keys=True).rstrip(), "```"],
     ]
     lines = [line for section in sections for line in [*section, ""]]

@@ -25,10 +25,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from curate.config import ConfigError, CurateConfig
+from curate.configload import load_config
 from curate.detect.decide import Scores, decide, family_of, thresholds
 from curate.detect.decoding import decode
 from curate.io.atomic import sha256_file
-from curate.run import load_config
 from curate.stages.detect import Scorer
 
 # The detect settings that change a model's scores (not only its speed): the card compares them with its own.

@@ -1,228 +1,33 @@
 """Entry point: `python -m curate.run [pipeline=NAME] [stage=STAGE] [key=value ...]`.
 
-Composes the recipe with Hydra, checks it, opens a Dask client only if some shard has work, runs the stage(s)
-and prints a summary. No pipeline logic lives here.
+Loads the invocation's config (curate.configload: composed, its values and what they name checked), takes the
+run directory's lock, opens a Dask client only if some shard has work, runs the stage(s) and prints a summary.
+No pipeline logic lives here, and no library module imports this one.
 """
 
 from __future__ import annotations
 
-import difflib
 import fcntl
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from curate import pipeline
-from curate.config import ConfigError, CurateConfig, Stage, validate
+from curate.config import ConfigError, CurateConfig, Stage
+from curate.configload import config_text, load_config, pipelines_dir, without_per_invocation
 from curate.io.atomic import write_text
-from curate.runconfig import SAMPLE_DIR, load_run_config, register_schema
+from curate.runconfig import SAMPLE_DIR, load_run_config
 from curate.rundir import RunDir
 from curate.runner import Runner, StageReport
-from curate.sources import check_inputs
 
-__all__ = ["SAMPLE_DIR", "load_run_config", "main"]  # load_run_config: the notebooks' old import path
+# load_run_config and load_config: old import paths (the notebooks; `python -m curate.models download`)
+__all__ = ["SAMPLE_DIR", "load_config", "load_run_config", "main"]
 
 log = logging.getLogger("curate")
-
-PIPELINES_ENV = "CURATE_PIPELINES_DIR"
-
-
-def pipelines_dir() -> Path:
-    return Path(os.environ.get(PIPELINES_ENV) or Path(__file__).resolve().parents[1] / "pipelines")
-
-
-def _explain(err: BaseException) -> str:
-    """Hydra's message plus the OmegaConf cause (which holds the useful part), without the '+key' advice:
-    the schema is closed, so adding a key can never be the fix."""
-    lines = [line for line in str(err).strip().splitlines() if not line.startswith("To append")]
-    cause = err.__cause__
-    while cause is not None:
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        if first and first not in lines:
-            lines.append(first)
-        cause = cause.__cause__
-    message = "\n  ".join(lines)
-    return _hint(message) if "not in '" in message else message
-
-
-def _hint(message: str) -> str:
-    """Add a did-you-mean for misspelt keys."""
-    keys = _all_keys(OmegaConf.structured(CurateConfig))
-    for word in message.replace("'", " ").replace('"', " ").split():
-        if "." in word and word not in keys:
-            close = difflib.get_close_matches(word, keys, n=1)
-            if close:
-                return f"{message}\n  did you mean {close[0]}?"
-    return message
-
-
-def _all_keys(node: object, prefix: str = "") -> list[str]:
-    keys: list[str] = []
-    for key, value in OmegaConf.to_container(node, resolve=False).items():  # type: ignore[union-attr]
-        full = f"{prefix}{key!s}"
-        keys.append(full)
-        if isinstance(value, dict):
-            keys += _all_keys(OmegaConf.create(value), full + ".")
-    return keys
-
-
-# Settings that hold for one invocation only: a run directory's remembered config never carries them on.
-PER_INVOCATION = ("stage", "fetch.retry_failed", "release.allow_failed_shards")
-
-
-def load_config(argv: list[str]) -> CurateConfig:
-    """The config of one invocation; writes nothing.
-
-    A run directory that has a config.yaml remembers what it is: the invocation starts from that config, with the
-    command line's overrides on top (a different `pipeline=` is refused). A new run directory composes
-    `pipeline=NAME` (a recipe in pipelines/ or a path to a .yaml; default sample) with the overrides.
-    """
-    register_schema()
-    pipeline: str | None = None
-    overrides = []
-    for arg in argv:
-        if arg.startswith("pipeline="):
-            pipeline = arg.split("=", 1)[1]
-        else:
-            overrides.append(arg)
-    overrides = [as_list_override(arg) for arg in overrides]
-    run_dir = given_run_dir(overrides)
-    if run_dir is None:
-        run_dir = Path(_compose_recipe(pipeline or "sample", overrides).run.dir)
-    remembered = run_dir / "config.yaml"
-    if remembered.exists():
-        cfg = _compose_remembered(remembered, pipeline, overrides)
-        cfg.run.dir = str(run_dir)  # the directory may have moved since it was recorded
-    else:
-        cfg = _compose_recipe(pipeline or "sample", overrides)
-    absolute_paths(cfg)
-    validate(cfg)
-    from curate.models.registry import check_detectors  # here: config knows no model (and no import cycle)
-
-    if problems := check_detectors(cfg):
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
-    if cfg.stage in (Stage.ingest, Stage.all) and (problem := check_inputs(cfg.ingest)):
-        raise ConfigError(f"invalid configuration:\n  - {problem}")
-    return cfg
-
-
-def given_run_dir(overrides: list[str]) -> Path | None:
-    """run.dir as the command line gives it, unquoted as Hydra reads it (None: the recipe's default)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as err:
-        raise ConfigError(_explain(err)) from err
-    found = [str(o.value()) for o in parsed if o.key_or_group == "run.dir" and not o.is_delete()]
-    if found and "${" in found[-1]:
-        return None  # an interpolation: the composed config resolves it
-    return Path(found[-1]) if found and found[-1] else None
-
-
-# Input paths are remembered absolute: later invocations (the notebooks, a report) may run from elsewhere.
-PATH_KEYS = ("ingest.path", "fetch.file_root", "models.dir", "release.previous", "release.evaluation",
-             "release.data_card_dir")  # fmt: skip
-
-
-def absolute_paths(cfg: CurateConfig) -> None:
-    for key in PATH_KEYS:
-        group, name = key.split(".")
-        value = getattr(getattr(cfg, group), name)
-        if value:
-            setattr(getattr(cfg, group), name, os.path.abspath(os.path.expanduser(value)))
-    cfg.release.takedowns = [os.path.abspath(p) for p in cfg.release.takedowns]
-    for ref in cfg.dedup.references:
-        for name in ("folder", "hashes", "embeddings"):
-            if getattr(ref, name):
-                setattr(ref, name, os.path.abspath(getattr(ref, name)))
-    if cfg.pipeline.endswith(".yaml"):
-        cfg.pipeline = os.path.abspath(cfg.pipeline)
-
-
-def as_list_override(arg: str) -> str:
-    """`release.takedowns=file.csv` means a list of one: a single value where the schema has a list is wrapped,
-    instead of OmegaConf's `str is not a ListConfig`."""
-    key, sep, value = arg.partition("=")
-    if sep and value not in ("", "null") and not value.startswith("[") and key.lstrip("+~") in _list_keys():
-        return f"{key}=[{value}]"
-    return arg
-
-
-def _list_keys() -> set[str]:
-    schema = OmegaConf.structured(CurateConfig)
-    return {key for key in _all_keys(schema) if OmegaConf.is_list(OmegaConf.select(schema, key))}
-
-
-def _compose(config_dir: Path, name: str, overrides: list[str]) -> CurateConfig:
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            composed = compose(config_name=name, overrides=overrides)
-        cfg = OmegaConf.to_object(composed)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(_explain(err)) from err
-    assert isinstance(cfg, CurateConfig)
-    return cfg
-
-
-def _compose_recipe(pipeline: str, overrides: list[str]) -> CurateConfig:
-    if pipeline.endswith(".yaml"):
-        config_dir, name = Path(pipeline).resolve().parent, Path(pipeline).stem
-    else:
-        config_dir, name = pipelines_dir(), pipeline
-    if not (config_dir / f"{name}.yaml").exists():
-        raise ConfigError(f"pipeline={pipeline!r} not found; choose one of {recipes()} or give a path to a .yaml")
-    cfg = _compose(config_dir, name, [*overrides])
-    cfg.pipeline = pipeline
-    return cfg
-
-
-def _compose_remembered(path: Path, pipeline: str | None, overrides: list[str]) -> CurateConfig:
-    try:
-        stored = OmegaConf.merge(OmegaConf.structured(CurateConfig), OmegaConf.load(path))
-    except (OmegaConfBaseException, OSError, ValueError) as err:
-        raise ConfigError(
-            f"{path} cannot be read as a curate config ({err}); restore it or start a new run.dir"
-        ) from err
-    stored = without_per_invocation(stored)
-    recorded = str(stored.pipeline)
-    if pipeline is not None and not same_pipeline(pipeline, recorded):
-        raise ConfigError(
-            f"{path.parent} is a run of pipeline={recorded} (its config.yaml): leave pipeline= out to go on with it "
-            f"(overrides still apply), or start a new run of pipeline={pipeline} with another run.dir=..."
-        )
-    ConfigStore.instance().store(name="curate_remembered_run", node=stored)
-    return _compose(pipelines_dir(), "curate_remembered_run", overrides)
-
-
-def without_per_invocation(node: Any) -> Any:
-    """The config with the one-invocation settings (PER_INVOCATION) at their defaults."""
-    defaults = OmegaConf.structured(CurateConfig)
-    for key in PER_INVOCATION:
-        OmegaConf.update(node, key, OmegaConf.select(defaults, key))
-    return node
-
-
-def same_pipeline(given: str, recorded: str) -> bool:
-    if given == recorded:
-        return True
-    return given.endswith(".yaml") and recorded.endswith(".yaml") and Path(given).resolve() == Path(recorded).resolve()
-
-
-def recipes() -> list[str]:
-    return sorted(p.stem for p in pipelines_dir().glob("*.yaml"))
-
-
-def config_text(cfg: CurateConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
 def log_invocation(cfg: CurateConfig) -> Path:
@@ -293,20 +98,14 @@ def stages_for(stage: Stage) -> list[str]:
 def needs_models(cfg: CurateConfig, runner: Runner) -> bool:
     """Whether detect will run a model in this invocation: a review, audit or re-release of a finished run
     needs no weight file (and so no models.dir) at all."""
-    from curate.stages.ingest import has_work as ingest_has_work
-
     names = stages_for(cfg.stage)
     if "detect" not in names:
         return False
-    if not runner.run.shards_file.exists() or ("ingest" in names and ingest_has_work(cfg, runner.run)):
+    if not runner.run.shards_file.exists():
         return True
     # detect has work when it, or a stage before it in this invocation, has a shard to redo
     before = [*pipeline.upstream("detect"), "detect"]
-    return any(
-        runner.has_work(pipeline.stage_class(name)(cfg), pipeline.upstream(name))
-        for name in names
-        if name in before and name != "ingest"
-    )
+    return any(runner.has_work(pipeline.stage_class(name)(cfg)) for name in names if name in before)
 
 
 def run_locked(cfg: CurateConfig) -> list[StageReport]:
@@ -318,7 +117,7 @@ def run_locked(cfg: CurateConfig) -> list[StageReport]:
 
             check_available(cfg)  # a missing weight file fails here, before any work
         for name in stages_for(cfg.stage):
-            report = pipeline.stage_class(name)(cfg).run(runner)
+            report = runner.run_stage(pipeline.stage_class(name)(cfg))
             reports.append(report)
             if report.fatal:
                 break  # a failed shard does not stop the run (its rows are shard_failed); a failed stage does

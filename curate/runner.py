@@ -1,15 +1,18 @@
-"""Shards, fingerprints, skip-completed, Dask submission, atomic parts, per-shard stats."""
+"""Shards, fingerprints, skip-completed, Dask submission, atomic parts, per-shard stats.
+
+The runner alone applies the caching rule (`curate.cache`) and submits Dask tasks. A stage sees a
+`StageContext`: the run directory, a map of tasks over the cluster, and cached steps (a run-wide one, or one
+per shard), never the runner itself.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -19,7 +22,8 @@ import pandas as pd
 from distributed import Client, as_completed
 from tqdm import tqdm
 
-from curate import __version__
+from curate import __version__, pipeline
+from curate.cache import fingerprint, is_current, read_marker, record_step
 from curate.config import ConfigError, CurateConfig
 from curate.faults import describe
 from curate.io.atomic import sha256_file, write_json, write_parquet, write_text
@@ -36,11 +40,6 @@ class StageRefused(RuntimeError):
 
 
 log = logging.getLogger(__name__)
-
-
-def fingerprint(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def count_outcomes(frame: pd.DataFrame, stage: str) -> dict[str, int]:
@@ -101,8 +100,17 @@ class StageReport:
 
 
 def write_marker(
-    run: RunDir, stage: str, shard: int, fp: str, frame: pd.DataFrame, started: float, failed: bool = False
+    run: RunDir,
+    stage: str,
+    shard: int,
+    fp: str,
+    frame: pd.DataFrame,
+    started: float,
+    failed: bool = False,
+    outputs: list[Path] | None = None,
 ) -> dict[str, Any]:
+    """The shard's completion marker, written last; `outputs`: files besides the part the shard wrote (fetch's
+    tar), which must still exist for the shard to count as finished."""
     wall = time.perf_counter() - started
     processed = int(frame[f"{stage}_status"].notna().sum())
     marker = {
@@ -115,6 +123,7 @@ def write_marker(
         "wall_s": round(wall, 4),
         "images_per_s": round(processed / wall, 2) if wall > 0 else None,
         "output_sha256": sha256_file(run.part(stage, shard)),
+        "outputs": [p.relative_to(run.root).as_posix() for p in [run.part(stage, shard), *(outputs or [])]],
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
@@ -168,7 +177,7 @@ def run_shard(stage: ShardStage, upstream: list[str], shard: int, fp: str) -> di
     frame = added.reindex(rows.index)
     check_reasons(stage.name, frame[f"{stage.name}_reason"])
     write_parquet(run.part(stage.name, shard), frame)
-    return write_marker(run, stage.name, shard, fp, frame, started)
+    return write_marker(run, stage.name, shard, fp, frame, started, outputs=stage.shard_outputs(run, shard))
 
 
 def shard_fingerprint(
@@ -189,6 +198,95 @@ def shard_fingerprint(
             "prepared": prepared,  # the digest of the stage's run-wide step, if it has one
         }
     )
+
+
+class StageContext:
+    """What a stage's run-wide work sees: the config, the run directory, a map of tasks over the cluster, and
+    cached steps. Failures of its tasks are recorded in the stage's report; `failed` says whether any happened."""
+
+    def __init__(self, runner: Runner, stage: str, report: StageReport) -> None:
+        self._runner = runner
+        self._report = report
+        self.stage = stage
+        self.cfg = runner.cfg
+        self.run = runner.run
+
+    @property
+    def failed(self) -> bool:
+        return bool(self._report.failures)
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        tasks: Mapping[Any, tuple[Any, ...]],
+        *,
+        desc: str,
+        key: str,
+        retries: int | None = None,
+        error_file: Callable[[Any], Path] | None = None,
+    ) -> dict[Any, Any]:
+        """`func(*args)` for every tag's args as one Dask task each (key `<key>-<n>`); → tag: result of every
+        task that succeeded. A task that failed after its retries is recorded (and its traceback written to
+        `error_file(tag)` when given); the others go on."""
+        if not tasks:
+            return {}
+        futures = {
+            tag: self._runner.submit(func, *args, key=f"{key}-{n}", retries=retries)
+            for n, (tag, args) in enumerate(tasks.items())
+        }
+        return dict(self._runner.gather(futures, self._report, desc, error_file))
+
+    def step(self, name: str, made_from: Any, outputs: list[Path], build: Callable[[], None]) -> str:
+        """A run-wide step of the stage, cached by the one rule: `build()` (which writes `outputs`) runs only
+        when the step's marker (work/<stage>/<name>.json) does not hold the fingerprint of `made_from` or an
+        output is gone. Returns one digest of the outputs, for the fingerprint of every shard."""
+        marker_path, fp = self._step_marker(name), self._step_fingerprint(name, made_from, outputs)
+        marker = read_marker(marker_path)
+        if marker is None or not is_current(marker, fp, self.run.root):
+            build()
+            marker = record_step(marker_path, self.run.root, fp, outputs)
+        return str(marker["digest"])
+
+    def is_current(self, name: str, made_from: Any, outputs: list[Path]) -> bool:
+        """Whether step `name` would be reused (a stage that may not rebuild it asks first: release, published)."""
+        marker = read_marker(self._step_marker(name))
+        return is_current(marker, self._step_fingerprint(name, made_from, outputs), self.run.root)
+
+    def _step_marker(self, name: str) -> Path:
+        return self.run.root / "work" / self.stage / f"{name}.json"
+
+    def _step_fingerprint(self, name: str, made_from: Any, outputs: list[Path]) -> str:
+        listed = [p.relative_to(self.run.root).as_posix() for p in outputs]
+        return fingerprint({"step": f"{self.stage}/{name}", "made_from": made_from, "outputs": listed})
+
+    def shard_steps(
+        self,
+        name: str,
+        func: Callable[[CurateConfig, int], Any],
+        made_from: Callable[[int], Any],
+        output: Callable[[int], Path],
+    ) -> list[str]:
+        """A per-shard step of the stage, cached by the one rule: `func(cfg, shard)` (which writes
+        `output(shard)`) runs as a Dask task for every shard whose marker (beside its output, `.json`) does not
+        hold the fingerprint of `made_from(shard)`. Returns the outputs' sha256 in shard order ([] when a task
+        failed: see `failed`)."""
+        shards = range(self.run.num_shards())
+        fps = {s: fingerprint({"step": f"{self.stage}/{name}", "made_from": made_from(s)}) for s in shards}
+        todo = {
+            s: (self.cfg, s) for s in shards if not is_current(read_marker(_beside(output(s))), fps[s], self.run.root)
+        }
+        for shard in self.map(
+            func, todo, desc=f"{self.stage} {name}", key=f"{self.stage}-{name}-{fingerprint(fps)[:12]}"
+        ):
+            record_step(_beside(output(shard)), self.run.root, fps[shard], [output(shard)])
+        if self.failed:
+            return []
+        markers = [read_marker(_beside(output(s))) or {} for s in shards]
+        return [str(m["output_sha256"][0]) for m in markers]
+
+
+def _beside(output: Path) -> Path:
+    return output.with_suffix(".json")
 
 
 class Runner:
@@ -261,27 +359,41 @@ class Runner:
                     yield tag, result
                 bar.update(1)
 
-    def has_work(self, stage: ShardStage, upstream: list[str]) -> bool:
-        """Whether some shard of a stage without a run-wide step would run now (upstream as it stands)."""
-        num_shards = self.run.num_shards()
-        for shard in range(num_shards):
+    def layout_is_current(self, stage: ShardStage) -> bool:
+        """Whether a stage that lays out the shards (ingest) finished every shard with its fingerprint now."""
+        num_shards = stage.layout_shards()
+        if not (self.run.shards_file.exists() and self.run.num_shards() == num_shards):
+            return False
+        fp = stage.layout_fingerprint()
+        return all(is_current(self.run.read_marker(stage.name, s), fp, self.run.root) for s in range(num_shards))
+
+    def has_work(self, stage: ShardStage, upstream: list[str] | None = None) -> bool:
+        """Whether some shard would run now (upstream as it stands; a run-wide step's result taken as current)."""
+        if stage.lays_out_shards:
+            return not self.layout_is_current(stage)
+        upstream = pipeline.upstream(stage.name) if upstream is None else upstream
+        for shard in range(self.run.num_shards()):
             try:
                 fp = shard_fingerprint(stage, self.run, upstream, shard)
             except ConfigError:  # an upstream shard is unfinished: it will run, and this stage after it
                 return True
-            marker = self.run.read_marker(stage.name, shard)
-            if marker is None or marker["fingerprint"] != fp or marker.get("failed"):
+            if not is_current(self.run.read_marker(stage.name, shard), fp, self.run.root):
                 return True
             if stage.wants_rerun(self.run, shard):
                 return True
         return False
 
-    def run_stage(self, stage: ShardStage, upstream: list[str]) -> StageReport:
+    def run_stage(self, stage: ShardStage, upstream: list[str] | None = None) -> StageReport:
+        """The stage over every shard, reading the columns of `upstream` (default: every earlier stage)."""
+        if stage.lays_out_shards:
+            return self._run_layout(stage)
+        upstream = pipeline.upstream(stage.name) if upstream is None else upstream
         started = time.perf_counter()
         num_shards = self.run.num_shards()
         report = StageReport(stage.name, num_shards)
         try:
-            prepared = stage.prepare(self, report)  # a run-wide step (dedup's grouping, release's selection)
+            # a run-wide step (dedup's grouping, release's selection, review's latest decisions)
+            prepared = stage.prepare(StageContext(self, stage.name, report))
         except StageRefused as refusal:
             report.failures.append(str(refusal))
             report.fatal = True
@@ -296,8 +408,7 @@ class Runner:
         for shard in range(num_shards):
             fp = shard_fingerprint(stage, self.run, upstream, shard, prepared)
             marker = self.run.read_marker(stage.name, shard)
-            finished = marker is not None and marker["fingerprint"] == fp and not marker.get("failed")
-            if finished and marker is not None and not stage.wants_rerun(self.run, shard):
+            if is_current(marker, fp, self.run.root) and marker is not None and not stage.wants_rerun(self.run, shard):
                 report.skipped += 1
                 report.add(marker)
             else:
@@ -337,6 +448,24 @@ class Runner:
             report.fatal = True
         elif not report.fatal and (todo or not stage.is_finished(self.run)):
             stage.finish(self.run, num_shards)
+        report.wall_s = time.perf_counter() - started
+        self.record(report)
+        return report
+
+    def _run_layout(self, stage: ShardStage) -> StageReport:
+        """A stage that lays out the shards (ingest) is one step over all its inputs: it runs whole, when any
+        shard's marker lacks its fingerprint, and its tasks write every shard's part and marker."""
+        started = time.perf_counter()
+        num_shards = stage.layout_shards()
+        report = StageReport(stage.name, num_shards)
+        if self.layout_is_current(stage):
+            report.skipped = num_shards
+            for shard in range(num_shards):
+                report.add(self.run.read_marker(stage.name, shard) or {"counts": {}})
+        else:
+            for marker in stage.lay_out(StageContext(self, stage.name, report), stage.layout_fingerprint()):
+                report.finished(marker)
+            report.fatal = bool(report.failures)  # no shard layout without every input read: nothing later runs
         report.wall_s = time.perf_counter() - started
         self.record(report)
         return report

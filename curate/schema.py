@@ -123,6 +123,11 @@ _ID_ESCAPED = re.compile(r".*--[0-9a-f]{16}")
 _STEM_CHARS = 40
 
 
+def is_safe_key(key: str) -> bool:
+    """Whether `key` may name a WebDataset sample and a PASS member: what `safe_id` returns, and nothing else."""
+    return bool(_ID_SAFE.fullmatch(key))
+
+
 def safe_id(raw: str) -> str:
     """A dot-free, slash-free key (WebDataset splits keys at the first dot), distinct for distinct raw ids.
 

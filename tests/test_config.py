@@ -9,7 +9,7 @@ import yaml
 from conftest import run_curate
 
 from curate.config import ConfigError
-from curate.run import load_config
+from curate.configload import load_config
 
 
 def fails_with(capsys: pytest.CaptureFixture[str], run_dir: Path, *overrides: str) -> str:

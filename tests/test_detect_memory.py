@@ -15,10 +15,10 @@ import pytest
 from conftest import MODELS, encode, photo, run_curate
 
 from curate.config import ConfigError
+from curate.configload import load_config
 from curate.detect.images import Image, image_hw
 from curate.detect.types import Detections, Detector
 from curate.io.tars import SortedTarWriter, TarMembers, iter_tar, read_members
-from curate.run import load_config
 from curate.rundir import RunDir
 from curate.runner import live_rows
 from curate.stages.detect import PIXELS_PER_SLOT, DetectStage, Scorer, encoded_batches, read_batches

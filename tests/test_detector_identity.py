@@ -27,11 +27,11 @@ from conftest import MODELS, REPO, run_curate
 from PIL import Image
 
 from curate.config import ConfigError, DetectConfig
+from curate.configload import load_config
 from curate.detect.types import COUNT_ABOVE
 from curate.io.atomic import sha256_file
 from curate.models import registry
 from curate.models.registry import REGISTRY, check_detectors
-from curate.run import load_config
 from curate.stages import detect as detect_stage
 from curate.stages.detect import DetectStage
 

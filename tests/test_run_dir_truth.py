@@ -16,8 +16,9 @@ import pytest
 import yaml
 from conftest import MODELS, run_curate
 
+from curate.configload import load_config
 from curate.review import ledger
-from curate.run import load_config, main
+from curate.run import main
 
 # In-process Dask, no progress bars, and NO models.dir: a finished run must not need one.
 QUIET = ["dask.processes=false", "dask.n_workers=2", "run.progress=false"]

@@ -12,7 +12,8 @@ import pytest
 from conftest import FAST, MODELS, NO_FILTER, run_curate
 
 from curate.config import CurateConfig
-from curate.run import load_config, open_client
+from curate.configload import load_config
+from curate.run import open_client
 from curate.rundir import RunDir
 from curate.runner import Runner
 from curate.stages.base import ShardStage

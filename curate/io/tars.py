@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from curate.io.atomic import atomic_path
+from curate.schema import is_safe_key
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: any fixed value makes the bytes reproducible
 
@@ -72,6 +73,28 @@ class SortedTarWriter:
             self.close()
         else:
             self.abort()
+
+
+class WebDatasetWriter:
+    """A WebDataset shard: samples of `<key>.<extension>` members. The key rule is checked here, where members are
+    written, not trusted to every source: a key with a dot or a slash would split one sample into several (or
+    put it in a folder) for every WebDataset reader."""
+
+    def __init__(self, path: Path) -> None:
+        self._tar = SortedTarWriter(path)
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        """One sample: extension (without its dot, e.g. "jpg", "json") -> bytes."""
+        if not is_safe_key(key):
+            raise ValueError(f"WebDataset key {key!r} is not of [A-Za-z0-9_-] (see curate.schema.safe_id)")
+        for extension, data in members.items():
+            self._tar.add(f"{key}.{extension}", data)
+
+    def __enter__(self) -> WebDatasetWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._tar.__exit__(exc_type, *rest)
 
 
 def iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from curate.io.atomic import read_parquet, write_parquet
+from curate.io.atomic import read_parquet, sha256_file, write_parquet
 
 DECISIONS = ("keep", "remove", "unsure")
 COLUMNS = ["image_id", "decision", "reviewer", "timestamp", "note"]
@@ -23,6 +23,12 @@ COLUMNS = ["image_id", "decision", "reviewer", "timestamp", "note"]
 
 def ledger_path(run_dir: Path | str) -> Path:
     return Path(run_dir) / "review" / "decisions.parquet"
+
+
+def digest(run_dir: Path | str) -> str | None:
+    """sha256 of the ledger file (None: no decision yet): what review's latest decisions are made from."""
+    path = ledger_path(run_dir)
+    return sha256_file(path) if path.exists() else None
 
 
 def read(run_dir: Path | str) -> pd.DataFrame:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-from curate import pipeline
 from curate.config import CurateConfig, runtime_keys
 from curate.rundir import RunDir
 
 if TYPE_CHECKING:
-    from curate.runner import Runner, StageReport
+    from curate.runner import StageContext
 
 
 class ShardStage(ABC):
@@ -34,14 +34,12 @@ class ShardStage(ABC):
     sees_all_rows: ClassVar[bool] = False
     # Whether shards need a GPU worker when the run has GPU workers (dask.gpus > 0).
     uses_gpu: ClassVar[bool] = False
+    # Whether the stage lays out the shards (ingest): then it is one step over all its inputs (`lay_out`), not a
+    # task per existing shard (`process`).
+    lays_out_shards: ClassVar[bool] = False
 
     def __init__(self, cfg: CurateConfig) -> None:
         self.cfg = cfg
-
-    def run(self, runner: Runner) -> StageReport:
-        """The stage over every shard: the runner's skip-finished, fingerprints and Dask tasks, reading the
-        columns of every earlier stage of the pipeline."""
-        return runner.run_stage(self, pipeline.upstream(self.name))
 
     def stage_config(self) -> Any:
         return getattr(self.cfg, self.name)
@@ -59,11 +57,30 @@ class ShardStage(ABC):
         a failed shard's part carries them as nulls, so the stages after it run over it like over any other."""
         return {}
 
-    def prepare(self, runner: Runner, report: StageReport) -> str | None:
-        """Runs once in the client before the shards: a step that needs every shard (global grouping). Returns a
-        digest of what it produced; the runner puts it into every shard's fingerprint, so that shards are redone
-        exactly when it changes."""
+    def shard_outputs(self, run: RunDir, shard: int) -> list[Path]:
+        """Files besides its part that a shard writes (fetch's tar): a shard whose file is gone runs again."""
+        return []
+
+    def prepare(self, ctx: StageContext) -> str | None:
+        """Runs once in the client before the shards: a step that needs every shard (global grouping), as cached
+        steps of `ctx` (`ctx.step`, `ctx.shard_steps`). Returns a digest of what it produced; the runner puts it
+        into every shard's fingerprint, so that shards are redone exactly when it changes. It may raise
+        `curate.runner.StageRefused` before writing anything."""
         return None
+
+    # -- a stage that lays out the shards (lays_out_shards) ----------------------------------------------------
+
+    def layout_shards(self) -> int:
+        """How many shards the stage lays out."""
+        raise NotImplementedError(f"stage {self.name} does not lay out shards")
+
+    def layout_fingerprint(self) -> str:
+        """The fingerprint every shard's marker holds when the layout is current (inputs, config, version)."""
+        raise NotImplementedError(f"stage {self.name} does not lay out shards")
+
+    def lay_out(self, ctx: StageContext, fp: str) -> list[dict[str, Any]]:
+        """Write every shard's part and marker (with fingerprint `fp`) through `ctx.map`; → the markers written."""
+        raise NotImplementedError(f"stage {self.name} does not lay out shards")
 
     def refuse_work(self, run: RunDir) -> str | None:
         """Why this stage must not redo the shards whose fingerprint changed (None: it may). Release refuses

@@ -1,19 +1,21 @@
 """dedup: exact, near (pHash) and semantic (CLIP embedding) duplicates, and duplicates of reference sets.
 
 Groups must be formed over the whole run, not per shard, so the stage has three steps:
-1. features, one Dask task per shard: sha256 (from fetch), the pHash of the bytes, size, date and detect's
-   CLIP embedding -> work/dedup/features/part-N.parquet (skipped when its inputs did not change);
-2. grouping, once, in the client: pairs from each method, connected components, one representative per group
-   (highest resolution, then earliest date, then smallest image_id), reference matches ->
-   work/dedup/assignments/part-N.parquet, stamped with every shard's features and the config;
+1. features, a cached step per shard (a Dask task where its inputs changed): sha256 (from fetch), the pHash of
+   the bytes, size, date and detect's CLIP embedding -> work/dedup/features/part-N.parquet (+ .json marker);
+2. grouping, a cached run-wide step in the client: pairs from each method, connected components, one
+   representative per group (highest resolution, then earliest date, then smallest image_id), reference
+   matches -> work/dedup/assignments/part-N.parquet (+ work/dedup/assignments.json marker: every shard's
+   features and the config);
 3. per shard (the usual ShardStage step): each row gets dedup_group, dedup_of, dedup_status, dedup_reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,14 +27,14 @@ from curate.dedup import hamming_index
 from curate.dedup.groups import components, representatives
 from curate.dedup.phash import hashes, low_frequencies, mirrored, thumbnail
 from curate.dedup.references import load as load_reference
-from curate.io.atomic import digest_files, read_json, read_parquet, sha256_file, write_json, write_parquet
+from curate.io.atomic import read_parquet, write_parquet
 from curate.io.tars import TarMembers
 from curate.manifest import DEDUP, dtypes, frame_of
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
 
 if TYPE_CHECKING:
-    from curate.runner import Runner, StageReport
+    from curate.runner import StageContext
 
 UPSTREAM = pipeline.upstream("dedup")
 FEATURES_VERSION = "1"
@@ -52,7 +54,7 @@ def assignments_path(run: RunDir, shard: int) -> Path:
     return work_dir(run) / "assignments" / f"part-{shard:05d}.parquet"
 
 
-def shard_features(cfg: CurateConfig, shard: int) -> dict[str, Any]:
+def shard_features(cfg: CurateConfig, shard: int) -> None:
     """Step 1 for one shard (a Dask task): the features of its rows that passed every earlier stage."""
     run = RunDir(Path(cfg.run.dir))
     rows = run.load_joined(shard, UPSTREAM)
@@ -92,7 +94,6 @@ def shard_features(cfg: CurateConfig, shard: int) -> dict[str, Any]:
     if "clip_embedding" in rows:
         frame["embedding"] = rows["clip_embedding"]
     write_parquet(features_path(run, shard), frame)
-    return {"shard": shard}
 
 
 class DedupStage(ShardStage):
@@ -101,40 +102,31 @@ class DedupStage(ShardStage):
 
     # -- steps 1 and 2 -----------------------------------------------------------------------------------------
 
-    def prepare(self, runner: Runner, report: StageReport) -> str | None:
-        run = runner.run
-        num_shards = run.num_shards()
-        todo = []
-        for shard in range(num_shards):
-            stamp = {m: (run.read_marker(m, shard) or {}).get("output_sha256") for m in UPSTREAM}
-            stamp["version"] = FEATURES_VERSION
-            marker = features_path(run, shard).with_suffix(".json")
-            if not features_path(run, shard).exists() or read_json(marker) != stamp:
-                todo.append((shard, stamp, marker))
-        if todo:
-            futures = {
-                shard: runner.submit(shard_features, self.cfg, shard, key=f"dedup-features-{shard}-{i}")
-                for i, (shard, _, _) in enumerate(todo)
-            }
-            stamps = {shard: (stamp, marker) for shard, stamp, marker in todo}
-            for shard, _ in runner.gather(futures, report, "dedup features"):
-                stamp, marker = stamps[shard]
-                write_json(marker, stamp)
-            if report.failures:
-                return None  # the runner stops this stage: no grouping over missing features
-        inputs = [sha256_file(features_path(run, shard)) for shard in range(num_shards)]
-        settings = dataclasses.asdict(self.cfg.dedup)
-        stamp = {"inputs": inputs, "config": settings, "version": self.version}
-        marker = work_dir(run) / "assignments.json"
-        parts = [assignments_path(run, shard) for shard in range(num_shards)]
-        if not all(p.exists() for p in parts) or read_json(marker) != stamp:
-            features = pd.concat([read_parquet(features_path(run, s)) for s in range(num_shards)], ignore_index=True)
-            assigned = assign_groups(features, self.cfg)
+    def prepare(self, ctx: StageContext) -> str | None:
+        run = ctx.run
+        shards = range(run.num_shards())
+        features = ctx.shard_steps(
+            "features",
+            shard_features,
+            made_from=lambda shard: {
+                "version": FEATURES_VERSION,
+                "inputs": {m: (run.read_marker(m, shard) or {}).get("output_sha256") for m in UPSTREAM},
+            },
+            output=partial(features_path, run),
+        )
+        if ctx.failed:
+            return None  # the runner stops this stage: no grouping over missing features
+        parts = [assignments_path(run, shard) for shard in shards]
+
+        def group() -> None:
+            every = pd.concat([read_parquet(features_path(run, s)) for s in shards], ignore_index=True)
+            assigned = assign_groups(every, self.cfg)
             for shard, path in enumerate(parts):  # one file per shard: a shard task reads only its own
                 write_parquet(path, assigned[assigned["shard"] == shard].drop(columns="shard").reset_index(drop=True))
-            write_json(marker, stamp)
+
         # every shard's result depends on every shard's features, through the groups
-        return digest_files(parts)
+        made_from = {"inputs": features, "config": dataclasses.asdict(self.cfg.dedup), "version": self.version}
+        return ctx.step("assignments", made_from, parts, group)
 
     # -- step 3 ------------------------------------------------------------------------------------------------
 

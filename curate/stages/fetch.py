@@ -7,6 +7,7 @@ written sorted, so the tar is byte-identical whatever order downloads finish in.
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -30,6 +31,9 @@ class FetchStage(ShardStage):
 
     def output_columns(self) -> dict[str, str]:
         return dtypes(FETCH)
+
+    def shard_outputs(self, run: RunDir, shard: int) -> list[Path]:
+        return [run.images(shard)]
 
     def wants_rerun(self, run: RunDir, shard: int) -> bool:
         if not self.cfg.fetch.retry_failed:

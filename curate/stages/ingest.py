@@ -29,10 +29,11 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from curate.cache import fingerprint
 from curate.config import CurateConfig, Source
 from curate.io.atomic import atomic_path, write_json
 from curate.rundir import RunDir
-from curate.runner import Runner, StageReport, fingerprint, write_marker
+from curate.runner import StageContext, write_marker
 from curate.schema import CANDIDATE_SCHEMA, check_reasons
 from curate.sources import (
     Unit,
@@ -226,11 +227,9 @@ def ingest_fingerprint(cfg: CurateConfig, units: list[str]) -> str:
     )
 
 
-def plan_units(
-    runner: Runner, files: list[str], report: StageReport, fp: str
-) -> tuple[list[Unit], dict[str, tuple[str, str]]]:
+def plan_units(ctx: StageContext, files: list[str], fp: str) -> tuple[list[Unit], dict[str, tuple[str, str]]]:
     """The read units in file, then range order; each range knows the newlines before it (counted in parallel)."""
-    cfg = runner.cfg.ingest
+    cfg = ctx.cfg.ingest
     layouts = {path: describe_file(cfg, path) for path in files}
     for path, (layout, how) in layouts.items():
         if layout and layout != "yfcc100m-25":
@@ -239,12 +238,12 @@ def plan_units(
             log.info("%s: YFCC layout %s (%s)", display(path), layout, how)
     ranges = {path: byte_ranges(cfg, path, RANGE_BYTES) for path in files}
     counting = {
-        (path, part): runner.submit(count_newlines, path, start, end, key=f"ingest-count-{i}-{part}-{fp[:12]}")
-        for i, path in enumerate(files)
+        (path, part): (path, start, end)
+        for path in files
         for part, (start, end) in enumerate(ranges[path][:-1])  # the last range's count is never needed
         if end is not None
     }
-    newlines = dict(runner.gather(counting, report, "ingest (count lines)")) if counting else {}
+    newlines = ctx.map(count_newlines, counting, desc="ingest (count lines)", key=f"ingest-count-{fp[:12]}")
     units = []
     for file_index, path in enumerate(files):
         before = 0
@@ -283,85 +282,60 @@ def write_sources(
     write_json(run.root / "stats" / f"{NAME}_sources.json", {"stage": NAME, "units": entries})
 
 
-def is_current(run: RunDir, num_shards: int, fp: str) -> bool:
-    """Whether every shard was ingested with this layout and fingerprint (then ingest has nothing to do)."""
-    if not (run.shards_file.exists() and run.num_shards() == num_shards):
-        return False
-    markers = [run.read_marker(NAME, shard) for shard in range(num_shards)]
-    return all(m is not None and m["fingerprint"] == fp for m in markers)
-
-
-def has_work(cfg: CurateConfig, run: RunDir) -> bool:
-    return not is_current(run, cfg.ingest.num_shards, ingest_fingerprint(cfg, expand_inputs(cfg.ingest)))
-
-
 class IngestStage(ShardStage):
-    """Reading the inputs fixes the shard layout, so it is one step over every input, not a task per shard: it
-    runs itself (`run`), scattering the inputs' rows to the shards as Dask tasks, then merging each shard."""
+    """Reading the inputs fixes the shard layout, so it is one step over every input, not a task per shard: the
+    inputs' rows are scattered to the shards as Dask tasks, then each shard is merged. The runner reuses the
+    layout when every shard's marker holds the fingerprint of the inputs (their content), config and version."""
 
     name = NAME
     version = VERSION
+    lays_out_shards = True
 
-    def run(self, runner: Runner) -> StageReport:
-        report = run_ingest(runner)
-        if report.failures:
-            report.fatal = True  # no shard layout without every input read: nothing later can run
-        return report
+    def layout_shards(self) -> int:
+        return self.cfg.ingest.num_shards
+
+    def layout_fingerprint(self) -> str:
+        return ingest_fingerprint(self.cfg, expand_inputs(self.cfg.ingest))
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
-        raise NotImplementedError("ingest reads its inputs in run(); it has no rows to process")
+        raise NotImplementedError("ingest reads its inputs in lay_out(); it has no rows to process")
 
-
-def run_ingest(runner: Runner) -> StageReport:
-    cfg, run = runner.cfg, runner.run
-    started = time.perf_counter()
-    num_shards = cfg.ingest.num_shards
-    files = expand_inputs(cfg.ingest)
-    fp = ingest_fingerprint(cfg, files)
-    report = StageReport(NAME, num_shards)
-    markers = [run.read_marker(NAME, shard) for shard in range(num_shards)]
-    if is_current(run, num_shards, fp):
-        report.skipped = num_shards
-        for marker in markers:
-            report.add(marker or {})
-        report.wall_s = time.perf_counter() - started
-        runner.record(report)
-        return report
-
-    buckets = run.root / "manifest" / BUCKETS
-    shutil.rmtree(buckets, ignore_errors=True)
-    units, layouts = plan_units(runner, files, report, fp)
-    if report.failures:
-        report.wall_s = time.perf_counter() - started
-        runner.record(report)
-        return report
-    # The Flickr reader retries each page itself, and what still fails (a refused key, a quota) would only fail
-    # again, at the API's expense: its read task is not retried as a whole.
-    retries = 0 if cfg.ingest.source == Source.flickr else None
-    scattered = {
-        index: runner.submit(scatter_unit, cfg, index, unit, key=f"ingest-read-{index}-{fp[:12]}", retries=retries)
-        for index, unit in enumerate(units)
-    }
-    results = dict(runner.gather(scattered, report, "ingest (read)", partial(unit_error_file, run)))
-    write_sources(run, files, units, layouts, results)
-    if report.failures:
-        report.wall_s = time.perf_counter() - started
-        runner.record(report)
-        return report
-    # Unit order, then within a unit batch order: the rows of every shard in the order of the input.
-    pieces: dict[int, Pieces] = {shard: [] for shard in range(num_shards)}
-    for index in range(len(units)):
-        for shard, found in results[index]["pieces"].items():
-            pieces[int(shard)].extend(found)
-    merged = {
-        shard: runner.submit(merge_shard, cfg, shard, pieces[shard], fp, key=f"ingest-{shard}-{fp[:12]}")
-        for shard in range(num_shards)
-    }
-    for _, marker in runner.gather(merged, report, "ingest", partial(run.error_file, NAME)):
-        report.finished(marker)
-    if not report.failures:
-        write_json(run.shards_file, {"num_shards": num_shards, "ingest_fingerprint": fp})
+    def lay_out(self, ctx: StageContext, fp: str) -> list[dict[str, Any]]:
+        cfg, run = self.cfg, ctx.run
+        num_shards = cfg.ingest.num_shards
+        files = expand_inputs(cfg.ingest)
+        buckets = run.root / "manifest" / BUCKETS
         shutil.rmtree(buckets, ignore_errors=True)
-    report.wall_s = time.perf_counter() - started
-    runner.record(report)
-    return report
+        units, layouts = plan_units(ctx, files, fp)
+        if ctx.failed:
+            return []
+        # The Flickr reader retries each page itself, and what still fails (a refused key, a quota) would only
+        # fail again, at the API's expense: its read task is not retried as a whole.
+        retries = 0 if cfg.ingest.source == Source.flickr else None
+        results = ctx.map(
+            scatter_unit,
+            {index: (cfg, index, unit) for index, unit in enumerate(units)},
+            desc="ingest (read)",
+            key=f"ingest-read-{fp[:12]}",
+            retries=retries,
+            error_file=partial(unit_error_file, run),
+        )
+        write_sources(run, files, units, layouts, results)
+        if ctx.failed:
+            return []
+        # Unit order, then within a unit batch order: the rows of every shard in the order of the input.
+        pieces: dict[int, Pieces] = {shard: [] for shard in range(num_shards)}
+        for index in range(len(units)):
+            for shard, found in results[index]["pieces"].items():
+                pieces[int(shard)].extend(found)
+        markers = ctx.map(
+            merge_shard,
+            {shard: (cfg, shard, pieces[shard], fp) for shard in range(num_shards)},
+            desc=NAME,
+            key=f"ingest-{fp[:12]}",
+            error_file=partial(run.error_file, NAME),
+        )
+        if not ctx.failed:
+            write_json(run.shards_file, {"num_shards": num_shards, "ingest_fingerprint": fp})
+            shutil.rmtree(buckets, ignore_errors=True)
+        return [markers[shard] for shard in sorted(markers)]

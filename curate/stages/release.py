@@ -25,28 +25,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import pipeline
-from curate.datacard import Tally, render_data_card
+from curate.datacard import Tally, markdown_table, render_data_card
 from curate.detect.decide import Scores, decide, thresholds
 from curate.io.atomic import (
     atomic_open,
     atomic_path,
-    digest_files,
     read_columns,
-    read_json,
     read_parquet,
     sha256_file,
-    write_json,
     write_parquet,
 )
-from curate.io.tars import SortedTarWriter, TarMembers
+from curate.io.tars import SortedTarWriter, TarMembers, WebDatasetWriter
 from curate.manifest import conform, manifest_schema
 from curate.rundir import RunDir
 from curate.runner import StageRefused
+from curate.schema import is_safe_key
 from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
 from curate.stages.base import ShardStage
 
 if TYPE_CHECKING:
-    from curate.runner import Runner, StageReport
+    from curate.runner import StageContext
 
 log = logging.getLogger("curate")
 
@@ -132,6 +130,8 @@ def published_refusal(root: Path, version: str) -> str:
 
 def pass_member(image_id: str, image_format: str) -> str:
     """The member name in the PASS-layout tars: PASS_dataset/dummy_folder/<image_id>.<jpeg|png|webp>."""
+    if not is_safe_key(image_id):  # a dot or slash would name another file, or a folder, in the tar
+        raise ValueError(f"image id {image_id!r} is not of [A-Za-z0-9_-] (see curate.schema.safe_id)")
     return f"PASS_dataset/dummy_folder/{image_id}.{PASS_SUFFIX[image_format]}"
 
 
@@ -233,16 +233,17 @@ class ReleaseStage(ShardStage):
             found["evaluation"] = Path(r.evaluation)
         return found
 
-    def prepare(self, runner: Runner, report: StageReport) -> str | None:
-        """Cap per owner, seeded sample and takedowns over every shard's releasable rows."""
-        run, r = runner.run, self.cfg.release
+    def prepare(self, ctx: StageContext) -> str | None:
+        """Cap per owner, seeded sample and takedowns over every shard's releasable rows: the cached step
+        `<version>/selection` (work/release/<version>/selection.json)."""
+        run, r = ctx.run, self.cfg.release
         num_shards = run.num_shards()
         takedowns = read_takedowns(list(r.takedowns))
         if r.previous:  # earlier takedowns stay in force; a new entry for the same id wins
             carried = previous_takedowns(r.previous)
             takedowns = pd.concat([carried, takedowns]).drop_duplicates("image_id", keep="last")
         takedowns = takedowns.sort_values("image_id").reset_index(drop=True)
-        stamp = {
+        made_from = {
             "inputs": [
                 [(run.read_marker(s, n) or {}).get("output_sha256") for s in RELEASE_INPUTS] for n in range(num_shards)
             ],
@@ -250,20 +251,24 @@ class ReleaseStage(ShardStage):
             "select": [r.owner_cap, r.target_size, r.seed],
             "takedowns": takedowns.astype(object).where(takedowns.notna(), None).to_dict("records"),
         }
-        parts = [self.selection_path(run, shard) for shard in range(num_shards)]
-        marker = self.work(run) / "selection.json"
-        # (through JSON and back: the stored stamp has lists where this one may have tuples)
-        current = all(p.exists() for p in parts) and read_json(marker) == json.loads(json.dumps(stamp))
+        work = self.work(run)
+        outputs = [
+            *(self.selection_path(run, shard) for shard in range(num_shards)),
+            work / "takedowns.parquet",
+            work / "takedowns_unmatched.parquet",
+        ]
+        step = f"{r.version}/selection"
         if is_published(run.root, r.version):
-            if not current:
+            if not ctx.is_current(step, made_from, outputs):
                 raise StageRefused(published_refusal(run.root, r.version))
-            return digest_files([*parts, self.work(run) / "takedowns.parquet"])
-        failed = run.failed_shards(RELEASE_INPUTS, num_shards)
-        if failed and not r.allow_failed_shards:
-            raise StageRefused(refusal(run, failed))
-        for stage, shard in failed:
-            log.warning("releasing without %s shard %d: its rows are failed/shard_failed", stage, shard)
-        if not current:
+        else:
+            failed = run.failed_shards(RELEASE_INPUTS, num_shards)
+            if failed and not r.allow_failed_shards:
+                raise StageRefused(refusal(run, failed))
+            for stage, shard in failed:
+                log.warning("releasing without %s shard %d: its rows are failed/shard_failed", stage, shard)
+
+        def choose() -> None:
             candidates, known = [], []
             for shard in range(num_shards):
                 rows = with_decision(status_columns(run, shard), self.cfg)
@@ -274,16 +279,18 @@ class ReleaseStage(ShardStage):
             chosen["select_reason"] = select(chosen, r.owner_cap, r.target_size, r.seed)
             taken = chosen["image_id"].isin(takedowns["image_id"]) & (chosen["select_reason"] == "ok")
             chosen.loc[taken, "select_reason"] = "takedown"
-            write_parquet(self.work(run) / "takedowns.parquet", takedowns)
+            write_parquet(work / "takedowns.parquet", takedowns)
             every_id = pd.concat(known, ignore_index=True)
-            write_parquet(self.work(run) / "takedowns_unmatched.parquet",
+            write_parquet(work / "takedowns_unmatched.parquet",
                           takedowns[~takedowns["image_id"].isin(every_id)].reset_index(drop=True))  # fmt: skip
             chosen = chosen.astype({"select_reason": "string"})
-            for shard, path in enumerate(parts):  # one file per shard: a shard task reads only its own
+            for shard in range(num_shards):  # one file per shard: a shard task reads only its own
                 mine = chosen[chosen["shard"] == shard]
-                write_parquet(path, mine[["image_id", "select_reason"]].reset_index(drop=True))
-            write_json(marker, stamp)
-        return digest_files([*parts, self.work(run) / "takedowns.parquet"])
+                write_parquet(
+                    self.selection_path(run, shard), mine[["image_id", "select_reason"]].reset_index(drop=True)
+                )
+
+        return ctx.step(step, made_from, outputs, choose)
 
     def refuse_work(self, run: RunDir) -> str | None:
         # Shards to redo under a published version: its config, its inputs or the code changed since.
@@ -311,7 +318,7 @@ class ReleaseStage(ShardStage):
             # One member at a time; a shard with nothing kept (one an earlier stage failed) never opens its tar.
             TarMembers(run.images(shard)) as members,
             SortedTarWriter(out / f"PASS.{shard}.tar") as pass_tar,
-            SortedTarWriter(out / "webdataset" / f"{shard:05d}.tar") as wds_tar,
+            WebDatasetWriter(out / "webdataset" / f"{shard:05d}.tar") as wds_tar,
         ):
             for row in kept.to_dict("records"):
                 data = members.get(row["tar_member"])
@@ -319,8 +326,7 @@ class ReleaseStage(ShardStage):
                     raise FileNotFoundError(f"{row['tar_member']} missing from {run.images(shard)}")
                 image_id = row["image_id"]
                 pass_tar.add(pass_member(image_id, row["format"]), data)
-                wds_tar.add(f"{image_id}.{row['tar_member'].rsplit('.', 1)[1]}", data)
-                wds_tar.add(f"{image_id}.json", sample_json(row))
+                wds_tar.add(image_id, {row["tar_member"].rsplit(".", 1)[1]: data, "json": sample_json(row)})
         return pd.DataFrame(
             {
                 "decision": rows["decision"],
@@ -407,22 +413,19 @@ class ReleaseStage(ShardStage):
             parts += [
                 "",
                 f"## Changes since the previous release ({Path(self.cfg.release.previous).name})",
-                _table(("change", "images"), [(c, int(counts.get(c, 0))) for c in ("added", "removed", "kept")]),
+                markdown_table(
+                    ("change", "images"), [(c, int(counts.get(c, 0))) for c in ("added", "removed", "kept")]
+                ),
                 "",
                 "Removed, by reason:",
                 "",
-                _table(("reason", "images"), [(k, int(v)) for k, v in removed.items()] or [("-", 0)]),
+                markdown_table(("reason", "images"), [(k, int(v)) for k, v in removed.items()] or [("-", 0)]),
                 "",
                 "Every change is listed in `diff.parquet` (image_id, change, reason).",
             ]
         else:
             (out / "diff.parquet").unlink(missing_ok=True)
         return parts
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def _manifest_table(run: RunDir, shard: int, stages: list[str]) -> pa.Table:

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from curate import pipeline
-from curate.io.atomic import read_parquet, sha256_file, write_parquet
+from curate.io.atomic import read_parquet, write_parquet
 from curate.review import ledger
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
 
 if TYPE_CHECKING:
-    from curate.runner import Runner, StageReport
+    from curate.runner import StageContext
 
 UPSTREAM = pipeline.upstream("review")
 REASON_OF = {"keep": "kept", "remove": "removed", "unsure": "unsure"}
@@ -34,12 +34,11 @@ class ReviewStage(ShardStage):
     name = "review"
     version = "2"
 
-    def prepare(self, runner: Runner, report: StageReport) -> str | None:
-        path = latest_path(runner.run)
-        latest = ledger.latest(runner.run.root).reset_index()
-        if not path.exists() or not read_parquet(path).equals(latest):  # a finished run writes nothing
-            write_parquet(path, latest)
-        return sha256_file(path)
+    def prepare(self, ctx: StageContext) -> str | None:
+        root = ctx.run.root
+        path = latest_path(ctx.run)
+        made_from = {"version": self.version, "ledger": ledger.digest(root)}
+        return ctx.step("latest", made_from, [path], lambda: write_parquet(path, ledger.latest(root).reset_index()))
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
         latest = read_parquet(latest_path(run)).set_index("image_id")

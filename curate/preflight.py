@@ -1,0 +1,75 @@
+"""Preflight: whether what a config names is there, for the stages this invocation runs.
+
+The schema (`curate.config`) checks values only. This module looks outside them, at the files and folders, the
+environment variables and the model registry that the invocation will use, and refuses them with a ConfigError
+before any work starts and before anything is written to the run directory. Only the stage that reads a file
+asks for it: a report needs no takedown list, a re-release needs no ingest input.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV, CurateConfig, Source, Stage, refuse
+from curate.models.registry import check_detectors
+from curate.sources import check_inputs  # it knows how each source expands its path (a glob, a folder, a file)
+
+__all__ = ["preflight", "problems"]
+
+
+def preflight(cfg: CurateConfig) -> None:
+    """Refuse, in one ConfigError naming every key to change, what the invocation would miss."""
+    refuse(problems(cfg))
+
+
+def problems(cfg: CurateConfig) -> list[str]:
+    """What the invocation of `cfg.stage` would miss: inputs, credentials, reference sets, release files and
+    detectors the registry does not know."""
+    # The registry says which models exist and which family each belongs to; detect's weight files are checked
+    # only when detect has work (curate.models.registry.check_available), since a finished run needs none.
+    return [*_ingest(cfg), *_dedup(cfg), *_release(cfg), *check_detectors(cfg)]
+
+
+def _runs(cfg: CurateConfig, stage: Stage) -> bool:
+    return cfg.stage in (stage, Stage.all)
+
+
+def _ingest(cfg: CurateConfig) -> list[str]:
+    ing = cfg.ingest
+    if not _runs(cfg, Stage.ingest):
+        return []
+    if ing.source == Source.flickr:
+        if os.environ.get(FLICKR_KEY_ENV) and os.environ.get(FLICKR_SECRET_ENV):
+            return []
+        return [f"ingest.source=flickr needs the environment variables {FLICKR_KEY_ENV} and {FLICKR_SECRET_ENV}"]
+    if not ing.path:
+        return [f"ingest.path must be set for ingest.source={ing.source.value}"]
+    problem = check_inputs(ing)
+    return [problem] if problem else []
+
+
+def _dedup(cfg: CurateConfig) -> list[str]:
+    if not _runs(cfg, Stage.dedup):
+        return []
+    return [
+        f"dedup.references {ref.name!r}: {key}={getattr(ref, key)} not found"
+        for ref in cfg.dedup.references
+        for key in ("folder", "hashes", "embeddings")
+        if getattr(ref, key) and not Path(getattr(ref, key)).exists()
+    ]
+
+
+def _release(cfg: CurateConfig) -> list[str]:
+    if not _runs(cfg, Stage.release):  # the files only release reads: a report needs none of them
+        return []
+    r = cfg.release
+    found = []
+    if r.previous and not any((Path(r.previous) / name).exists() for name in ("manifest.parquet", "pass_metadata.csv")):
+        found.append(
+            f"release.previous={r.previous!r} must be a release folder holding manifest.parquet or pass_metadata.csv"
+        )
+    found += [f"release.takedowns: {path} not found" for path in r.takedowns if not Path(path).is_file()]
+    if r.evaluation and not Path(r.evaluation).is_file():
+        found.append(f"release.evaluation={r.evaluation!r} not found")
+    return found
