@@ -1,0 +1,164 @@
+"""Per-model thresholds from labelled scores: the lowest false-removal rate at a target recall, under the OR rule.
+
+An image is removed when ANY score column is above its bar. Given one row per labelled image (a score per
+column, NaN where a model did not run, and whether the image shows a human), `search` finds one bar per column.
+It works on stored scores only, so changing the target never re-runs a model.
+
+The search is a deterministic local search. Given the other bars, the best bar for one column is exact: just
+under the k-th highest score among the human images the others miss, k being how many the target still needs.
+It starts from every bar set that way, then moves one bar at a time to each of its possible values, sets the
+others again, and keeps the move that removes fewest images without humans; it stops when no move helps. With one
+column this is the exact optimum; with several it is a local one (`tests/test_calibration.py` compares it with
+exhaustive search). `kfold` says how well the bars hold on images the search did not see.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# A bar above every score in [0, 1]: the column removes nothing.
+NEVER = 1.0
+# 95 % two-sided normal quantile, for Wilson intervals.
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Recall (human images removed) and false removal (images without humans removed), with 95 % intervals."""
+
+    humans: int
+    caught: int
+    others: int
+    removed_others: int
+
+    @property
+    def recall(self) -> float:
+        return self.caught / self.humans if self.humans else math.nan
+
+    @property
+    def false_removal(self) -> float:
+        return self.removed_others / self.others if self.others else math.nan
+
+    @property
+    def recall_ci(self) -> tuple[float, float]:
+        return wilson(self.caught, self.humans)
+
+    @property
+    def false_removal_ci(self) -> tuple[float, float]:
+        return wilson(self.removed_others, self.others)
+
+
+def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval: sound at 0 and at the ends, where the normal approximation is not."""
+    if trials == 0:
+        return (math.nan, math.nan)
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def removed(scores: pd.DataFrame, bars: dict[str, float]) -> np.ndarray:
+    """Which images the OR rule removes: any column strictly above its bar (NaN never is)."""
+    hit = np.zeros(len(scores), dtype=bool)
+    for column, bar in bars.items():
+        hit |= np.nan_to_num(scores[column].to_numpy(dtype="float64"), nan=-math.inf) > bar
+    return hit
+
+
+def rates(scores: pd.DataFrame, human: np.ndarray, bars: dict[str, float]) -> Rates:
+    hit = removed(scores, bars)
+    human = np.asarray(human, dtype=bool)
+    return Rates(int(human.sum()), int((hit & human).sum()), int((~human).sum()), int((hit & ~human).sum()))
+
+
+def search(
+    scores: pd.DataFrame, human: np.ndarray, target_recall: float, columns: Sequence[str] | None = None
+) -> dict[str, float]:
+    """One bar per column: at least `target_recall` of the human images removed, as few others as this search
+    finds (see the module docstring). When the target cannot be met, the bars reach the highest recall possible."""
+    columns = list(scores.columns if columns is None else columns)
+    human = np.asarray(human, dtype=bool)
+    values = {c: np.nan_to_num(scores[c].to_numpy(dtype="float64"), nan=-math.inf) for c in columns}
+    # The useful bars of a column, highest first: NEVER, then just under each of its scores.
+    steps = {c: np.unique(np.concatenate([[NEVER], np.nextafter(v[np.isfinite(v)], -math.inf)]))[::-1] for c, v in
+             values.items()}  # fmt: skip
+    reachable = np.zeros(len(human), dtype=bool)
+    for v in values.values():
+        reachable |= np.isfinite(v)
+    needed = min(math.ceil(target_recall * human.sum() - 1e-9), int((reachable & human).sum()))
+
+    def hits(bars: dict[str, float], skip: str | None = None) -> np.ndarray:
+        hit = np.zeros(len(human), dtype=bool)
+        for c, bar in bars.items():
+            if c != skip:
+                hit |= values[c] > bar
+        return hit
+
+    def refit(bars: dict[str, float], fixed: str | None) -> dict[str, float]:
+        """Every other bar, in column order, at the highest value that still lets the recall reach the target."""
+        bars = dict(bars)
+        for _ in range(2):  # a second pass: an earlier column may rise once a later one has come down
+            for c in columns:
+                if c == fixed:
+                    continue
+                rest = hits(bars, skip=c)
+                short = needed - int((rest & human).sum())
+                if short <= 0:
+                    bars[c] = NEVER
+                    continue
+                wanted = np.sort(values[c][human & ~rest])[::-1]
+                wanted = wanted[np.isfinite(wanted)]
+                bars[c] = float(np.nextafter(wanted[min(short, len(wanted)) - 1], -math.inf)) if len(wanted) else NEVER
+        return bars
+
+    def cost(bars: dict[str, float]) -> tuple[int, int]:
+        hit = hits(bars)
+        return (int((hit & human).sum()) < needed, int((hit & ~human).sum()))  # feasibility first
+
+    best = refit(dict.fromkeys(columns, NEVER), None)
+    best_cost = cost(best)
+    while True:  # move one bar to any of its values, refit the others; keep the best strict improvement
+        improved = False
+        for c in columns:
+            for bar in steps[c]:
+                trial = refit({**best, c: float(bar)}, c)
+                trial_cost = cost(trial)
+                if trial_cost < best_cost:
+                    best, best_cost, improved = trial, trial_cost, True
+        if not improved:
+            return best
+
+
+@dataclass(frozen=True)
+class FoldEstimate:
+    """Held-out rates: each image scored by bars searched on the other folds (pooled over folds)."""
+
+    folds: int
+    rates: Rates
+
+
+def kfold(scores: pd.DataFrame, human: np.ndarray, target_recall: float, folds: int = 5, seed: int = 0) -> FoldEstimate:
+    """k-fold estimate of the search's recall and false removal on images it did not see (stratified by label,
+    seeded, so the same data gives the same estimate)."""
+    human = np.asarray(human, dtype=bool)
+    rng = np.random.default_rng(seed)
+    fold_of = np.zeros(len(human), dtype=np.int64)
+    for label in (True, False):
+        members = np.flatnonzero(human == label)
+        rng.shuffle(members)
+        fold_of[members] = np.arange(len(members)) % folds
+    held_out_hit = np.zeros(len(human), dtype=bool)
+    for fold in range(folds):
+        test = fold_of == fold
+        if not test.any():
+            continue
+        bars = search(scores[~test].reset_index(drop=True), human[~test], target_recall)
+        held_out_hit[test] = removed(scores[test].reset_index(drop=True), bars)
+    caught, wrongly = int((held_out_hit & human).sum()), int((held_out_hit & ~human).sum())
+    return FoldEstimate(folds, Rates(int(human.sum()), caught, int((~human).sum()), wrongly))

@@ -1,0 +1,95 @@
+"""Per-model thresholds under the OR rule: the search finds known optima and matches exhaustive search."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from curate.calibration import NEVER, kfold, rates, removed, search, wilson
+
+
+def test_one_column_the_highest_bar_that_reaches_the_target() -> None:
+    scores = pd.DataFrame({"face": [0.9, 0.8, 0.7, 0.3, 0.85, 0.2, 0.1]})
+    human = np.array([True, True, True, True, False, False, False])
+    bars = search(scores, human, target_recall=0.75)
+    assert 0.3 <= bars["face"] < 0.7  # 3 of 4 humans; the image at 0.85 cannot be spared
+    found = rates(scores, human, bars)
+    assert (found.caught, found.removed_others) == (3, 1)
+    assert 0.7 <= search(scores, human, target_recall=0.5)["face"] < 0.8  # 2 of 4: 0.9 and 0.8 (0.85 goes too)
+    assert rates(scores, human, search(scores, human, 0.0)).caught == 0
+
+
+def test_two_columns_the_known_optimum_uses_each_model_for_what_only_it_sees() -> None:
+    # Faces catch humans 0-2; only the hand model sees human 3 (a lone hand, 0.6). Image 4 (no human) has a face
+    # score of 0.5, image 5 a hand score of 0.55 (a paw). The one optimum at recall 1: face in [0.5, 0.8), hand
+    # in [0.55, 0.6): every human removed, nothing else.
+    scores = pd.DataFrame(
+        {
+            "face": [0.9, 0.8, 0.85, np.nan, 0.5, 0.3],
+            "hand": [np.nan, 0.1, np.nan, 0.6, 0.2, 0.55],
+        }
+    )
+    human = np.array([True, True, True, True, False, False])
+    bars = search(scores, human, target_recall=1.0)
+    assert removed(scores, bars).tolist() == [True, True, True, True, False, False]
+    assert 0.5 <= bars["face"] < 0.8 and 0.55 <= bars["hand"] < 0.6
+
+
+def exhaustive(scores: pd.DataFrame, human: np.ndarray, target: float) -> int:
+    options = [[NEVER, *np.nextafter(np.unique(scores[c].dropna()), -np.inf)] for c in scores.columns]
+    best = None
+    for combo in itertools.product(*options):
+        found = rates(scores, human, dict(zip(scores.columns, combo, strict=True)))
+        if found.recall >= target - 1e-12 and (best is None or found.removed_others < best):
+            best = found.removed_others
+    assert best is not None
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_search_matches_exhaustive_search_on_random_tables(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 30
+    human = rng.random(n) < 0.5
+    scores = pd.DataFrame(
+        {
+            "face": np.where(human, rng.beta(3, 2, n), rng.beta(2, 3, n)).round(2),
+            "person": np.where(human, rng.beta(2, 2, n), rng.beta(1, 3, n)).round(2),
+        }
+    )
+    scores.loc[rng.random(n) < 0.2, "face"] = np.nan  # a model that did not run on some images
+    for target in (0.8, 0.95):
+        bars = search(scores, human, target)
+        found = rates(scores, human, bars)
+        assert found.recall >= target - 1e-12
+        assert found.removed_others == exhaustive(scores, human, target)
+
+
+def test_an_unreachable_target_gives_the_highest_recall_there_is() -> None:
+    scores = pd.DataFrame({"face": [0.9, np.nan, 0.2]})
+    human = np.array([True, True, False])
+    found = rates(scores, human, search(scores, human, 1.0))
+    assert (found.caught, found.removed_others) == (1, 0)
+
+
+def test_wilson_intervals() -> None:
+    low, high = wilson(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = wilson(110, 114)
+    assert low == pytest.approx(0.9131, abs=1e-3) and high == pytest.approx(0.9865, abs=1e-3)
+
+
+def test_kfold_is_seeded_and_held_out() -> None:
+    rng = np.random.default_rng(3)
+    n = 80
+    human = rng.random(n) < 0.5
+    scores = pd.DataFrame({"face": np.where(human, rng.beta(4, 2, n), rng.beta(2, 4, n))})
+    first, again = kfold(scores, human, 0.9, folds=5, seed=1), kfold(scores, human, 0.9, folds=5, seed=1)
+    assert first == again
+    assert first.rates.humans == int(human.sum()) and first.rates.others == int((~human).sum())
+    in_sample = rates(scores, human, search(scores, human, 0.9))
+    # held out, the bars meet the target less surely than on the images they were fitted to
+    assert first.rates.recall <= in_sample.recall + 0.05
