@@ -28,6 +28,7 @@ from curate.io.atomic import read_json
 from curate.manifest import tiles_scored
 from curate.review.audit import AuditEstimate, estimate, sample_path
 from curate.rundir import RunDir
+from curate.schema import KEPT
 
 # The stages whose own status/reason every row carries, in pipeline order ("select" is release's selection).
 STAGES = ("ingest", "license", "fetch", "detect", "dedup", "review", "select")
@@ -110,7 +111,7 @@ class Tally:
 
     def add(self, frame: pd.DataFrame) -> None:
         self.funnel.add(frame)
-        kept = frame[frame["status"] == "kept"]
+        kept = frame[frame["status"] == KEPT]
         self.reached_fetch += int(frame["fetch_status"].notna().sum())
         for stage in STAGES:
             status, reason = _text(frame, f"{stage}_status"), _text(frame, f"{stage}_reason").fillna("-")
@@ -135,7 +136,7 @@ class Tally:
         rows = frame[hit.astype(bool)]
         self.overrides += len(rows)
         for row in rows.itertuples():
-            outcome = "kept" if row.status == "kept" else f"{row.status} ({row.reason})"
+            outcome = KEPT if row.status == KEPT else f"{row.status} ({row.reason})"
             timestamp = row.review_timestamp if isinstance(row.review_timestamp, str) else "-"
             self.overridden.append(
                 Override(

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from curate import pipeline
 from curate.config import CurateConfig
+from curate.schema import KEPT, OK
 
 START = "candidates read"
 RELEASED = "released"
@@ -44,11 +45,11 @@ def first_stop(frame: pd.DataFrame) -> pd.Series:
     """The step that stopped each row (a key of STEPS), or RELEASED for rows released."""
     status = frame["status"].astype("string")
     reason = frame["reason"].astype("string")
-    kept = status.eq("kept").fillna(False).astype(bool)
-    if (kept != reason.eq("ok").fillna(False).astype(bool)).any():
+    kept = status.eq(KEPT).fillna(False).astype(bool)
+    if (kept != reason.eq(OK).fillna(False).astype(bool)).any():
         raise ValueError("manifest rows whose status is kept must have reason ok, and only those")
     step = reason.str.split(":", n=1).str[0].astype("string")
-    scored = frame["detect_status"].astype("string").eq("ok").fillna(False).astype(bool)
+    scored = frame["detect_status"].astype("string").eq(OK).fillna(False).astype(bool)
     step = step.mask((step == "detect") & scored, "filter").mask(kept, RELEASED)
     unknown = sorted(set(step.dropna().astype(str)) - {*KEYS, RELEASED})
     if unknown or step.isna().any():

@@ -28,7 +28,7 @@ from curate.config import ConfigError, CurateConfig
 from curate.faults import describe
 from curate.io.atomic import sha256_file, write_json, write_parquet, write_text
 from curate.rundir import RunDir
-from curate.schema import check_reasons
+from curate.schema import FAILED, OK, check_reasons
 from curate.stages.base import ShardStage
 
 SHARD_FAILED = "shard_failed"
@@ -139,7 +139,7 @@ def live_rows(rows: pd.DataFrame, upstream: list[str]) -> pd.Series:
     """Rows every upstream stage passed (status ok); the others are "not reached" for the next stage."""
     live = pd.Series(True, index=rows.index)
     for name in upstream:
-        live &= rows[f"{name}_status"] == "ok"
+        live &= rows[f"{name}_status"] == OK
     return live.fillna(False).astype(bool)
 
 
@@ -154,7 +154,7 @@ def write_failed_shard(stage: ShardStage, upstream: list[str], shard: int, fp: s
     frame = pd.DataFrame(
         {column: pd.Series(pd.NA, index=rows.index, dtype=dtype) for column, dtype in stage.output_columns().items()}
     )
-    frame[f"{name}_status"] = pd.Series("failed", index=rows.index, dtype="string").where(live)
+    frame[f"{name}_status"] = pd.Series(FAILED, index=rows.index, dtype="string").where(live)
     frame[f"{name}_reason"] = pd.Series(SHARD_FAILED, index=rows.index, dtype="string").where(live)
     frame[f"{name}_error"] = pd.Series(error, index=rows.index, dtype="string").where(live)
     write_parquet(run.part(name, shard), frame)

@@ -12,16 +12,34 @@ import pyarrow as pa
 
 
 class Status(str, Enum):
+    """The statuses a stage writes to `<stage>_status` (null: the row never reached the stage)."""
+
     ok = "ok"  # the row goes on to the next stage
     rejected = "rejected"  # a policy said no (licence, size, video, ...): final
     failed = "failed"  # something went wrong (network, corrupt bytes); may be retried if transient
+    # Waits for a person, never released unseen: a reviewer was unsure (review stage), or the human filter's
+    # verdict "review" at release (a reviewer's keep releases it).
+    review = "review"
+
+
+# The values for code to write and compare: plain str, not enum members, so pandas/pyarrow columns and the
+# parquet bytes stay plain strings. OK is also the reason of a row that goes on (`<stage>_reason`,
+# `select_reason`, a fetch result's reason) and the release's `reason` of a kept row: one name for both.
+OK: str = Status.ok.value
+REJECTED: str = Status.rejected.value
+FAILED: str = Status.failed.value
+REVIEW: str = Status.review.value
+# The release's overall `status` of a row it releases. Its other overall statuses are REJECTED, FAILED and
+# REVIEW (the first stage status that stopped the row). Not the review stage's reason "kept" (a reviewer's keep)
+# nor a diff's change "kept" (released before and now): those are other vocabularies.
+KEPT: str = "kept"
 
 
 # Every reason a stage may write, per stage. Free text goes to `<stage>_error`, never into a reason.
 REASONS: dict[str, frozenset[str]] = {
     "ingest": frozenset(
         {
-            "ok",
+            OK,
             "bad_date",  # kept; the date could not be parsed and is left empty
             "bad_encoding",  # kept; non-UTF-8 bytes were replaced
             "video",
@@ -32,10 +50,10 @@ REASONS: dict[str, frozenset[str]] = {
             "bad_url",  # a URL that cannot be parsed (e.g. an unclosed IPv6 bracket)
         }
     ),
-    "license": frozenset({"ok", "unknown_kept", "not_allowed", "unknown_license"}),
+    "license": frozenset({OK, "unknown_kept", "not_allowed", "unknown_license"}),
     "fetch": frozenset(
         {
-            "ok",
+            OK,
             "bad_url",
             "url_outside_root",
             "not_found",
@@ -55,13 +73,13 @@ REASONS: dict[str, frozenset[str]] = {
             "decompression_bomb",
         }
     ),
-    "detect": frozenset({"ok", "decode_error"}),
-    "dedup": frozenset({"ok", "exact_duplicate", "near_duplicate", "semantic_duplicate", "reference_duplicate"}),
+    "detect": frozenset({OK, "decode_error"}),
+    "dedup": frozenset({OK, "exact_duplicate", "near_duplicate", "semantic_duplicate", "reference_duplicate"}),
     "review": frozenset({"not_reviewed", "kept", "removed", "unsure"}),
     # Applied at release from the stored scores (curate.detect.decide).
-    "decision": frozenset({"ok", "face", "person", "clip_human", "uncertain"}),
+    "decision": frozenset({OK, "face", "person", "clip_human", "uncertain"}),
     # Applied at release over every shard, after the decision: cap per owner, seeded sample, takedowns.
-    "select": frozenset({"ok", "owner_cap", "sampled_out", "takedown"}),
+    "select": frozenset({OK, "owner_cap", "sampled_out", "takedown"}),
 }
 # Every stage may fail one row (an exception while handling it: the shard goes on) or, at release with
 # release.allow_failed_shards=true, every row of a shard whose task kept failing.
@@ -70,7 +88,7 @@ for _stage in list(REASONS):
     REASONS[_stage] = REASONS[_stage] | FAULT_REASONS
 # release repeats, per row, the first reason that stopped it as "<stage>:<reason>" (or "ok").
 REASONS["release"] = frozenset(
-    {"ok"}
+    {OK}
     | {f"{stage}:{reason}" for stage, reasons in REASONS.items() if stage != "decision" for reason in reasons}
     | {f"detect:{reason}" for reason in REASONS["decision"]}
 )

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from curate.schema import KEPT, OK, safe_id
+
 TAKEDOWN_COLUMNS = ["image_id", "takedown_reason", "takedown_date"]
 
 
@@ -20,13 +22,13 @@ def seeded_key(image_ids: pd.Series, seed: int) -> pd.Series:
 def select(candidates: pd.DataFrame, owner_cap: int, target_size: int, seed: int) -> pd.Series:
     """'ok' | 'owner_cap' | 'sampled_out' per candidate (columns image_id, owner_nsid), same index."""
     ranked = candidates.assign(_key=seeded_key(candidates["image_id"], seed)).sort_values(["_key", "image_id"])
-    reason = pd.Series("ok", index=ranked.index, dtype=object)
+    reason = pd.Series(OK, index=ranked.index, dtype=object)
     if owner_cap:
         owned = ranked["owner_nsid"].notna()
         rank = ranked[owned].groupby("owner_nsid", sort=False).cumcount()
         reason[rank.index[rank.to_numpy() >= owner_cap]] = "owner_cap"
     if target_size:
-        remaining = reason.index[reason.to_numpy() == "ok"]
+        remaining = reason.index[reason.to_numpy() == OK]
         reason[remaining[target_size:]] = "sampled_out"
     return reason.reindex(candidates.index)
 
@@ -78,25 +80,23 @@ def previous_release(folder: str) -> pd.DataFrame:
     """image_id and status of every row of a previous release: its manifest.parquet, or for a release made
     elsewhere (PASS itself) its pass_metadata.csv, whose rows were all released, keyed as the pass_release source
     keys them."""
-    from curate.schema import safe_id
-
     manifest = Path(folder) / "manifest.parquet"
     if manifest.exists():
         return pd.read_parquet(manifest, columns=["image_id", "status"])
     table = pd.read_csv(Path(folder) / "pass_metadata.csv", dtype=str, keep_default_na=False)
     ids = [safe_id(h.strip()) if h.strip() else f"pass-row-{n + 1}" for n, h in enumerate(table["hash"])]
-    return pd.DataFrame({"image_id": ids, "status": "kept"})
+    return pd.DataFrame({"image_id": ids, "status": KEPT})
 
 
 def diff(previous: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
     """image_id, change (added | removed | kept), reason: over the images released in either version.
     `previous` has image_id and status; `current` has image_id, status and reason. A removed image's reason is
     why this version did not release it ("absent" when this run does not have it at all)."""
-    before = set(previous.loc[previous["status"] == "kept", "image_id"])
+    before = set(previous.loc[previous["status"] == KEPT, "image_id"])
     now = current.set_index("image_id")
-    after = set(now.index[now["status"] == "kept"])
-    rows = [(i, "added", "ok") for i in after - before]
-    rows += [(i, "kept", "ok") for i in after & before]
+    after = set(now.index[now["status"] == KEPT])
+    rows = [(i, "added", OK) for i in after - before]
+    rows += [(i, "kept", OK) for i in after & before]
     rows += [(i, "removed", str(now.at[i, "reason"]) if i in now.index else "absent") for i in before - after]
     out = pd.DataFrame(rows, columns=["image_id", "change", "reason"]).sort_values("image_id", kind="stable")
     return out.reset_index(drop=True).astype("string")

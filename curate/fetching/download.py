@@ -63,6 +63,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from curate.config import FetchConfig
 from curate.faults import INTERNAL_ERROR, describe
+from curate.schema import OK
 
 # A body is read in pieces of at most this size; read1 returns as soon as any bytes are there, so a trickle is
 # seen piece by piece (the deadline is checked after every piece, and the watchdog covers a read that blocks).
@@ -365,7 +366,7 @@ def _read_file(url: str, cfg: FetchConfig) -> Download:
             body = handle.read(cfg.max_bytes + 1)  # the file may have grown since stat
         if len(body) > cfg.max_bytes:
             return Download("too_large", attempts=1, error=f"over {cfg.max_bytes} bytes")
-        return Download("ok", body=body, attempts=1)
+        return Download(OK, body=body, attempts=1)
     except FileNotFoundError:
         return Download("not_found", attempts=1, error="no such file")
     except OSError as err:
@@ -473,7 +474,7 @@ def _read_body(response: urllib3.BaseHTTPResponse, cfg: FetchConfig, attempt: _A
         pieces.append(piece)
     if attempt.expired:  # the watchdog's shutdown reads as end-of-body where the body runs until close
         raise _Transient("timeout", f"body not complete within {cfg.total_timeout_s}s", status)
-    return Download("ok", body=b"".join(pieces), http_status=status)
+    return Download(OK, body=b"".join(pieces), http_status=status)
 
 
 def _broken(err: ProtocolError) -> _Transient:
@@ -495,7 +496,7 @@ def _fetch(url: str, cfg: FetchConfig, pool: urllib3.PoolManager, attempt: _Atte
             return result
         finally:
             attempt.finish()  # before the connection can go back to the pool
-            if result is None or result.reason != "ok":
+            if result is None or result.reason != OK:
                 response.close()  # unread or broken: reusing it would read this response's rest as the next one
             response.release_conn()
     except LocationValueError as err:

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from curate.config import FetchConfig
 from curate.faults import INTERNAL_ERROR, describe
 from curate.fetching.strip import ORIENTATION_TAG, MalformedImage, is_animated, normalize_orientation, strip_metadata
+from curate.schema import OK
 
 # We apply our own pixel cap (fetch.max_pixels) from the header, before any decode.
 Image.MAX_IMAGE_PIXELS = None
@@ -86,7 +87,7 @@ def _check(data: bytes, cfg: FetchConfig) -> Checked:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(clean))
             width, height = image.size
-            found = Checked("ok", format=fmt, width=width, height=height, mode=image.mode, orientation=orientation)
+            found = Checked(OK, format=fmt, width=width, height=height, mode=image.mode, orientation=orientation)
             if width * height > cfg.max_pixels:
                 found.reason, found.error = "decompression_bomb", f"{width}x{height} > fetch.max_pixels"
                 return found

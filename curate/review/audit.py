@@ -12,6 +12,7 @@ from curate.config import CurateConfig
 from curate.io.atomic import read_parquet, write_parquet
 from curate.review import ledger
 from curate.review.stats import wilson_interval
+from curate.schema import KEPT
 from curate.selection import seeded_key
 
 
@@ -31,7 +32,7 @@ def draw(cfg: CurateConfig) -> pd.DataFrame:
     if not manifest.exists():
         raise FileNotFoundError(f"no release {version} in {cfg.run.dir}: run stage=release first")
     rows = pd.read_parquet(manifest, columns=["image_id", "status", "shard"])
-    kept = rows[rows["status"] == "kept"].copy()
+    kept = rows[rows["status"] == KEPT].copy()
     kept["key"] = seeded_key(kept["image_id"], cfg.audit.seed)
     sample = kept.sort_values(["key", "image_id"]).head(cfg.audit.size)
     sample = sample.assign(size=cfg.audit.size, seed=cfg.audit.seed, population=len(kept))

@@ -13,6 +13,7 @@ from curate.detect.decide import FAMILIES, Scores, decide, thresholds
 from curate.io.atomic import read_columns
 from curate.review import ledger
 from curate.rundir import RunDir
+from curate.schema import OK
 
 KEEP_COLUMNS = ("image_id", "owner_nsid", "title", "tar_member", "width", "height", "clip_top_class")
 
@@ -34,9 +35,9 @@ def scored_rows(cfg: CurateConfig) -> pd.DataFrame:
             parts.append(read_columns(run.part("dedup", shard), lambda n: n in ("dedup_status", "dedup_reason")))
         frame = pd.concat(parts, axis=1)
         frame["shard"] = shard
-        keep = frame["detect_status"].eq("ok").fillna(False)
+        keep = frame["detect_status"].eq(OK).fillna(False)
         if "dedup_status" in frame:
-            keep &= frame["dedup_status"].eq("ok").fillna(False)
+            keep &= frame["dedup_status"].eq(OK).fillna(False)
         frames.append(frame[keep.to_numpy(dtype=bool)])
     rows = pd.concat(frames, ignore_index=True)
     scores = Scores.from_manifest(rows)

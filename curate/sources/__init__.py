@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from curate.config import IngestConfig, Source
 from curate.faults import describe
-from curate.schema import CANDIDATE_COLUMNS, CANDIDATE_SCHEMA, safe_id
+from curate.schema import CANDIDATE_COLUMNS, CANDIDATE_SCHEMA, FAILED, OK, safe_id
 
 # Rows per batch a reader yields: ingest writes each batch to its shard buckets at once, so this bounds a
 # reader's memory (a 2M-row file once sat whole in one worker).
@@ -77,7 +77,7 @@ def yfcc_hash(text: str | bytes) -> str:
 
 def new_row(**values: Any) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(CANDIDATE_COLUMNS)
-    row.update(ingest_status="ok", ingest_reason="ok")
+    row.update(ingest_status=OK, ingest_reason=OK)
     row.update(values)
     return row
 
@@ -88,7 +88,7 @@ def error_row(source: str, ref: str, err: BaseException) -> dict[str, Any]:
         image_id=safe_id(f"{source}-error-{ref}"),
         source=source,
         source_ref=ref,
-        ingest_status="failed",
+        ingest_status=FAILED,
         ingest_reason="internal_error",
         ingest_error=describe(err),
     )

@@ -17,7 +17,7 @@ import pyarrow as pa
 import requests
 
 from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV, FlickrQuery, IngestConfig
-from curate.schema import safe_id
+from curate.schema import REJECTED, safe_id
 from curate.sources import Unit, guarded, new_row, rows_to_table, yfcc_hash
 from curate.sources.yfcc import parse_date, parse_float
 
@@ -92,7 +92,7 @@ def photo_row(photo: dict[str, Any], ref: str) -> dict[str, Any]:
     if date_raw and date_taken is None:
         row.update(ingest_reason="bad_date", ingest_error=f"datetaken {date_raw[:40]!r}")
     if not url:
-        row.update(ingest_status="rejected", ingest_reason="missing_url")
+        row.update(ingest_status=REJECTED, ingest_reason="missing_url")
     return row
 
 

@@ -15,7 +15,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from curate.config import IngestConfig
-from curate.schema import safe_id
+from curate.schema import REJECTED, safe_id
 from curate.sources import Unit, batched, csv_with_header, decode, guarded, new_row, yfcc_hash
 from curate.sources.yfcc import parse_date, parse_float
 
@@ -51,7 +51,7 @@ def record_row(record: dict[str, str], number: int, ref: str, url: str, bad_enco
     elif date_raw and date_taken is None:
         row.update(ingest_reason="bad_date", ingest_error=f"datetaken {date_raw[:40]!r}")
     if not url:
-        row.update(ingest_status="rejected", ingest_reason="missing_url")
+        row.update(ingest_status=REJECTED, ingest_reason="missing_url")
     return row
 
 
@@ -90,7 +90,7 @@ def read(cfg: IngestConfig, unit: Unit) -> Iterator[pa.Table]:
                         source_id=given or None,  # where the hash column would be: to find the row, nothing more
                         source="pass_release",
                         source_ref=ref,
-                        ingest_status="rejected",
+                        ingest_status=REJECTED,
                         ingest_reason="malformed_row",
                         ingest_error=error,
                     )

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.config import IngestConfig
-from curate.schema import safe_id
+from curate.schema import REJECTED, safe_id
 from curate.sources import (
     BATCH_ROWS,
     ERROR_TEXT,
@@ -75,7 +75,7 @@ def record_row(cfg: IngestConfig, record: dict[str, str], ref: str, bad_encoding
     elif date_raw and row["date_taken"] is None:
         row.update(ingest_reason="bad_date", ingest_error=f"date_taken {date_raw[:40]!r}")
     if not url:
-        row.update(ingest_status="rejected", ingest_reason="missing_url")
+        row.update(ingest_status=REJECTED, ingest_reason="missing_url")
     return row
 
 
@@ -85,7 +85,7 @@ def malformed_row(ref: str, error: str, source_id: str | None = None) -> dict[st
         source_id=source_id,
         source="urls",
         source_ref=ref,
-        ingest_status="rejected",
+        ingest_status=REJECTED,
         ingest_reason="malformed_row",
         ingest_error=error,
     )

@@ -28,7 +28,7 @@ from urllib.parse import unquote_plus
 import pyarrow as pa
 
 from curate.config import IngestConfig
-from curate.schema import safe_id
+from curate.schema import OK, REJECTED, safe_id
 from curate.sources import Unit, batched, decode, guarded, iter_lines, new_row, open_binary, yfcc_hash
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def parse_line(raw: bytes, ref: str, layout: Layout | None = None) -> dict[str, 
             source="yfcc",
             source_ref=ref,
             photo_id=photo_id or None,
-            ingest_status="rejected",
+            ingest_status=REJECTED,
             ingest_reason="short_row" if too_short else "malformed_row",
             ingest_error=f"{ref}: {len(fields)} fields, layout {layout.name} has {layout.columns}",
         )
@@ -158,8 +158,8 @@ def parse_line(raw: bytes, ref: str, layout: Layout | None = None) -> dict[str, 
     title, bad_title = unquote_field(shared[TITLE])
     license_name, bad_license = unquote_field(shared[LICENSE_NAME])
     bad_encoding = bad_encoding or bad_owner or bad_title or bad_license
-    note = "bad_encoding" if bad_encoding else "ok"
-    if date_raw and date_taken is None and note == "ok":
+    note = "bad_encoding" if bad_encoding else OK
+    if date_raw and date_taken is None and note == OK:
         note = "bad_date"
     row = new_row(
         image_id=image_id,
@@ -187,9 +187,9 @@ def parse_line(raw: bytes, ref: str, layout: Layout | None = None) -> dict[str, 
     elif note == "bad_encoding":
         row["ingest_error"] = "bytes that are not UTF-8 were replaced by U+FFFD"
     if shared[MARKER].strip() == "1":
-        row.update(ingest_status="rejected", ingest_reason="video")
+        row.update(ingest_status=REJECTED, ingest_reason="video")
     elif not row["image_url"]:
-        row.update(ingest_status="rejected", ingest_reason="missing_url")
+        row.update(ingest_status=REJECTED, ingest_reason="missing_url")
     return row
 
 

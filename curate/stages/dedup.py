@@ -31,6 +31,7 @@ from curate.io.atomic import read_parquet, write_parquet
 from curate.io.tars import TarMembers
 from curate.manifest import DEDUP, dtypes, frame_of
 from curate.rundir import RunDir
+from curate.schema import OK, REJECTED
 from curate.stages.base import ShardStage
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def shard_features(cfg: CurateConfig, shard: int) -> None:
     rows = run.load_joined(shard, UPSTREAM)
     live = np.ones(len(rows), dtype=bool)
     for stage in UPSTREAM:
-        live &= rows[f"{stage}_status"].eq("ok").fillna(False).to_numpy(dtype=bool)
+        live &= rows[f"{stage}_status"].eq(OK).fillna(False).to_numpy(dtype=bool)
     rows = rows[live].reset_index(drop=True)
     thumbs, ok = [], []
     members = list(rows["tar_member"])
@@ -181,8 +182,8 @@ def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
     for method in reversed(METHODS):
         if method in links and len(links[method][0]):
             group_reason[np.unique(label[links[method][0]])] = method
-    reason = np.where(rep == np.arange(n), "ok", group_reason[label])
-    status = np.where(reason == "ok", "ok", "rejected")
+    reason = np.where(rep == np.arange(n), OK, group_reason[label])
+    status = np.where(reason == OK, OK, REJECTED)
     image_ids = features["image_id"].to_numpy(dtype=object)
     rep_ids = image_ids[rep] if n else np.zeros(0, dtype=object)
     group = rep_ids.copy()
@@ -250,5 +251,5 @@ def _mark_reference_duplicates(
         return
     tainted = np.isin(label, label[matched])
     out.loc[matched, "dedup_match"] = match[matched]
-    out.loc[tainted, "dedup_status"] = "rejected"
+    out.loc[tainted, "dedup_status"] = REJECTED
     out.loc[tainted, "dedup_reason"] = "reference_duplicate"

@@ -42,6 +42,7 @@ from curate.io.tars import TarMembers
 from curate.manifest import detect_columns, dtypes, frame_of, tiles_scored
 from curate.models.registry import absent
 from curate.rundir import RunDir
+from curate.schema import FAILED, OK
 from curate.stages.base import ShardStage
 
 if TYPE_CHECKING:
@@ -214,12 +215,12 @@ class DetectStage(ShardStage):
                     columns.setdefault(key, []).extend(values)
                 for failure, fault in zip(failures, faults, strict=True):
                     failure = failure or fault
-                    reasons.append("ok" if failure is None else failure[0])
+                    reasons.append(OK if failure is None else failure[0])
                     errors.append(None if failure is None else failure[1])
                 # Let go of this batch's pixels before asking for the next: with the next one decoding ahead,
                 # two batches are alive at a time, never three.
                 del images, results
-        status = ["ok" if reason == "ok" else "failed" for reason in reasons]
+        status = [OK if reason == OK else FAILED for reason in reasons]
         outcome = {"detect_status": status, "detect_reason": reasons, "detect_error": errors}
         # Every declared column, typed, also for a shard with no live row (no batch ran: no scores at all).
         return frame_of(detect_columns(self.cfg.detect), {**columns, **outcome}, len(rows))

@@ -19,7 +19,7 @@ from curate.io.atomic import read_parquet
 from curate.io.tars import SortedTarWriter, read_members
 from curate.manifest import FETCH, dtypes, frame_of
 from curate.rundir import RunDir
-from curate.schema import TRANSIENT_FETCH_REASONS
+from curate.schema import FAILED, OK, REJECTED, TRANSIENT_FETCH_REASONS
 from curate.stages.base import ShardStage
 
 COLUMNS = [column.name for column in FETCH]  # declared, with their types, in curate.manifest
@@ -71,7 +71,7 @@ class FetchStage(ShardStage):
                 "fetch_error": got.error,
                 "fetch_reason": got.reason,
             }
-            if got.reason != "ok":
+            if got.reason != OK:
                 return outcome
             checked = check_image(got.body, cfg)
             outcome.update(
@@ -83,7 +83,7 @@ class FetchStage(ShardStage):
                 mode=checked.mode,
                 exif_orientation=checked.orientation,
             )
-            if checked.reason == "ok" and checked.format:
+            if checked.reason == OK and checked.format:
                 outcome.update(
                     sha256=checked.sha256,
                     bytes=len(checked.data),
@@ -131,6 +131,6 @@ POLICY_REASONS = frozenset(
 
 
 def _status(reason: str) -> str:
-    if reason == "ok":
-        return "ok"
-    return "rejected" if reason in POLICY_REASONS else "failed"
+    if reason == OK:
+        return OK
+    return REJECTED if reason in POLICY_REASONS else FAILED

@@ -34,7 +34,7 @@ from curate.config import CurateConfig, Source
 from curate.io.atomic import atomic_path, write_json
 from curate.rundir import RunDir
 from curate.runner import StageContext, write_marker
-from curate.schema import CANDIDATE_SCHEMA, check_reasons
+from curate.schema import CANDIDATE_SCHEMA, OK, REJECTED, check_reasons
 from curate.sources import (
     Unit,
     byte_ranges,
@@ -134,7 +134,7 @@ def _first_occurrences(pieces: Pieces) -> tuple[np.ndarray, int]:
     ids = pa.chunked_array(
         [
             pc.if_else(
-                pc.equal(batch.column("ingest_status"), "ok"), batch.column("image_id"), pa.scalar(None, pa.string())
+                pc.equal(batch.column("ingest_status"), OK), batch.column("image_id"), pa.scalar(None, pa.string())
             )
             for batch in _read_pieces(pieces)
         ],
@@ -174,13 +174,13 @@ def merge_shard(cfg: CurateConfig, shard: int, pieces: Pieces, fp: str) -> dict[
                 repeated = pa.array(~first[offset : offset + n]) if n else pa.array([], pa.bool_())
                 offset += n
                 status = batch.column("ingest_status")
-                repeat = pc.and_(repeated, pc.equal(status, "ok"))
+                repeat = pc.and_(repeated, pc.equal(status, OK))
                 table = pa.Table.from_batches([batch])
                 if pc.any(repeat).as_py():
                     table = table.set_column(
                         table.schema.get_field_index("ingest_status"),
                         "ingest_status",
-                        pc.if_else(repeat, pa.scalar("rejected"), status),
+                        pc.if_else(repeat, pa.scalar(REJECTED), status),
                     )
                     table = table.set_column(
                         table.schema.get_field_index("ingest_reason"),
@@ -271,7 +271,7 @@ def write_sources(
                 "layout": layouts[path][0] or None,
                 "layout_detection": layouts[path][1] or None,
                 "rows": rows,
-                "ok": counts.get("ok", 0),
+                "ok": counts.get(OK, 0),
                 "malformed": counts.get("malformed_row", 0),
                 "short": counts.get("short_row", 0),
                 "internal_error": counts.get("internal_error", 0),

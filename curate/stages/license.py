@@ -16,6 +16,7 @@ from curate.faults import INTERNAL_ERROR, describe
 from curate.licenses import License, deed_url, has_license_info, identify
 from curate.manifest import LICENSE, dtypes, frame_of
 from curate.rundir import RunDir
+from curate.schema import FAILED, OK, REJECTED
 from curate.stages.base import ShardStage
 
 # Sources whose rows are documented to share one licence when they carry none: PASS states that every image it
@@ -42,7 +43,7 @@ class LicenseStage(ShardStage):
             try:
                 outcomes.append(self.judge(source, _text(license_id), _text(name), _text(url)))
             except Exception as err:  # noqa: BLE001 - one row's surprise is that row's outcome, never the shard's
-                outcomes.append(Outcome(None, None, False, None, "failed", INTERNAL_ERROR, describe(err)))
+                outcomes.append(Outcome(None, None, False, None, FAILED, INTERNAL_ERROR, describe(err)))
         values = {
             "license_code": [o.code for o in outcomes],
             "license_version": [o.version for o in outcomes],
@@ -68,13 +69,11 @@ class LicenseStage(ShardStage):
             found = License(default) if default else None
             assumed = found is not None
         if found is None:
-            status, reason = (
-                ("ok", "unknown_kept") if self.cfg.license.keep_unknown else ("rejected", "unknown_license")
-            )
+            status, reason = (OK, "unknown_kept") if self.cfg.license.keep_unknown else (REJECTED, "unknown_license")
         elif found.code in self.cfg.license.allow:
-            status, reason = "ok", "ok"
+            status, reason = OK, OK
         else:
-            status, reason = "rejected", "not_allowed"
+            status, reason = REJECTED, "not_allowed"
         code, version = (found.code, found.version) if found else (None, None)
         return Outcome(code, version, assumed, _attribution_url(found, url), status, reason, None)
 

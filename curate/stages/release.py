@@ -39,7 +39,7 @@ from curate.io.tars import SortedTarWriter, TarMembers, WebDatasetWriter
 from curate.manifest import conform, manifest_schema
 from curate.rundir import RunDir
 from curate.runner import StageRefused
-from curate.schema import is_safe_key
+from curate.schema import KEPT, OK, REJECTED, REVIEW, is_safe_key
 from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
 from curate.stages.base import ShardStage
 
@@ -81,11 +81,11 @@ def overall_status(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd
     with a person in it is stopped as a person ("detect:face"), not as a duplicate. A rejection is final;
     "review" waits for a person (never released unseen) unless a reviewer looked and decided keep; a reviewer's
     unsure leaves the image unreleased (review:unsure)."""
-    status = pd.Series("kept", index=rows.index, dtype="string")
-    reason = pd.Series("ok", index=rows.index, dtype="string")
+    status = pd.Series(KEPT, index=rows.index, dtype="string")
+    reason = pd.Series(OK, index=rows.index, dtype="string")
 
     def stop(hit: pd.Series, label: pd.Series | str, why: pd.Series) -> None:
-        hit = hit.fillna(False).astype(bool) & (status == "kept")
+        hit = hit.fillna(False).astype(bool) & (status == KEPT)
         status[hit] = label[hit] if isinstance(label, pd.Series) else label
         reason[hit] = why[hit]
 
@@ -95,11 +95,11 @@ def overall_status(rows: pd.DataFrame, stages: list[str]) -> tuple[pd.Series, pd
         else pd.Series(False, index=rows.index)
     )
     for stage in stages:
-        stop(rows[f"{stage}_status"] != "ok", rows[f"{stage}_status"].astype("string"),
+        stop(rows[f"{stage}_status"] != OK, rows[f"{stage}_status"].astype("string"),
              stage + ":" + rows[f"{stage}_reason"].astype("string"))  # fmt: skip
         if stage == "detect":
             verdict = rows["decision"]
-            for value, label in (("reject", "rejected"), ("review", "review")):
+            for value, label in (("reject", REJECTED), ("review", REVIEW)):
                 stop((verdict == value) & ~overruled, label, "detect:" + rows["decision_reason"].astype("string"))
     return status, reason
 
@@ -173,7 +173,7 @@ def sample_json(row: dict[Any, Any]) -> bytes:
 def with_decision(rows: pd.DataFrame, cfg: Any) -> pd.DataFrame:
     """The rows with the human filter's decision applied to their stored scores."""
     verdict, why = decide(Scores.from_manifest(rows), cfg.decide)
-    reached = (rows["detect_status"] == "ok").to_numpy()
+    reached = (rows["detect_status"] == OK).to_numpy()
     return rows.assign(
         decision=pd.Series(verdict, index=rows.index, dtype="string").where(reached),
         decision_reason=pd.Series(why, index=rows.index, dtype="string").where(reached),
@@ -274,10 +274,10 @@ class ReleaseStage(ShardStage):
                 rows = with_decision(status_columns(run, shard), self.cfg)
                 status, _ = overall_status(rows, RELEASE_INPUTS)
                 known.append(rows["image_id"])
-                candidates.append(rows.loc[status == "kept", ["image_id", "owner_nsid"]].assign(shard=shard))
+                candidates.append(rows.loc[status == KEPT, ["image_id", "owner_nsid"]].assign(shard=shard))
             chosen = pd.concat(candidates, ignore_index=True)
             chosen["select_reason"] = select(chosen, r.owner_cap, r.target_size, r.seed)
-            taken = chosen["image_id"].isin(takedowns["image_id"]) & (chosen["select_reason"] == "ok")
+            taken = chosen["image_id"].isin(takedowns["image_id"]) & (chosen["select_reason"] == OK)
             chosen.loc[taken, "select_reason"] = "takedown"
             write_parquet(work / "takedowns.parquet", takedowns)
             every_id = pd.concat(known, ignore_index=True)
@@ -305,14 +305,14 @@ class ReleaseStage(ShardStage):
         status, reason = overall_status(rows, RELEASE_INPUTS)
         by_id = read_parquet(self.selection_path(run, shard)).set_index("image_id")["select_reason"]
         select_reason = pd.Series(by_id.reindex(rows["image_id"]).to_numpy(), index=rows.index, dtype="string")
-        select_reason = select_reason.where(status == "kept")
-        dropped = select_reason.notna() & (select_reason != "ok")
-        status[dropped] = "rejected"
+        select_reason = select_reason.where(status == KEPT)
+        dropped = select_reason.notna() & (select_reason != OK)
+        status[dropped] = REJECTED
         reason[dropped] = "select:" + select_reason[dropped]
         takedowns = read_parquet(self.work(run) / "takedowns.parquet").set_index("image_id")
         noted = takedowns.reindex(rows["image_id"]).reset_index(drop=True)
         noted.index = rows.index
-        kept = rows[status == "kept"]
+        kept = rows[status == KEPT]
         out = self.out_dir(run)
         with (
             # One member at a time; a shard with nothing kept (one an earlier stage failed) never opens its tar.
@@ -332,7 +332,7 @@ class ReleaseStage(ShardStage):
                 "decision": rows["decision"],
                 "decision_reason": rows["decision_reason"],
                 "select_status": select_reason.where(
-                    select_reason.isna(), select_reason.eq("ok").map({True: "ok", False: "rejected"})
+                    select_reason.isna(), select_reason.eq(OK).map({True: OK, False: REJECTED})
                 ).astype("string"),
                 "select_reason": select_reason,
                 "takedown_reason": noted["takedown_reason"].astype("string"),
@@ -341,7 +341,7 @@ class ReleaseStage(ShardStage):
                 "reason": reason,
                 "shard": pd.array([shard] * len(rows), dtype="Int64"),
                 # For the run summary and stats: what happened to every row, by its first stopping reason.
-                "release_status": status.where(status != "kept", "ok"),
+                "release_status": status.where(status != KEPT, OK),
                 "release_reason": reason,
             }
         )
@@ -368,7 +368,7 @@ class ReleaseStage(ShardStage):
                 # Nullable integers stay integers (a failed row's null would make every width a float: 640.0).
                 frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int64Dtype()}.get)
                 tally.add(frame)
-                kept = frame[frame["status"] == "kept"].copy()
+                kept = frame[frame["status"] == KEPT].copy()
                 kept["hash"] = kept["photo_hash"]  # every source sets it (curate.sources: PASS's rule)
                 kept["file"] = [pass_member(i, f) for i, f in zip(kept["image_id"], kept["format"], strict=True)]
                 kept = kept[list(PASS_COLUMNS)].rename(columns=PASS_COLUMNS)

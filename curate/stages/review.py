@@ -17,6 +17,7 @@ from curate import pipeline
 from curate.io.atomic import read_parquet, write_parquet
 from curate.review import ledger
 from curate.rundir import RunDir
+from curate.schema import OK, REJECTED, REVIEW
 from curate.stages.base import ShardStage
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class ReviewStage(ShardStage):
         return pd.DataFrame(
             {
                 # removed: final; unsure: waits for a person like the filter's "review" (never released)
-                "review_status": reason.map({"removed": "rejected", "unsure": "review"}).fillna("ok").astype("string"),
+                "review_status": reason.map({"removed": REJECTED, "unsure": REVIEW}).fillna(OK).astype("string"),
                 "review_reason": reason,
                 "review_decision": decision,
                 "review_reviewer": found["reviewer"].astype("string"),
