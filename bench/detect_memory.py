@@ -191,7 +191,7 @@ def face_caps(dev: Path, models: Path, caps: tuple[int, ...] = (0, 3000, 2048, 1
     import torch
 
     from curate.configload import load_config
-    from curate.detect.decide import Scores, decide, thresholds
+    from curate.detect.decide import decide, rule
     from curate.detect.decoding import decode
     from curate.detect.loaders import report_floor
     from curate.detect.retinaface import RetinaFaceDetector
@@ -216,8 +216,9 @@ def face_caps(dev: Path, models: Path, caps: tuple[int, ...] = (0, 3000, 2048, 1
     print(f"dev upscaled {factor}x: {int(human.sum())} human, {int((~human).sum())} no_human images")
     for cap in caps:
         scored = persons.assign(face_retinaface_mnet025_max=faces[cap])
-        removed = decide(Scores.from_manifest(scored), cfg.decide)[0] != "keep"
-        face_hit = np.asarray(faces[cap]) > thresholds(cfg.decide).face
+        active = rule(cfg.decide, list(scored.columns))
+        removed = decide(scored, active)[0] != "keep"
+        face_hit = np.asarray(faces[cap]) > active.bars["face_retinaface_mnet025_max"].reject
         print(f"  face_max_side={cap or 'native':<6} removed: human {int(removed[human].sum())}, no_human "
               f"{int(removed[~human].sum())}; RetinaFace alone: human {int(face_hit[human].sum())}, no_human "
               f"{int(face_hit[~human].sum())}", flush=True)  # fmt: skip

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from curate.configload import load_config
-from curate.detect.decide import Scores, decide
+from curate.detect.decide import decide
 from curate.detect.decoding import decode, decode_batch
 from curate.runconfig import SAMPLE_DIR
 from curate.stages.detect import Scorer
@@ -35,8 +35,7 @@ def main() -> int:
         print(f"{column:<32} max |diff| {np.abs(a - b).max():.4f}  mean |diff| {np.abs(a - b).mean():.4f}")
     cfg = load_config([f"models.dir={args.models_dir}"])
     decisions = {
-        device: decide(Scores.from_manifest(pd.DataFrame({c: scores[device][c] for c in columns})), cfg.decide)[0]
-        for device in scores
+        device: decide(pd.DataFrame({c: scores[device][c] for c in columns}), cfg.decide)[0] for device in scores
     }
     differ = int((decisions["cpu"] != decisions["cuda"]).sum())
     print(f"decisions that differ under the default preset: {differ} of {len(blobs)}")

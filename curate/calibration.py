@@ -132,7 +132,24 @@ def search(
                 if trial_cost < best_cost:
                     best, best_cost, improved = trial, trial_cost, True
         if not improved:
-            return best
+            return {c: centred(values[c], bar) for c, bar in best.items()}
+
+
+def centred(values: np.ndarray, bar: float) -> float:
+    """The same removals as `bar`, from the middle of the gap it lies in: halfway between the lowest score it
+    removes and the highest it keeps, rounded to 4 decimals where that keeps the same removals. The search
+    returns bars just under a score; an image scoring a hair lower would slip through one of those."""
+    if bar >= NEVER:
+        return NEVER
+    finite = values[np.isfinite(values)]
+    above, below = finite[finite > bar], finite[finite <= bar]
+    if not len(above):
+        return NEVER
+    low = float(below.max()) if len(below) else 0.0
+    high = float(above.min())
+    middle = (low + high) / 2
+    rounded = round(middle, 4)
+    return rounded if low <= rounded < high else middle
 
 
 @dataclass(frozen=True)

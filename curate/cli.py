@@ -80,6 +80,12 @@ COMMANDS: dict[str, Command] = {
         "curate.evaluate",
         _evaluate_help,
     ),
+    "calibrate": Command(
+        "per-model thresholds for a target recall, from a labelled folder or a run's review ledger",
+        "curate calibrate images=DIR out=preset.yaml target_recall=0.97",
+        "curate.calibrate",
+        lambda args: _module_docstring("curate.calibrate"),
+    ),
     "models": Command(
         "list the model weights curate knows, or download those a recipe needs",
         "curate models download pipeline=pass",

@@ -36,8 +36,10 @@ FLICKR_KEY_ENV = "FLICKR_API_KEY"
 FLICKR_SECRET_ENV = "FLICKR_API_SECRET"
 
 # The decide.* thresholds and review bands, each a score or probability within 0..1.
-DECISION_KEYS = ("face", "person", "person_tiles", "clip", "face_review", "person_review", "person_tiles_review",
-                 "clip_review")  # fmt: skip
+# The decision presets in curate/presets/ (tests/test_decide.py checks that the files agree).
+SHIPPED_PRESETS = ("strict", "pass")
+DECISION_KEYS = ("face", "person", "person_tiles", "hand", "clip", "face_review", "person_review",
+                 "person_tiles_review", "hand_review", "clip_review")  # fmt: skip
 
 # Marks a key that changes only speed or where the work runs, never what it produces: stages leave it out of their
 # fingerprints (changing it redoes nothing) and the data card out of the settings it states.
@@ -315,8 +317,9 @@ class DetectConfig:
 class DecideConfig:
     """Thresholds turning stored scores into keep / reject / review; changing them never re-runs a model."""
 
-    # pass_v1 = PASS's exact rule (face > 0.5, person > 0.5, no CLIP, no review band); strict = tuned for
-    # recall on the dev set; custom = the thresholds below as given.
+    # strict = one bar per score column of the offline stack (curate/presets/strict.yaml); pass = the same for
+    # pipeline=pass's models; a path = a preset file of your own (curate calibrate writes them); pass_v1 = PASS's
+    # exact rule (any face or full-image person > 0.5, nothing else); custom = the family thresholds below.
     preset: str = "strict"
     # Face score above which an image is rejected (decide.preset=custom).
     face: float = 0.5
@@ -324,6 +327,8 @@ class DecideConfig:
     person: float = 0.5
     # the person detectors' scores on tiles (detect.person_tiles > 1): upscaled crops fire more easily
     person_tiles: float = 0.5
+    # Hand score (hand_<name>_max) above which an image is rejected (decide.preset=custom).
+    hand: float = 0.5
     # CLIP human probability above which an image is rejected.
     clip: float = 0.5
     # Scores between these and the thresholds above go to human review ("uncertain"); 1.0 = no band.
@@ -332,12 +337,17 @@ class DecideConfig:
     person_review: float = 1.0
     # Tile scores between this and decide.person_tiles go to review (1.0 = no band).
     person_tiles_review: float = 1.0
+    # Hand scores between this and decide.hand go to review (1.0 = no band).
+    hand_review: float = 1.0
     # CLIP probabilities between this and decide.clip go to review (1.0 = no band).
     clip_review: float = 1.0
 
     def problems(self) -> list[str]:
         return failed(
-            (self.preset in ("pass_v1", "strict", "custom"), "decide.preset must be pass_v1, strict or custom"),
+            (
+                self.preset in ("pass_v1", "custom", *SHIPPED_PRESETS) or self.preset.endswith((".yaml", ".yml")),
+                "decide.preset must be strict, pass, pass_v1, custom or the path of a preset file (.yaml)",
+            ),
             *((0.0 <= getattr(self, key) <= 1.0, f"decide.{key} must be within 0..1") for key in DECISION_KEYS),
         )
 

@@ -22,7 +22,7 @@ import yaml
 
 from curate import __version__
 from curate.config import CurateConfig, runtime_keys
-from curate.detect.decide import thresholds
+from curate.detect.decide import FAMILIES, Rule, family_of, run_rule
 from curate.funnel import FunnelCounter, count_rows, describe_reasons, funnel_rows
 from curate.io.atomic import read_json
 from curate.manifest import tiles_scored
@@ -188,12 +188,8 @@ def ran_families(cfg: CurateConfig) -> list[str]:
 
 
 def _decide_settings(cfg: CurateConfig) -> dict[str, Any]:
-    """The thresholds of the families that ran, each with its review band (the others decided nothing)."""
-    t = asdict(thresholds(cfg.decide))
-    settings: dict[str, Any] = {"preset": t["preset"]}
-    for family in ran_families(cfg):
-        settings[family], settings[f"{family}_review"] = t[family], t[f"{family}_review"]
-    return settings
+    """The bar of every score column the release's detectors wrote, and the preset they come from."""
+    return run_rule(cfg).as_json()
 
 
 def card_config(cfg: CurateConfig) -> dict[str, object]:
@@ -265,34 +261,50 @@ def _outcomes(tally: Tally, num_shards: int) -> list[str]:
     ]
 
 
-def _threshold_rows(cfg: CurateConfig) -> list[tuple[object, ...]]:
-    t = asdict(thresholds(cfg.decide))
-    run_by = {
-        "face": ", ".join(cfg.detect.face),
-        "person": ", ".join(cfg.detect.person),
-        "person_tiles": f"{', '.join(cfg.detect.person)} on {cfg.detect.person_tiles}x{cfg.detect.person_tiles} tiles",
-        "clip": f"{cfg.detect.clip_model}/{cfg.detect.clip_pretrained}",
-    }
+def _threshold_rows(rule: Rule) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
-    for family in ran_families(cfg):
-        band = t[f"{family}_review"]
-        rows.append((family, run_by[family], t[family], band if band < t[family] else "- (no review band)"))
+    for column, bar in sorted(rule.bars.items(), key=lambda item: (FAMILIES.index(str(family_of(item[0]))), item[0])):
+        band = bar.review if bar.review < bar.reject else "- (no review band)"
+        origin = "calibrated" if bar.calibrated else (bar.source or "not calibrated; no source given")
+        rows.append((f"`{column}`", family_of(column), bar.reject, band, origin))
     return rows
+
+
+def _provenance_lines(rule: Rule) -> list[str]:
+    """What the preset says about itself: how its bars were found and what they scored there."""
+    found = rule.provenance
+    if not found:
+        return []
+    lines = [f"Preset **{rule.preset}**: " + ", ".join(f"{k}: {found[k]}" for k in ("method", "calibration_set",
+             "target_recall", "date", "curate_version") if k in found) + "."]  # fmt: skip
+    for label, key in (("in-sample", "in_sample"), ("k-fold", "kfold")):
+        measured = (found.get("measured") or {}).get(key)
+        if measured:
+            lines.append(
+                f"Measured there ({label}): recall {measured['recall']:.3f} (95 % CI {measured['recall_ci'][0]:.3f}"
+                f"-{measured['recall_ci'][1]:.3f}), false removal {measured['false_removal']:.3f} (95 % CI "
+                f"{measured['false_removal_ci'][0]:.3f}-{measured['false_removal_ci'][1]:.3f})."
+            )
+    return ["", *lines]
 
 
 def _human_filter(cfg: CurateConfig, tally: Tally) -> list[str]:
     parts = ["## Human filter"]
-    rows = _threshold_rows(cfg)
+    rule = run_rule(cfg)
+    rows = _threshold_rows(rule)
     if not rows:
         return [*parts, "No detector ran: no image was screened, no threshold applied."]
     return [
         *parts,
-        "Detectors store raw scores (`face_*`, `person_*`, `clip_*` columns of the manifest); these thresholds "
-        f"(`decide`, preset {thresholds(cfg.decide).preset}) were then applied to them: an image is rejected when "
-        "a score is above its family's threshold, and sent to review (never released unseen) when it is above "
-        "the review band only. Only the families that ran are listed.",
+        "Detectors store raw scores (`face_*`, `person_*`, `hand_*`, `clip_*` columns of the manifest); these bars "
+        f"(`decide.preset={rule.preset}`) were then applied to them: an image is rejected when any score is above "
+        "its column's bar, and sent to review (never released unseen) when it is above a review band only. Each "
+        "bar says where it comes from: calibrated on a labelled set, or a published operating point.",
         "",
-        markdown_table(("family", "scores of", "rejected above", "sent to review above"), rows),
+        markdown_table(
+            ("score column", "family", "rejected above", "sent to review above", "where the bar comes from"), rows
+        ),
+        *_provenance_lines(rule),
         "",
         "The filter's verdicts on every scored image, before any reviewer's decision (`decision`, `decision_reason`):",
         "",
@@ -376,10 +388,14 @@ def _evaluation_mismatches(cfg: CurateConfig, found: dict[str, Any]) -> list[str
     for key, value in (found.get("detect") or {}).items():
         if hasattr(cfg.detect, key) and getattr(cfg.detect, key) != value:
             problems.append(f"detect.{key}: evaluated {value}, released with {getattr(cfg.detect, key)}")
-    evaluated, ours_t = found.get("decide") or {}, _decide_settings(cfg)
-    for key, value in ours_t.items():
-        if key != "preset" and evaluated.get(key) != value:
-            problems.append(f"decide.{key}: evaluated {evaluated.get(key)}, released with {value}")
+    evaluated = (found.get("decide") or {}).get("bars") or {}
+    for column, bar in _decide_settings(cfg)["bars"].items():
+        theirs = evaluated.get(column) or {}
+        if (theirs.get("reject"), theirs.get("review")) != (bar["reject"], bar["review"]):
+            problems.append(
+                f"decide {column}: evaluated reject {theirs.get('reject')} review {theirs.get('review')}, released "
+                f"with reject {bar['reject']} review {bar['review']}"
+            )
     return problems
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from curate.config import ConfigError, CurateConfig
 from curate.configload import load_config
-from curate.detect.decide import Scores, decide, family_of, thresholds
+from curate.detect.decide import decide, rule
 from curate.detect.decoding import decode
 from curate.io.atomic import sha256_file
 from curate.stages.detect import Scorer
@@ -55,21 +55,27 @@ def rate(hits: pd.Series) -> float | None:
 
 
 def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
-    decision, reason = decide(Scores.from_manifest(scored), cfg.decide)
+    active = rule(cfg.decide, list(scored.columns))
+    decision, reason = decide(scored, active)
     scored = scored.assign(decision=decision, reason=reason, removed=decision != "keep")
     human = scored["label"] == "human"
-    t = thresholds(cfg.decide)
+    fired_by = {
+        column: scored[column].astype(float).fillna(-1).to_numpy() > bar.reject for column, bar in active.bars.items()
+    }
     per_detector: dict[str, Any] = {}
-    for column, family in [(c, family_of(c)) for c in scored.columns]:
-        if family is None:
-            continue
-        limit = getattr(t, family)  # each family has a threshold of its name
-        fired = scored[column].astype(float).fillna(-1) > limit
-        name = column.removesuffix("_max")
-        per_detector[name] = {
-            "threshold": limit,
-            "recall": rate(fired[human]),
-            "false_removal_rate": rate(fired[~human]),
+    for column, fired in fired_by.items():
+        # what only this model catches: human images no other column is above its bar on
+        others = np.zeros(len(scored), dtype=bool)
+        for other, hits in fired_by.items():
+            if other != column:
+                others |= hits
+        only = fired & human.to_numpy() & ~others
+        per_detector[column.removesuffix("_max")] = {
+            "threshold": active.bars[column].reject,
+            "recall": rate(pd.Series(fired[human.to_numpy()])),
+            "false_removal_rate": rate(pd.Series(fired[~human.to_numpy()])),
+            "only_it_catches": int(only.sum()),
+            "only_it_catches_files": scored.loc[only, "file"].tolist(),
         }
     per_category = {
         f"{label}/{category}": {
@@ -89,7 +95,7 @@ def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
         "per_detector": per_detector,
         "missed": [{"file": r.file, "category": r.category} for r in missed.itertuples()],
         "false_removals": [{"file": r.file, "category": r.category, "reason": r.reason} for r in wrongly.itertuples()],
-        "decide": asdict(t),
+        "decide": active.as_json(),
         "detectors": {"face": cfg.detect.face, "person": cfg.detect.person, "clip": cfg.detect.clip_model},
     }
 
@@ -120,10 +126,11 @@ def report(result: dict[str, Any]) -> str:
     for name, values in result["per_category"].items():
         value = values.get("recall", values.get("false_removal_rate"))
         lines.append(f"{name:<34} {values['n']:>4} {value!s:>24}")
-    lines += ["", f"{'detector':<34} {'threshold':>9} {'recall':>8} {'false-removal':>14}"]
+    lines += ["", f"{'model (alone)':<34} {'threshold':>9} {'recall':>8} {'false-removal':>14} {'only it':>8}"]
     for name, values in result["per_detector"].items():
         lines.append(
-            f"{name:<34} {values['threshold']:>9} {values['recall']!s:>8} {values['false_removal_rate']!s:>14}"
+            f"{name:<34} {values['threshold']:>9} {values['recall']!s:>8} {values['false_removal_rate']!s:>14} "
+            f"{values.get('only_it_catches', '-')!s:>8}"
         )
     lines += ["", "missed: " + (", ".join(m["file"] for m in result["missed"]) or "none")]
     return "\n".join(lines)

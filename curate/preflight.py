@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV, CurateConfig, Source, Stage, refuse
+from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV, ConfigError, CurateConfig, Source, Stage, refuse
+from curate.detect.decide import run_rule
 from curate.models.registry import check_detectors
 from curate.sources import check_inputs  # it knows how each source expands its path (a glob, a folder, a file)
 
@@ -28,7 +29,7 @@ def problems(cfg: CurateConfig) -> list[str]:
     detectors the registry does not know."""
     # The registry says which models exist and which family each belongs to; detect's weight files are checked
     # only when detect has work (curate.models.registry.check_available), since a finished run needs none.
-    return [*_ingest(cfg), *_dedup(cfg), *_release(cfg), *check_detectors(cfg)]
+    return [*_ingest(cfg), *_dedup(cfg), *_release(cfg), *_decision(cfg), *check_detectors(cfg)]
 
 
 def _runs(cfg: CurateConfig, stage: Stage) -> bool:
@@ -58,6 +59,16 @@ def _dedup(cfg: CurateConfig) -> list[str]:
         for key in ("folder", "hashes", "embeddings")
         if getattr(ref, key) and not Path(getattr(ref, key)).exists()
     ]
+
+
+def _decision(cfg: CurateConfig) -> list[str]:
+    """The preset is readable and has a bar for every score column the configured detectors write (a column
+    without one would be a silent keep)."""
+    try:
+        run_rule(cfg)
+    except ConfigError as err:
+        return [str(err)]
+    return []
 
 
 def _release(cfg: CurateConfig) -> list[str]:

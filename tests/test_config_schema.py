@@ -30,7 +30,7 @@ from curate.run import main
         ("detect.device=gpu", r"detect\.device='gpu': use auto, cpu, cuda or cuda:N"),
         ("detect.person_tiles=0", r"detect\.person_tiles must be >= 1"),
         ("decide.person_review=1.5", r"decide\.person_review must be within 0\.\.1"),
-        ("decide.preset=loose", r"decide\.preset must be pass_v1, strict or custom"),
+        ("decide.preset=loose", r"decide\.preset must be strict, pass, pass_v1, custom or the path of a preset file"),
         ("dedup.phash_distance=17", r"dedup\.phash_distance must be within -1\.\.16"),
         ("dedup.references=[{name: a}]", r"dedup\.references 'a': give exactly one of folder, hashes, embeddings"),
         ("review.borderline_margin=2", r"review\.borderline_margin must be within 0\.\.1"),

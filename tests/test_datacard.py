@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from conftest import MODELS, REPO, run_curate
 
-from curate.config import CurateConfig
+from curate.config import CurateConfig, DecideConfig
 from curate.datacard import Tally, render_data_card
-from curate.detect.decide import STRICT
+from curate.detect.decide import rule
 from curate.evaluate import main as evaluate
 from curate.funnel import RELEASED, FunnelCounter, first_stop, funnel_rows
 from curate.models.registry import REGISTRY
@@ -55,7 +55,12 @@ def card_funnel(card: str) -> list[tuple[str, int]]:
 
 
 def families(card: str) -> list[str]:
-    return [row[0] for row in table(section(card, "Human filter"))]
+    return [row[1] for row in table(section(card, "Human filter"))]
+
+
+# The sample's strict bars, as an evaluation of its models records them.
+STRICT = rule(DecideConfig("strict"), ["face_retinaface_mnet025_max", "person_yolox_nano_max",
+                                       "person_yolox_nano_tiles_max"]).as_json()  # fmt: skip
 
 
 def config(run_dir: Path, **release: Any) -> CurateConfig:
@@ -91,7 +96,7 @@ def evaluation(path: Path, **changes: object) -> Path:
             {"file": "images/dog.jpg", "category": "animal", "reason": "face"},
             {"file": "images/macaque.jpg", "category": "animal", "reason": "face"},
         ],
-        "decide": asdict(STRICT),
+        "decide": STRICT,
         "detectors": {"face": ["retinaface_mnet025"], "person": ["yolox_nano"], "clip": ""},
         "evaluation_set": {"name": "handmade", "size": 18},
         "models": {
@@ -204,7 +209,8 @@ def test_thresholds_only_for_the_families_that_ran(sample: Path, folder: Path) -
     assert families(card_of(folder)) == ["face"]
     assert "yolox_nano" not in section(card_of(folder), "Models")
     decide = section(card_of(folder), "Configuration").split("decide:", 1)[1].split("\ndedup:", 1)[0]
-    assert "face: 0.9" in decide and "person" not in decide and "clip" not in decide
+    assert "face_retinaface_mnet025_max" in decide and "reject: 0.9" in decide
+    assert "person" not in decide and "clip" not in decide
     cfg = load_run_config(sample)
     cfg = replace(cfg, detect=replace(cfg.detect, person_tiles=1))
     tally = Tally()
@@ -243,14 +249,14 @@ def test_an_evaluation_of_other_models_or_settings_is_flagged(reviewed: Reviewed
         tmp_path / "other.json",
         models={"face": [{"name": "retinaface_mnet025", "sha256": "0" * 64}], "person": [], "clip": None},
         detect={"face_max_side": 2048, "person_tiles": 1, "person_tile_min_side": 0},
-        decide={**asdict(STRICT), "face": 0.5},
+        decide={**STRICT, "bars": {**STRICT["bars"], "face_retinaface_mnet025_max": {"reject": 0.5, "review": 1.0}}},
     )
     measured = section(render(run_dir, "v2", evaluation=str(other)), "Measured performance of the human filter")
     assert "**Warning: the evaluation ran a different filter from this release's**" in measured
     assert f"retinaface_mnet025: evaluated weights sha256 {'0' * 64}" in measured
     assert "person models: evaluated none, released with yolox_nano" in measured
     assert "detect.person_tiles: evaluated 1, released with 3" in measured
-    assert "decide.face: evaluated 0.5, released with 0.9" in measured
+    assert "decide face_retinaface_mnet025_max: evaluated reject 0.5 review 1.0, released with reject 0.9" in measured
 
 
 def test_reviewer_overrides_and_the_previous_releases_audit(reviewed: Reviewed) -> None:
@@ -321,6 +327,7 @@ def test_models_and_software(sample: Path, tmp_path: Path) -> None:
         cfg,
         models=replace(cfg.models, dir=str(tmp_path)),
         detect=replace(cfg.detect, face=["retinaface_r50"], clip_model="ViT-B-32"),
+        decide=replace(cfg.decide, preset="custom"),  # strict has no bar for R50: the config would be refused
     )
     tally = Tally()
     tally.add(manifest(sample))

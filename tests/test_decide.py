@@ -1,90 +1,152 @@
-"""The decision is a pure function of stored scores; PASS v1's rule is reproduced exactly."""
+"""The decision is a pure function of stored scores, one bar per score column; PASS v1's rule is reproduced
+exactly; presets are files that say where each bar comes from, and a column without a bar is refused."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
 
-from curate.config import DecideConfig
-from curate.detect.decide import PASS_V1, STRICT, Scores, decide, family_of
+from curate.config import SHIPPED_PRESETS, ConfigError, DecideConfig
+from curate.configload import load_config
+from curate.detect.decide import Bar, Rule, decide, family_of, family_scores, rule, run_rule
+from curate.detect.presets import Preset, load_preset, save_preset, shipped
+
+FACE, PERSON, TILES, CLIP = "face_x_max", "person_y_max", "person_y_tiles_max", "clip_human_prob"
 
 
-def scores(face: list[float], person: list[float], clip: list[float] | None = None) -> Scores:
+def rows(face: list[float], person: list[float], clip: list[float] | None = None) -> pd.DataFrame:
     n = len(face)
-    return Scores(np.array(face), np.array(person), np.array(clip if clip is not None else [np.nan] * n))
+    return pd.DataFrame({FACE: face, PERSON: person, CLIP: clip if clip is not None else [np.nan] * n})
 
 
 def test_pass_v1_is_face_or_person_above_half() -> None:
-    verdict, reason = decide(scores([0.51, 0.5, 0.1, 0.9, 0.0], [0.0, 0.51, 0.5, 0.9, 0.49]), PASS_V1)
+    verdict, reason = decide(rows([0.51, 0.5, 0.1, 0.9, 0.0], [0.0, 0.51, 0.5, 0.9, 0.49]), DecideConfig("pass_v1"))
     assert list(verdict) == ["reject", "reject", "keep", "reject", "keep"]
     assert list(reason) == ["face", "person", "ok", "face", "ok"]
 
 
-def test_pass_v1_ignores_clip_and_has_no_review_band() -> None:
-    verdict, _ = decide(scores([0.45], [0.45], [0.99]), DecideConfig(preset="pass_v1"))
+def test_pass_v1_ignores_clip_tiles_and_hands_and_has_no_review_band() -> None:
+    frame = rows([0.45], [0.45], [0.99]).assign(**{TILES: [0.99], "hand_z_max": [0.99]})
+    verdict, _ = decide(frame, DecideConfig(preset="pass_v1"))
     assert list(verdict) == ["keep"]
 
 
-def test_custom_thresholds_and_review_band() -> None:
+def test_custom_family_thresholds_and_review_band() -> None:
     cfg = DecideConfig(
         preset="custom", face=0.6, person=0.4, clip=0.7, face_review=0.2, person_review=0.2, clip_review=0.4
     )
     verdict, reason = decide(
-        scores([0.3, 0.1, 0.1, 0.1, np.nan], [0.1, 0.1, 0.5, 0.1, np.nan], [0.1, 0.8, 0.1, 0.5, 0.1]), cfg
+        rows([0.3, 0.1, 0.1, 0.1, np.nan], [0.1, 0.1, 0.5, 0.1, np.nan], [0.1, 0.8, 0.1, 0.5, 0.1]), cfg
     )
     assert list(zip(verdict, reason, strict=True)) == [
         ("review", "uncertain"),
         ("reject", "clip_human"),
         ("reject", "person"),
         ("review", "uncertain"),
-        ("keep", "ok"),  # a family that did not run never counts as evidence
+        ("keep", "ok"),  # a model that did not run never counts as evidence
     ]
 
 
-def test_scores_from_manifest_take_the_max_over_detectors() -> None:
-    rows = pd.DataFrame(
+def test_every_column_of_a_family_counts_and_the_strongest_family_names_the_reason() -> None:
+    frame = pd.DataFrame(
         {
-            "face_a_max": [0.2, None, 0.9],
-            "face_b_max": [0.7, None, 0.1],
-            "face_a_count": [9, 9, 9],  # not a score column
-            "person_x_max": [0.1, 0.3, None],
-            "clip_human_prob": [0.5, 0.2, None],
+            "face_a_max": [0.2, None, 0.9, 0.0],
+            "face_b_max": [0.7, None, 0.1, 0.0],
+            "face_a_count": [9, 9, 9, 9],  # not a score column
+            "person_x_max": [0.1, 0.3, 0.9, 0.0],
+            "hand_h_max": [0.0, 0.0, 0.0, 0.8],
+            "clip_human_prob": [0.5, 0.2, None, 0.9],
         }
     )
-    got = Scores.from_manifest(rows)
-    np.testing.assert_allclose(got.face, [0.7, np.nan, 0.9])
-    np.testing.assert_allclose(got.person, [0.1, 0.3, np.nan])
-    np.testing.assert_allclose(got.clip, [0.5, 0.2, np.nan])
-
-
-def test_tile_scores_have_a_bar_of_their_own() -> None:
-    # full-view person 0.3 passes strict's 0.1; a tile score of 0.3 does not pass its 0.4, 0.45 does
-    tiled = Scores(
-        face=np.array([0.0, 0.0, 0.0, 0.0]),
-        person=np.array([0.3, 0.05, 0.05, np.nan]),
-        clip=np.full(4, np.nan),
-        person_tiles=np.array([0.0, 0.3, 0.45, 0.9]),
-    )
-    verdict, reason = decide(tiled, DecideConfig(preset="strict"))
-    assert STRICT.person == 0.1 and STRICT.person_tiles == 0.4
-    assert list(zip(verdict, reason, strict=True)) == [
-        ("reject", "person"),
-        ("keep", "ok"),
-        ("reject", "person"),
-        ("reject", "person"),  # tiles alone are evidence, even where the full view has no score
-    ]
-    # PASS v1 never looks at tiles
-    assert list(decide(tiled, PASS_V1)[0]) == ["keep"] * 4
-    # a review band for tiles
-    band = DecideConfig(preset="custom", face=1, person=1, clip=1, person_tiles=0.8, person_tiles_review=0.25)
-    assert list(decide(tiled, band)[0]) == ["keep", "review", "review", "reject"]
+    _, reason = decide(frame, DecideConfig(preset="custom", face=0.6, person=0.6, hand=0.6, clip=0.6))
+    assert list(reason) == ["face", "ok", "face", "hand"]  # face beats person; hand beats CLIP
+    got = family_scores(frame)
+    np.testing.assert_allclose(got["face"], [0.7, np.nan, 0.9, 0.0])
+    np.testing.assert_allclose(got["clip"], [0.5, 0.2, np.nan, 0.9])
 
 
 def test_tile_columns_feed_their_own_family() -> None:
-    rows = pd.DataFrame({"person_x_max": [0.1, 0.2], "person_x_tiles_max": [0.7, None], "face_y_max": [0.0, 0.1]})
-    assert [family_of(c) for c in rows.columns] == ["person", "person_tiles", "face"]
+    assert [family_of(c) for c in (PERSON, TILES, FACE, "hand_z_max")] == ["person", "person_tiles", "face", "hand"]
     assert family_of("clip_human_prob") == "clip" and family_of("person_x_count") is None
-    got = Scores.from_manifest(rows)
-    np.testing.assert_allclose(got.person, [0.1, 0.2])
-    assert got.person_tiles is not None
-    np.testing.assert_allclose(got.person_tiles, [0.7, np.nan])
+
+
+def test_one_bar_per_column() -> None:
+    # Two person detectors with different bars: the same score is evidence from one and not from the other.
+    active = Rule("test", {"person_a_max": Bar(0.8), "person_b_max": Bar(0.2, review=0.1)})
+    frame = pd.DataFrame({"person_a_max": [0.5, 0.9, 0.0], "person_b_max": [0.0, 0.0, 0.15]})
+    verdict, reason = decide(frame, active)
+    assert list(zip(verdict, reason, strict=True)) == [("keep", "ok"), ("reject", "person"), ("review", "uncertain")]
+
+
+def test_changing_one_models_bar_changes_only_the_decisions_it_drives() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({c: rng.random(200) for c in ("face_a_max", "person_b_max", "person_b_tiles_max")})
+    bars = {"face_a_max": Bar(0.9), "person_b_max": Bar(0.8), "person_b_tiles_max": Bar(0.95)}
+    before, _ = decide(frame, Rule("t", bars))
+    after, _ = decide(frame, Rule("t", {**bars, "person_b_max": Bar(0.5)}))
+    changed = before != after
+    assert changed.any()
+    driven = (frame["person_b_max"] > 0.5) & (frame["person_b_max"] <= 0.8)
+    others = (frame["face_a_max"] > 0.9) | (frame["person_b_tiles_max"] > 0.95)
+    assert (changed == (driven & ~others)).all()
+
+
+def test_the_shipped_presets_agree_with_the_schema_and_load() -> None:
+    assert shipped() == sorted(SHIPPED_PRESETS)
+    for name in shipped():
+        preset = load_preset(name)
+        assert preset.bars and all(family_of(c) for c in preset.bars)
+        assert all(bar.calibrated or bar.source for bar in preset.bars.values()), "every bar says where it is from"
+
+
+def test_strict_keeps_its_operating_point_per_column() -> None:
+    active = rule(DecideConfig("strict"), ["face_retinaface_mnet025_max", "person_yolox_nano_max",
+                                            "person_yolox_nano_tiles_max"])  # fmt: skip
+    assert {c: b.reject for c, b in active.bars.items()} == {
+        "face_retinaface_mnet025_max": 0.9,
+        "person_yolox_nano_max": 0.1,
+        "person_yolox_nano_tiles_max": 0.4,
+    }
+
+
+def test_a_preset_round_trips_through_its_file(tmp_path: Path) -> None:
+    preset = Preset(
+        "mine",
+        {"face_x_max": Bar(0.7, 0.5, True, ""), "hand_y_max": Bar(0.6, source="published: somewhere")},
+        description="test",
+        provenance={"target_recall": 0.99, "measured": {"kfold": {"recall": 0.98}}},
+    )
+    path = tmp_path / "mine.yaml"
+    save_preset(path, preset)
+    assert load_preset(str(path)) == preset
+    active = rule(DecideConfig(str(path)), ["face_x_max", "hand_y_max", "face_x_count"])
+    assert active.preset == "mine" and active.provenance["target_recall"] == 0.99
+
+
+def test_a_score_column_without_a_bar_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no bar for the score column\(s\) \['person_unknown_max'\]"):
+        rule(DecideConfig("strict"), ["face_retinaface_mnet025_max", "person_unknown_max"])
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nbars:\n  face_x_max: {reject: 1.5}\n  nonsense: 0.5\n")
+    with pytest.raises(ConfigError, match=r"reject and review must lie within 0\.\.1.*nonsense: not a score column"):
+        load_preset(str(path))
+    with pytest.raises(ConfigError, match="no such preset"):
+        load_preset(str(tmp_path / "absent.yaml"))
+
+
+def test_the_config_is_refused_before_any_work_when_its_preset_lacks_a_configured_model(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="person_fasterrcnn_resnet50_fpn_v2_max"):
+        load_config(
+            [f"run.dir={tmp_path / 'run'}", "detect.person=[fasterrcnn_resnet50_fpn_v2]", "detect.person_tiles=1"]
+        )
+    assert not (tmp_path / "run").exists()
+    cfg = load_config(["pipeline=pass", f"run.dir={tmp_path / 'pass'}", "stage=release"])
+    assert set(run_rule(cfg).bars) == {
+        "face_retinaface_mnet025_max",
+        "face_retinaface_r50_max",
+        "person_fasterrcnn_resnet50_fpn_v2_max",
+        "clip_human_prob",
+    }

@@ -1,89 +1,107 @@
 """Score first, decide separately: a pure function from stored detector scores to keep / reject / review.
 
-Reading the thresholds from config and the scores from the manifest, it never touches a model, so a notebook
-or `curate.evaluate` can preview any threshold and release can re-decide without re-running detect.
+The rule has one bar per stored score column (`face_<model>_max`, `person_<model>_max`, `person_<model>_tiles_max`,
+`hand_<model>_max`, `clip_human_prob`): an image is rejected when ANY column is above its reject bar, and goes
+to review when none is but some column is above its review bar. It reads thresholds from config (or a preset
+file, `curate.detect.presets`) and scores from the manifest and never touches a model, so a notebook,
+`curate.evaluate` or `curate calibrate` can preview any threshold and release can re-decide without re-running
+detect.
+
+Where the bars come from (`decide.preset`):
+- `strict`, `pass`, or a path to a YAML file: a preset, one bar per column, with its provenance. A score column
+  the preset has no bar for is an error, never a silent keep.
+- `pass_v1`: PASS's exact rule, by family: any face detector above 0.5, or any COCO person detector above 0.5 on
+  the full image; nothing else counts.
+- `custom`: the family keys of `decide` (`decide.face`, `decide.person`, ...) for every column of that family.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from curate.config import DecideConfig
+from curate.config import ConfigError, CurateConfig, DecideConfig
+from curate.detect.bars import FAMILIES, NEVER, REASON, Bar, family_of, score_columns
+from curate.detect.presets import load_preset
 
-# PASS v1: any RetinaFace box > 0.5, else any COCO person > 0.5 on the full image; no tiles, no CLIP, no review
-# band.
-PASS_V1 = DecideConfig(preset="pass_v1", face=0.5, person=0.5, person_tiles=1.0, clip=1.0)
-# Tuned on shared/evalsets/dev with the offline models (RetinaFace MobileNet-0.25 + YOLOX-Nano with
-# detect.person_tiles=3): the highest recall whose false-removal rate stays <= 0.15, from the middle of the
-# plateau where it holds (face 0.9-0.95, tiles 0.35-0.5). RetinaFace fires on animal faces (dogs, macaques) up to
-# 0.97, so its bar goes up; the person detector's goes far down on the full image, and to 0.4 on tiles, whose
-# upscaled crops fire more easily. Tuned on the set it is then measured on, so the figures are optimistic. CLIP's
-# review band is a first guess: no CLIP weights exist offline to tune it.
-STRICT = DecideConfig(preset="strict", face=0.9, person=0.1, person_tiles=0.4, clip=0.5, clip_review=0.3)
-
-# what feeds each decision family: detectors' image-level `<family>_<name>_max` columns, tiles apart
-FAMILIES = ("face", "person", "person_tiles", "clip")
-
-
-def family_of(column: str) -> str | None:
-    """The decision family a stored score column feeds (face, person, person_tiles, clip), or None."""
-    if column == "clip_human_prob":
-        return "clip"
-    if not column.endswith("_max"):
-        return None
-    if column.startswith("person_") and column.endswith("_tiles_max"):
-        return "person_tiles"
-    for family in ("face", "person"):
-        if column.startswith(f"{family}_"):
-            return family
-    return None
-
-
-def thresholds(cfg: DecideConfig) -> DecideConfig:
-    if cfg.preset == "pass_v1":
-        return PASS_V1
-    if cfg.preset == "strict":
-        return STRICT
-    return replace(cfg)
+# The rules by family; any other decide.preset is a preset: shipped (curate/presets/<name>.yaml) or a path.
+FAMILY_RULES = ("pass_v1", "custom")
 
 
 @dataclass(frozen=True)
-class Scores:
-    """Image-level scores: the max over every detector of a family (NaN when that family did not run)."""
+class Rule:
+    """The decision in force: a bar per score column, where it came from, and the preset's provenance."""
 
-    face: np.ndarray
-    person: np.ndarray
-    clip: np.ndarray
-    person_tiles: np.ndarray | None = None  # tiles' own scores (None or NaN: no tiles were looked at)
+    preset: str
+    bars: dict[str, Bar]
+    provenance: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_manifest(cls, rows: pd.DataFrame) -> Scores:
-        def family(name: str) -> np.ndarray:
-            columns = [c for c in rows.columns if family_of(c) == name]
-            if not columns:
-                return np.full(len(rows), np.nan)
-            return rows[columns].astype("float64").max(axis=1, skipna=True).to_numpy()
-
-        return cls(family("face"), family("person"), family("clip"), family("person_tiles"))
+    def as_json(self) -> dict[str, Any]:
+        """What the decision depends on (release's fingerprint and the data card): the bars, by column."""
+        return {"preset": self.preset, "bars": {c: asdict(b) for c, b in sorted(self.bars.items())}}
 
 
-def decide(scores: Scores, cfg: DecideConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(decision, reason) per image: keep/ok, reject/face|person|clip_human, review/uncertain.
+def family_bar(cfg: DecideConfig, family: str) -> Bar:
+    """A family's bar under the rules by family (pass_v1, custom)."""
+    if cfg.preset == "pass_v1":
+        source = "PASS v1: face or person (full image) > 0.5; nothing else counts"
+        return Bar(0.5, source=source) if family in ("face", "person") else Bar(NEVER, source=source)
+    key = "clip" if family == "clip" else family
+    return Bar(getattr(cfg, key), getattr(cfg, f"{key}_review"), source="decide.preset=custom")
 
-    Order matters only for the reason: a face is the strongest evidence, then a person box, then CLIP.
-    """
-    t = thresholds(cfg)
-    tiles = scores.person_tiles if scores.person_tiles is not None else np.full(len(scores.face), np.nan)
-    face, person, clip, tiles = (np.nan_to_num(a, nan=-1.0) for a in (scores.face, scores.person, scores.clip, tiles))
-    decision = np.full(len(face), "keep", dtype=object)
-    reason = np.full(len(face), "ok", dtype=object)
-    uncertain = (face > t.face_review) | (person > t.person_review) | (clip > t.clip_review)
-    uncertain |= tiles > t.person_tiles_review
+
+def rule(cfg: DecideConfig, columns: Sequence[str]) -> Rule:
+    """The rule for these score columns. Raises ConfigError when a preset has no bar for one of them."""
+    columns = score_columns(columns)
+    if cfg.preset in FAMILY_RULES:
+        return Rule(cfg.preset, {c: family_bar(cfg, str(family_of(c))) for c in columns})
+    preset = load_preset(cfg.preset)
+    missing = [c for c in columns if c not in preset.bars]
+    if missing:
+        raise ConfigError(
+            f"decide.preset={cfg.preset} has no bar for the score column(s) {missing} (bars for "
+            f"{sorted(preset.bars)}): calibrate one for these models (curate calibrate ... out=preset.yaml, then "
+            "decide.preset=preset.yaml), or use decide.preset=custom with the decide.* family thresholds"
+        )
+    return Rule(preset.name, {c: preset.bars[c] for c in columns}, preset.provenance)
+
+
+def run_rule(cfg: CurateConfig) -> Rule:
+    """The rule for the score columns this run's detect configuration writes."""
+    from curate.manifest import detect_columns  # the columns follow the configured detectors
+
+    return rule(cfg.decide, [column.name for column in detect_columns(cfg.detect)])
+
+
+def decide(rows: pd.DataFrame, cfg: DecideConfig | Rule) -> tuple[np.ndarray, np.ndarray]:
+    """(decision, reason) per row: keep/ok, reject/face|person|hand|clip_human, review/uncertain. A column that
+    is null on a row (that model did not run, or saw no tiles) is no evidence either way."""
+    active = cfg if isinstance(cfg, Rule) else rule(cfg, list(rows.columns))
+    n = len(rows)
+    decision = np.full(n, "keep", dtype=object)
+    reason = np.full(n, "ok", dtype=object)
+    rejected = {family: np.zeros(n, dtype=bool) for family in FAMILIES}
+    uncertain = np.zeros(n, dtype=bool)
+    for column, bar in active.bars.items():
+        values = np.nan_to_num(pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype="float64"), nan=-1.0)
+        rejected[str(family_of(column))] |= values > bar.reject
+        uncertain |= values > bar.review
     decision[uncertain], reason[uncertain] = "review", "uncertain"
-    person_hit = (person > t.person) | (tiles > t.person_tiles)
-    for hit, why in ((clip > t.clip, "clip_human"), (person_hit, "person"), (face > t.face, "face")):
-        decision[hit], reason[hit] = "reject", why
+    for family in reversed(FAMILIES):  # the strongest evidence is written last, so it names the reason
+        hit = rejected[family]
+        decision[hit], reason[hit] = "reject", REASON[family]
     return decision, reason
+
+
+def family_scores(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per family, the max over its columns (NaN where none ran): for display and sorting, not for deciding."""
+    out = {}
+    for family in FAMILIES:
+        columns = [c for c in rows.columns if family_of(c) == family]
+        values = rows[columns].astype("float64").max(axis=1, skipna=True) if columns else np.nan
+        out[family] = pd.Series(values, index=rows.index, dtype="float64")
+    return pd.DataFrame(out, index=rows.index)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from curate.config import CurateConfig
-from curate.detect.decide import FAMILIES, Scores, decide, thresholds
+from curate.detect.decide import FAMILIES, decide, family_scores, rule
 from curate.io.atomic import read_columns
 from curate.review import ledger
 from curate.rundir import RunDir
@@ -40,15 +40,17 @@ def scored_rows(cfg: CurateConfig) -> pd.DataFrame:
             keep &= frame["dedup_status"].eq(OK).fillna(False)
         frames.append(frame[keep.to_numpy(dtype=bool)])
     rows = pd.concat(frames, ignore_index=True)
-    scores = Scores.from_manifest(rows)
-    for family in FAMILIES:  # from_manifest gives every family (NaN where it did not run)
-        rows[family] = getattr(scores, family)
-    decision, reason = decide(scores, cfg.decide)
+    for family, values in family_scores(rows).items():  # every family (NaN where it did not run), for display
+        rows[family] = values
+    active = rule(cfg.decide, list(rows.columns))
+    decision, reason = decide(rows, active)
     rows["decision"], rows["decision_reason"] = decision, reason
-    # how close each image comes to being flagged: its largest score / threshold ratio over the families
-    t = thresholds(cfg.decide)
-    ratios = [np.nan_to_num(rows[f].to_numpy(float), nan=0.0) / max(getattr(t, f), 1e-6) for f in FAMILIES]
-    rows["closeness"] = np.max(np.stack(ratios), axis=0)
+    # how close each image comes to being flagged: its largest score / bar ratio over the score columns
+    ratios = [
+        np.nan_to_num(rows[column].to_numpy(float), nan=0.0) / max(bar.reject, 1e-6)
+        for column, bar in active.bars.items()
+    ]
+    rows["closeness"] = np.max(np.stack(ratios), axis=0) if ratios else 0.0
     rows["top_score"] = rows[list(FAMILIES)].max(axis=1, skipna=True).fillna(0.0)
     reviewed = ledger.latest(cfg.run.dir)
     rows["review_decision"] = rows["image_id"].map(reviewed["decision"]).astype("string")

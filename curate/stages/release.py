@@ -13,7 +13,6 @@ release/<version>/SHA256SUMS              written last: the release is complete 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 
 from curate import pipeline
 from curate.datacard import Tally, markdown_table, render_data_card
-from curate.detect.decide import Scores, decide, thresholds
+from curate.detect.decide import decide, run_rule
 from curate.io.atomic import (
     atomic_open,
     atomic_path,
@@ -172,7 +171,7 @@ def sample_json(row: dict[Any, Any]) -> bytes:
 
 def with_decision(rows: pd.DataFrame, cfg: Any) -> pd.DataFrame:
     """The rows with the human filter's decision applied to their stored scores."""
-    verdict, why = decide(Scores.from_manifest(rows), cfg.decide)
+    verdict, why = decide(rows, cfg.decide)
     reached = (rows["detect_status"] == OK).to_numpy()
     return rows.assign(
         decision=pd.Series(verdict, index=rows.index, dtype="string").where(reached),
@@ -214,7 +213,7 @@ class ReleaseStage(ShardStage):
             config.pop(key)
         self._fingerprint_config: dict[str, Any] = {
             **config,
-            "decide": dataclasses.asdict(thresholds(self.cfg.decide)),
+            "decide": run_rule(self.cfg).as_json(),
             "card_inputs": {role: sha256_file(path) for role, path in self.card_inputs().items() if path.exists()},
         }
         return self._fingerprint_config
@@ -247,7 +246,7 @@ class ReleaseStage(ShardStage):
             "inputs": [
                 [(run.read_marker(s, n) or {}).get("output_sha256") for s in RELEASE_INPUTS] for n in range(num_shards)
             ],
-            "decide": dataclasses.asdict(thresholds(self.cfg.decide)),
+            "decide": run_rule(self.cfg).as_json(),
             "select": [r.owner_cap, r.target_size, r.seed],
             "takedowns": takedowns.astype(object).where(takedowns.notna(), None).to_dict("records"),
         }

@@ -1,0 +1,278 @@
+"""`curate calibrate images=DIR [labels=CSV] out=PRESET.yaml [target_recall=0.97] [max_false_removal=F]
+[folds=5] [seed=0] [name=NAME] [scores=FILE.parquet] [pipeline=NAME] [detect.* overrides]`
+
+`curate calibrate run.dir=RUN out=PRESET.yaml [target_recall=...]`
+
+Finds one bar per score column (per model: `face_<name>_max`, `person_<name>_max`, `person_<name>_tiles_max`,
+`hand_<name>_max`, `clip_human_prob`) for the lowest false-removal rate at the target recall under the OR rule
+(any column above its bar removes the image), and writes them as a decision preset: use it with
+`decide.preset=PRESET.yaml`.
+
+From a labelled folder (labels.csv as for `curate evaluate`: file, label human|no_human, category) it runs detect
+once and keeps the scores (`scores=`, default `<out>.scores.parquet`, with a `.json` beside it naming the
+detectors and labels they came from). The next calibration with the same detectors and labels reads them back:
+changing the target never re-runs a model.
+
+From a run (`run.dir=RUN`) it reads the scores detect stored and labels them with the review ledger: `remove` is
+a human, `keep` is no human; `unsure`, and images nobody reviewed, are left out. Every review round can so
+tighten the bars for the models the run actually used.
+
+The preset records its provenance: the models (with their weights' sha256), the calibration set (name, images,
+sha256 of its labels), the target, the measured recall and false-removal rate with 95 % Wilson intervals, both
+in-sample and as a stratified k-fold estimate (bars searched on the other folds, so closer to what unseen images
+will see), a per-category table, the curate version and the date. The exit code is 1 when the bars found miss
+the target recall or exceed `max_false_removal` (the preset is still written, so that it can be looked at).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import curate
+from curate.calibration import Rates, kfold, rates, search
+from curate.config import ConfigError, CurateConfig
+from curate.detect.bars import Bar, family_of, score_columns
+from curate.detect.presets import Preset, save_preset
+from curate.io.atomic import sha256_file
+
+OWN_KEYS = ("images", "labels", "out", "target_recall", "max_false_removal", "folds", "seed", "name", "scores")
+USAGE = "usage: curate calibrate (images=DIR [labels=CSV] | run.dir=RUN) out=PRESET.yaml [target_recall=0.97] ..."
+
+
+def rates_json(found: Rates) -> dict[str, Any]:
+    return {
+        "recall": round(found.recall, 4),
+        "recall_ci": [round(v, 4) for v in found.recall_ci],
+        "false_removal": round(found.false_removal, 4),
+        "false_removal_ci": [round(v, 4) for v in found.false_removal_ci],
+        "humans": found.humans,
+        "others": found.others,
+    }
+
+
+def per_category(frame: pd.DataFrame, hit: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per label/category: images, and the share removed (recall for humans, false removal for the others)."""
+    out = {}
+    for (label, category), group in frame.assign(_hit=hit).groupby(["label", "category"], sort=True):
+        key = "recall" if label == "human" else "false_removal"
+        out[f"{label}/{category}"] = {"n": len(group), key: round(float(group["_hit"].mean()), 4)}
+    return out
+
+
+def per_model(frame: pd.DataFrame, human: np.ndarray, bars: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Each column alone at its bar, and the human images only it catches."""
+    fired = {c: np.nan_to_num(frame[c].to_numpy(dtype="float64"), nan=-1.0) > bar for c, bar in bars.items()}
+    out = {}
+    for column, hits in fired.items():
+        others = np.zeros(len(frame), dtype=bool)
+        for other, other_hits in fired.items():
+            if other != column:
+                others |= other_hits
+        alone = rates(frame[[column]], human, {column: bars[column]})
+        out[column] = {
+            "bar": round(bars[column], 6),
+            "recall_alone": round(alone.recall, 4),
+            "false_removal_alone": round(alone.false_removal, 4),
+            "only_it_catches": frame.loc[hits & human & ~others, "file"].tolist(),
+        }
+    return out
+
+
+def calibrate(frame: pd.DataFrame, target: float, folds: int, seed: int) -> dict[str, Any]:
+    """The bars, and what they measure in-sample and held out."""
+    columns = score_columns(frame.columns)
+    if not columns:
+        raise ConfigError("no score columns to calibrate: did any detector run?")
+    human = (frame["label"] == "human").to_numpy()
+    scores = frame[columns].astype("float64")
+    bars = search(scores, human, target)
+    hit = np.zeros(len(frame), dtype=bool)
+    for column, bar in bars.items():
+        hit |= np.nan_to_num(scores[column].to_numpy(), nan=-1.0) > bar
+    return {
+        "bars": bars,
+        "in_sample": rates(scores, human, bars),
+        "kfold": kfold(scores, human, target, folds=folds, seed=seed).rates,
+        "per_category": per_category(frame, hit),
+        "per_model": per_model(frame, human, bars),
+        "missed": frame.loc[human & ~hit, "file"].tolist(),
+    }
+
+
+def from_folder(cfg: CurateConfig, images: Path, labels_path: Path, scores_path: Path) -> tuple[pd.DataFrame, dict]:
+    """The labelled folder's scores: read back when the same detectors scored the same labels, else detect."""
+    from curate.evaluate import provenance, score_folder
+    from curate.stages.detect import DetectStage
+
+    labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
+    missing = {"file", "label", "category"} - set(labels.columns)
+    if missing:
+        raise ConfigError(f"{labels_path} lacks columns {sorted(missing)}")
+    made_of = {"detect": DetectStage(cfg).fingerprint_config(), "labels_sha256": sha256_file(labels_path)}
+    stamp = scores_path.with_suffix(".json")
+    if scores_path.exists() and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(made_of)):
+        print(f"curate calibrate: reading the scores back from {scores_path} (same detectors, same labels)")
+        scored = pd.read_parquet(scores_path)
+    else:
+        from curate.models.registry import check_available
+
+        check_available(cfg)
+        scored = score_folder(cfg, images, labels)
+        keep = [c for c in scored.columns if c in ("file", "label", "category") or family_of(c)]
+        scores_path.parent.mkdir(parents=True, exist_ok=True)
+        scored[keep].to_parquet(scores_path, index=False)
+        stamp.write_text(json.dumps(made_of, sort_keys=True, default=str) + "\n")
+    described = provenance(cfg, images, labels)
+    source = {
+        "name": described["evaluation_set"]["name"],
+        "images": len(labels),
+        "labels_sha256": made_of["labels_sha256"],
+        "models": described["models"],
+        "detect": described["detect"],
+    }
+    return scored, source
+
+
+def from_run(cfg: CurateConfig) -> tuple[pd.DataFrame, dict]:
+    """A run's stored scores, labelled by its review ledger (remove: human, keep: no human)."""
+    from curate.io.atomic import read_columns
+    from curate.review import ledger
+    from curate.rundir import RunDir
+
+    run = RunDir(Path(cfg.run.dir))
+    frames = [
+        read_columns(run.part("ingest", s), lambda n: n == "image_id").join(
+            read_columns(run.part("detect", s), lambda n: family_of(n) is not None)
+        )
+        for s in range(run.num_shards())
+        if run.part("detect", s).exists()
+    ]
+    if not frames:
+        raise ConfigError(f"{run.root} has no detect scores yet: run it up to stage=detect first")
+    scores = pd.concat(frames, ignore_index=True)
+    decided = ledger.latest(run.root)
+    label = decided["decision"].map({"remove": "human", "keep": "no_human"}).dropna()
+    frame = scores[scores["image_id"].isin(label.index)].reset_index(drop=True)
+    frame.insert(0, "label", frame["image_id"].map(label).to_numpy())
+    frame.insert(0, "category", "reviewed")
+    frame.insert(0, "file", frame.pop("image_id"))
+    if frame["label"].nunique() < 2:
+        raise ConfigError(
+            f"the review ledger of {run.root} labels {len(frame)} scored image(s), not both kinds: calibration needs "
+            "images reviewers removed (humans) and images they kept (no humans)"
+        )
+    weights = json.loads(run.detect_weights.read_text()) if run.detect_weights.exists() else None
+    source = {
+        "name": f"review ledger of {run.root.name}",
+        "images": len(frame),
+        "labels_sha256": sha256_file(ledger.ledger_path(run.root)),
+        "models": weights or "unknown (the run recorded no weights' digests)",
+    }
+    return frame, source
+
+
+def preset_of(name: str, result: dict[str, Any], source: dict, target: float, folds: int) -> Preset:
+    bars = {c: Bar(reject=float(b), calibrated=True) for c, b in result["bars"].items()}
+    return Preset(
+        name=name,
+        bars=bars,
+        description=(
+            f"Calibrated by `curate calibrate` on {source['name']} ({source['images']} images) for recall >= {target} "
+            "under the OR rule. In-sample figures are optimistic; the k-fold ones are the estimate to quote."
+        ),
+        provenance={
+            "method": "curate calibrate",
+            "calibration_set": {k: source[k] for k in ("name", "images", "labels_sha256")},
+            "models": source.get("models"),
+            "detect": source.get("detect"),
+            "target_recall": target,
+            "measured": {
+                "in_sample": rates_json(result["in_sample"]),
+                "kfold": {"folds": folds, **rates_json(result["kfold"])},
+            },
+            "per_category": result["per_category"],
+            "per_model": result["per_model"],
+            "curate_version": curate.__version__,
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        },
+    )
+
+
+def report(result: dict[str, Any], target: float) -> str:
+    def line(label: str, found: Rates) -> str:
+        (r0, r1), (f0, f1) = found.recall_ci, found.false_removal_ci
+        return (
+            f"{label:<10} recall {found.recall:.3f} ({r0:.3f}-{r1:.3f}, {found.caught}/{found.humans})   false removal "
+            f"{found.false_removal:.3f} ({f0:.3f}-{f1:.3f}, {found.removed_others}/{found.others})"
+        )
+
+    lines = [f"target recall {target}; 95 % Wilson intervals in brackets", line("in-sample", result["in_sample"]),
+             line("k-fold", result["kfold"]), "", f"{'score column':<36} {'bar':>8} {'recall':>7} {'false rm':>9}"
+             "  only it catches"]  # fmt: skip
+    for column, values in result["per_model"].items():
+        only = ", ".join(values["only_it_catches"]) or "-"
+        lines.append(
+            f"{column:<36} {values['bar']:>8.4f} {values['recall_alone']:>7.3f} {values['false_removal_alone']:>9.3f}"
+            f"  {only}"
+        )
+    lines += ["", f"{'category':<40} {'n':>4} {'removed':>8}"]
+    for category, values in result["per_category"].items():
+        share = values.get("recall", values.get("false_removal"))
+        lines.append(f"{category:<40} {values['n']:>4} {share:>8.3f}")
+    lines += ["", "missed: " + (", ".join(result["missed"]) or "none")]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in OWN_KEYS}
+    overrides = [a for a in args if a.split("=", 1)[0] not in own]
+    from_a_run = any(a.startswith("run.dir=") for a in overrides)
+    if "out" not in own or ("images" in own) == from_a_run:
+        print(USAGE, file=sys.stderr)
+        return 2
+    from curate.configload import load_config
+
+    out = Path(own["out"])
+    try:
+        target = float(own.get("target_recall", 0.97))
+        limit = float(own["max_false_removal"]) if "max_false_removal" in own else None
+        folds, seed = int(own.get("folds", 5)), int(own.get("seed", 0))
+        if not 0.0 < target <= 1.0 or folds < 2:
+            raise ConfigError("target_recall must lie in (0, 1] and folds must be >= 2")
+        # stage=detect: the detectors and their settings, not the run's inputs (nothing is written to a run)
+        cfg = load_config([*overrides, "stage=detect", "decide.preset=custom"])
+        if from_a_run:
+            frame, source = from_run(cfg)
+        else:
+            images = Path(own["images"])
+            scores = Path(own.get("scores", out.with_suffix(".scores.parquet")))
+            # One process does all the work here: let torch use every core.
+            threads = cfg.detect.torch_threads or os.cpu_count() or 1
+            cfg = replace(cfg, detect=replace(cfg.detect, torch_threads=threads))
+            frame, source = from_folder(cfg, images, Path(own.get("labels", images / "labels.csv")), scores)
+        result = calibrate(frame, target, folds, seed)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"curate calibrate: {err}", file=sys.stderr)
+        return 2
+    save_preset(out, preset_of(own.get("name", out.stem), result, source, target, folds))
+    print(report(result, target))
+    print(f"\nwrote {out}: use it with decide.preset={out}")
+    kept_target = result["in_sample"].recall >= target - 1e-12
+    if not kept_target or (limit is not None and result["in_sample"].false_removal > limit):
+        print(f"curate calibrate: the bars found miss the goal (target recall {target}, max false removal {limit})")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
