@@ -20,12 +20,12 @@ from curate import pipeline
 from curate.config import ConfigError, CurateConfig, Stage
 from curate.configload import config_text, load_config, pipelines_dir, without_per_invocation
 from curate.io.atomic import write_text
-from curate.runconfig import SAMPLE_DIR, load_run_config
+from curate.runconfig import SAMPLE_DIR
 from curate.rundir import RunDir
 from curate.runner import Runner, StageReport
 
-# load_run_config and load_config: old import paths (the notebooks; `python -m curate.models download`)
-__all__ = ["SAMPLE_DIR", "load_config", "load_run_config", "main"]
+# SAMPLE_DIR: where the bundled sample lives, for the tests and benchmarks that name it
+__all__ = ["SAMPLE_DIR", "main"]
 
 log = logging.getLogger("curate")
 

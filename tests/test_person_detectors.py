@@ -11,17 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from curate.detect.tiling import cut_by_window, cutting_sides, tile_windows
 from curate.detect.types import Detections
-from curate.detect.yolox import (
-    VARIANTS,
-    YoloxDetector,
-    build_yolox,
-    cut_by_window,
-    cutting_sides,
-    load_yolox,
-    state_dict_from_onnx,
-    tile_windows,
-)
+from curate.detect.yolox import YoloxDetector
+from curate.detect.yolox_network import VARIANTS, build_yolox
+from curate.detect.yolox_weights import load_yolox, state_dict_from_onnx
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ONNX = SHARED / "models" / "yolox_nano_coco_416.onnx"
@@ -321,11 +315,11 @@ def test_other_torchvision_archs_build_and_run(arch):
 def test_huge_photos_are_resized_plane_by_plane_to_the_same_inputs(monkeypatch):
     """Memory on 48 MP photos: above CHUNK_ELEMENTS the image is resized one plane at a time and its tiles one at a
     time. The letterboxed inputs, and so every score, are exactly those of the one-stack path."""
-    import curate.detect.yolox as yolox
+    import curate.detect.batching as batching
 
     tiled = YoloxDetector(ONNX, tiles=3, tile_min_side=0)
     image = np.ascontiguousarray(np.tile(photo("dps_in54.jpg"), (2, 3, 1)))  # a larger, non-square photo
     stacked, meta = tiled.preprocess([image])
-    monkeypatch.setattr(yolox, "CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(batching, "CHUNK_ELEMENTS", 1000)
     chunked, chunked_meta = tiled.preprocess([image])
     assert meta == chunked_meta and torch.equal(stacked, chunked)

@@ -14,13 +14,13 @@ import torch
 from conftest import MODELS, REPO, SHARED
 from PIL import Image
 
+from curate.detect.batching import size_batches
 from curate.detect.retinaface import (
     NUM_PARAMETERS,
     RetinaFaceDetector,
     RetinaFaceMobileNet,
     load_network,
     priors,
-    size_batches,
 )
 from curate.detect.types import Detections
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from curate.config import DetectConfig
+from curate.detect.batching import chunks
 from curate.detect.builder import RANDOM_INIT, Builder, Identified
 from curate.detect.images import Image as ImageInput
 from curate.detect.images import is_tensor, to_chw, to_hwc_numpy
@@ -321,12 +322,12 @@ class ClipHumanFilter(Identified):
         return torch.autocast(device_type=self.device.type, enabled=False)
 
     def _encode_text(self, prompts: list[str]) -> np.ndarray:
-        chunks = []
+        encoded = []
         with torch.inference_mode(), self._autocast():
-            for start in range(0, len(prompts), 256):
-                tokens = self.tokenizer(prompts[start : start + 256]).to(self.device)
-                chunks.append(self.model.encode_text(tokens).float().cpu().numpy())
-        return np.concatenate(chunks, axis=0)
+            for batch in chunks(prompts, 256):
+                tokens = self.tokenizer(list(batch)).to(self.device)
+                encoded.append(self.model.encode_text(tokens).float().cpu().numpy())
+        return np.concatenate(encoded, axis=0)
 
     def text_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """(human (H, D), non-human (O, D)) ensembled class embeddings, computed on first use and cached."""
@@ -386,8 +387,8 @@ class ClipHumanFilter(Identified):
         pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
         try:
             with torch.inference_mode():
-                for start in range(0, len(images), self.batch_size):
-                    pixels = self._pixels(images[start : start + self.batch_size], pool)
+                for batch in chunks(images, self.batch_size):
+                    pixels = self._pixels(batch, pool)
                     with self._autocast():
                         queued.append(self.model.encode_image(pixels).float())
         finally:

@@ -14,10 +14,11 @@ post-processing follow the published configuration for that checkpoint (its READ
 Batching. Images of different sizes share one forward pass: each is placed in the top-left corner of a
 canvas of the batch's largest height and width. Padding alone would not give single-image results, because
 the padded area stops being zero after the first batch norm and then leaks into the image's border cells
-through every 3×3 convolution. So the network zeroes the padded area before every convolution wider than
-1×1 — exactly what zero padding does at the border of a lone image — and post-processing keeps only the
-anchors of feature-map cells that exist for the image at its own size (cell row·stride < height and
-col·stride < width). The result equals single-image inference up to floating-point rounding.
+through every 3×3 convolution. So the network zeroes the padded area (`curate.detect.batching.PaddingMasks`)
+before every convolution wider than 1×1 — exactly what zero padding does at the border of a lone image — and
+post-processing keeps only the anchors of feature-map cells that exist for the image at its own size (cell
+row·stride < height and col·stride < width). The result equals single-image inference up to floating-point
+rounding.
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from curate.config import DetectConfig
+from curate.detect.batching import (
+    PaddingMasks,
+    canvas_batches,
+    next_power_of_two,
+    padded_batch,
+    size_batches,
+    submit_batches,
+    valid_sizes,
+)
 from curate.detect.builder import Builder, Identified, report_floor
+from curate.detect.folding import fold_batch_norms
 from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.postprocess import grouped_nms, rank_in_group, sort_by_group_then_score, split_to_host
 from curate.detect.types import Detections
@@ -64,34 +74,6 @@ def _conv_bn(
 def _conv_dw(cin: int, cout: int, stride: int, slope: float) -> nn.Sequential:
     """Depthwise 3×3 + BN + LeakyReLU, pointwise 1×1 + BN + LeakyReLU (indices 0..5, as in the checkpoint)."""
     return nn.Sequential(*_conv_bn(cin, cin, 3, stride, slope, groups=cin), *_conv_bn(cin, cout, 1, 1, slope))
-
-
-class PaddingMasks:
-    """Zeroes the padded area of a batch's feature maps, as zero padding does around a lone image.
-
-    ``valid`` (B, 2) holds each image's own (height, width) in input pixels (None: nothing is padded);
-    ``masks(x, stride)`` zeroes the cells of ``x`` (B, C, h, w), a map at that stride, that the image lacks.
-    """
-
-    def __init__(self, valid: torch.Tensor | None) -> None:
-        self.valid = valid
-        self._cache: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
-
-    def __call__(self, x: torch.Tensor, stride: int) -> torch.Tensor:
-        if self.valid is None:
-            return x
-        fh, fw = x.shape[-2:]
-        key = (stride, fh, fw, x.device)
-        padding = self._cache.get(key)
-        if padding is None:
-            # a lone image of height h has ceil(h / stride) rows at this stride (every stride-2 step is a ceil)
-            vh = torch.div(self.valid[:, 0] + stride - 1, stride, rounding_mode="floor")
-            vw = torch.div(self.valid[:, 1] + stride - 1, stride, rounding_mode="floor")
-            rows = torch.arange(fh, device=x.device)[None, :] < vh[:, None]
-            cols = torch.arange(fw, device=x.device)[None, :] < vw[:, None]
-            padding = ~(rows[:, None, :, None] & cols[:, None, None, :])
-            self._cache[key] = padding
-        return torch.where(padding, 0.0, x)  # (not masked_fill: that drops the channels-last layout)
 
 
 class _FPN(nn.Module):
@@ -221,20 +203,6 @@ def load_network(weights: Path | str, slope: float = 0.1) -> RetinaFaceMobileNet
     return net.eval()
 
 
-def fold_batch_norms(module: nn.Module) -> nn.Module:
-    """Every Conv2d + BatchNorm2d pair of a Sequential, in eval mode, folded into one biased Conv2d (the norm
-    becomes an Identity, so the checkpoint's indices keep their places). The same affine map in one pass
-    instead of two: one kernel less per layer. Results move by float32 rounding only (logits by up to 3e-5 on a
-    random input); the padding masks sit before the convolutions and are unaffected."""
-    for sequential in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
-        for index in range(len(sequential) - 1):
-            conv, norm = sequential[index], sequential[index + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                sequential[index] = fuse_conv_bn_eval(conv, norm)
-                sequential[index + 1] = nn.Identity()
-    return module
-
-
 # --------------------------------------------------------------------------------------------------- priors
 
 
@@ -277,36 +245,6 @@ def decode(loc: torch.Tensor, landmarks: torch.Tensor, prior: torch.Tensor) -> t
 
 
 # --------------------------------------------------------------------------------------------------- detector
-
-
-def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int, max_waste: float = 0.25) -> list[list[int]]:
-    """Indices grouped into batches of similar sizes, so that padding to a batch's largest height and width
-    wastes little: landscape and portrait apart, sorted by area, a batch closed when it is full or when padding
-    would exceed ``max_waste`` of its real pixels."""
-    order = sorted(range(len(sizes)), key=lambda i: (sizes[i][0] > sizes[i][1], sizes[i][0] * sizes[i][1], sizes[i]))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        trial = [*current, index]
-        height, width = max(sizes[i][0] for i in trial), max(sizes[i][1] for i in trial)
-        real = sum(sizes[i][0] * sizes[i][1] for i in trial)
-        if current and (len(trial) > batch_size or len(trial) * height * width > (1 + max_waste) * real):
-            batches.append(current)
-            current = [index]
-        else:
-            current = trial
-    if current:
-        batches.append(current)
-    return batches
-
-
-def canvas_batches(sizes: Sequence[tuple[int, int]], batch_size: int, step: int) -> list[list[int]]:
-    """Indices grouped by the square canvas (long side rounded up to a multiple of ``step``) they fit, in chunks
-    of ``batch_size``."""
-    by_side: dict[int, list[int]] = {}
-    for index, (height, width) in enumerate(sizes):
-        by_side.setdefault(math.ceil(max(height, width) / step), []).append(index)
-    return [group[s : s + batch_size] for _, group in sorted(by_side.items()) for s in range(0, len(group), batch_size)]
 
 
 @contextmanager
@@ -365,7 +303,10 @@ class RetinaFaceDetector(Identified):
             raise ValueError("batch_size must be >= 1")
         self.device = torch.device(device)
         self.dtype = torch.float32
-        # channels-last is the faster layout for these small convolutions on CPU (oneDNN) and on CUDA alike
+        # Batch norms folded into their convs (curate.detect.folding): one kernel less per layer. Results move by
+        # float32 rounding only (logits by up to 3e-5 on a random input); the padding masks sit before the
+        # convolutions and are unaffected. Channels-last is the faster layout for these small convolutions on
+        # CPU (oneDNN) and on CUDA alike.
         net = fold_batch_norms(load_network(weights))
         self.net = net.to(self.device, self.dtype).to(memory_format=torch.channels_last)
         self.score_floor = score_floor
@@ -454,13 +395,13 @@ class RetinaFaceDetector(Identified):
         count = len(sizes)
         if self.canvas_step:
             height = width = math.ceil(max(height, width) / self.canvas_step) * self.canvas_step
-            count = max(count, min(self.batch_size, 1 << (count - 1).bit_length()))
-        padded = any(s != (height, width) for s in sizes)
-        valid = torch.tensor(sizes + [(height, width)] * (count - len(sizes)), device=self.device) if padded else None
+            count = max(count, min(self.batch_size, next_power_of_two(count)))
+        valid = valid_sizes(sizes, height, width, count, self.device)
         batch = self._fill(prepared, count, height, width, valid, already_prepared=self.max_side is not None)
         with full_float32():
             loc, conf, landmarks = self.net(batch, valid)
-        return lambda: self._postprocess(loc, conf, landmarks, height, width, sizes if padded else None, factors)
+        own = sizes if valid is not None else None  # only a padded batch has cells that its images lack
+        return lambda: self._postprocess(loc, conf, landmarks, height, width, own, factors)
 
     def _fill(
         self,
@@ -475,11 +416,8 @@ class RetinaFaceDetector(Identified):
         BGR minus the mean, zero elsewhere. Raw images cost one copy each (uint8 to float on the way); the channel
         flip, the mean and the zeroing are then done once for the whole batch, which saves a few kernel launches
         per image: on a GPU those, not the arithmetic, set the pace."""
-        batch = torch.zeros((count, 3, height, width), device=self.device, dtype=self.dtype)
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        for i, image in enumerate(images):
-            tensor = image if already_prepared else to_chw(image, self.device)
-            batch[i, :, : tensor.shape[1], : tensor.shape[2]] = tensor
+        tensors = images if already_prepared else (to_chw(image, self.device) for image in images)
+        batch = padded_batch(tensors, count, height, width, self.device, self.dtype)
         if already_prepared:
             return batch
         batch = batch.flip(1) - self._mean
@@ -490,22 +428,12 @@ class RetinaFaceDetector(Identified):
         which waits for the device. In between, a caller can queue other models' work, so that the device is not
         left idle while the host prepares their inputs."""
         sizes = [image_hw(image) for image in images]
+        groups: Sequence[Sequence[int]]
         if self.canvas_step:
             groups = canvas_batches(sizes, self.batch_size, self.canvas_step)
         else:
             groups = size_batches(sizes, self.batch_size, self.max_pad_waste)
-        with torch.inference_mode():
-            pending = [(group, self._forward([images[i] for i in group])) for group in groups]
-
-        def finish() -> list[Detections]:
-            results: list[Detections | None] = [None] * len(images)
-            with torch.inference_mode():
-                for group, postprocess in pending:
-                    for index, detections in zip(group, postprocess(), strict=True):
-                        results[index] = detections
-            return [r if r is not None else Detections() for r in results]
-
-        return finish
+        return submit_batches(images, groups, self._forward)
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         return self.submit(images)()

@@ -12,11 +12,11 @@ post-processing are our own and batched; they reproduce the package's single-ima
   clipped to the resized image, then scaled back; score = face probability, kept when >= the floor;
 - NMS at IoU 0.4 with the "+1 pixel" areas, on boxes in original pixels.
 
-Batching works as for the MobileNet detector (``curate.detect.retinaface``): images are padded to a common
-size, every convolution or pooling wider than 1×1 sees the padded area as zeros (as a lone image sees its
-zero padding), and only the anchors of cells the lone image has are kept. For this the forward pass is
-re-stated here over the package's own modules; with nothing padded it computes exactly what the package's
-``forward`` computes.
+Batching works as for the MobileNet detector (``curate.detect.retinaface``), with the helpers of
+``curate.detect.batching``: images are padded to a common size, every convolution or pooling wider than 1×1
+sees the padded area as zeros (as a lone image sees its zero padding), and only the anchors of cells the lone
+image has are kept. For this the forward pass is re-stated here over the package's own modules; with nothing
+padded it computes exactly what the package's ``forward`` computes.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from curate.config import DetectConfig
+from curate.detect.batching import PaddingMasks, padded_batch, run_batches, size_batches, valid_sizes
 from curate.detect.builder import Builder, Identified
 from curate.detect.images import Image, image_hw, to_hwc_numpy
 from curate.detect.postprocess import grouped_nms, rank_in_group, sort_by_group_then_score, split_to_host
-from curate.detect.retinaface import PaddingMasks, size_batches
 from curate.detect.types import Detections
 
 PACKAGE_VERSION = "0.0.19"
@@ -248,12 +248,9 @@ class RetinaFaceR50Detector(Identified):
         prepared = [self._prepare(image) for image in images]
         sizes = [(int(rgb.shape[0]), int(rgb.shape[1])) for rgb, _ in prepared]
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        batch = torch.zeros((len(images), 3, height, width), device=self.device, dtype=self.dtype)
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        for i, (rgb, _) in enumerate(prepared):
-            batch[i, :, : rgb.shape[0], : rgb.shape[1]] = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)
-        padded = any(s != (height, width) for s in sizes)
-        valid = torch.tensor(sizes, device=self.device) if padded else None
+        chw = (torch.from_numpy(rgb).to(self.device).permute(2, 0, 1) for rgb, _ in prepared)
+        batch = padded_batch(chw, len(images), height, width, self.device, self.dtype)
+        valid = valid_sizes(sizes, height, width, len(images), self.device)
         outputs = forward(self.net, batch, valid)
         batch_size = len(images)
         scores = torch.cat([p[:, 2:4].permute(0, 2, 3, 1).reshape(batch_size, -1) for p, _, _ in outputs], 1)
@@ -284,17 +281,13 @@ class RetinaFaceR50Detector(Identified):
         return lambda: self.detect(images)
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
-        results: list[Detections | None] = [None] * len(images)
         with torch.inference_mode():
             scaled = []
             for image in images:
                 height, width = image_hw(image)
                 scale = package_scale(height, width, self.target_short_side, self.max_side, self.allow_upscaling)
                 scaled.append((round(height * scale), round(width * scale)))
-            for group in size_batches(scaled, self.batch_size, self.max_pad_waste):
-                for index, detections in zip(group, self._run_batch([images[i] for i in group]), strict=True):
-                    results[index] = detections
-        return [r if r is not None else Detections() for r in results]
+            return run_batches(images, size_batches(scaled, self.batch_size, self.max_pad_waste), self._run_batch)
 
 
 def options(detect: DetectConfig) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from curate.config import DetectConfig
+from curate.detect.batching import chunks, groups_by_key, run_batches
 from curate.detect.builder import Builder, Identified
 from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.types import Detections
@@ -181,22 +182,13 @@ class TorchvisionPersonDetector(Identified):
         return lambda: self.detect(images)
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
-        if self.bucket_by_size:
-            groups: dict[tuple[int, int], list[int]] = {}
-            for i, image in enumerate(images):
-                groups.setdefault(self._bucket(image), []).append(i)
-            chunks = [
-                idx[s : s + self.batch_size] for idx in groups.values() for s in range(0, len(idx), self.batch_size)
-            ]
+        groups: Sequence[Sequence[int]]
+        if self.bucket_by_size:  # a forward pass holds only images of one padded size (see the module docstring)
+            buckets = groups_by_key(self._bucket(image) for image in images)
+            groups = [chunk for bucket in buckets.values() for chunk in chunks(bucket, self.batch_size)]
         else:
-            chunks = [
-                list(range(s, min(s + self.batch_size, len(images)))) for s in range(0, len(images), self.batch_size)
-            ]
-        results: list[Detections | None] = [None] * len(images)
-        for chunk in chunks:
-            for i, det in zip(chunk, self._forward([images[i] for i in chunk]), strict=True):
-                results[i] = det
-        return [r if r is not None else Detections() for r in results]
+            groups = chunks(range(len(images)), self.batch_size)
+        return run_batches(images, groups, self._forward)
 
 
 def options(detect: DetectConfig) -> dict[str, Any]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 from curate.config import ConfigError
+from curate.configload import load_config
 from curate.models.registry import REGISTRY, resolve
-from curate.run import load_config
 
 
 def main(argv: list[str]) -> int:
