@@ -20,8 +20,8 @@ tighten the bars for the models the run actually used.
 The preset records its provenance: the models (with their weights' sha256), the calibration set (name, images,
 sha256 of its labels), the target, the measured recall and false-removal rate with 95 % Wilson intervals, both
 in-sample and as a stratified k-fold estimate (bars searched on the other folds, so closer to what unseen images
-will see), a per-category table, the curate version and the date. The exit code is 1 when the bars found miss
-the target recall or exceed `max_false_removal` (the preset is still written, so that it can be looked at).
+will see), a per-category table, the curate version and the date. When the bars found miss the target recall or
+exceed `max_false_removal` the exit code is 1 and they go to `<out>.missed.yaml` instead, leaving `out` as it was.
 """
 
 from __future__ import annotations
@@ -117,7 +117,16 @@ def from_folder(cfg: CurateConfig, images: Path, labels_path: Path, scores_path:
     missing = {"file", "label", "category"} - set(labels.columns)
     if missing:
         raise ConfigError(f"{labels_path} lacks columns {sorted(missing)}")
-    made_of = {"detect": DetectStage(cfg).fingerprint_config(), "labels_sha256": sha256_file(labels_path)}
+    # What the scores are made of: the detectors as identified for detect's fingerprint, detect's code version,
+    # the labels, and every listed image's name, size and mtime (a changed photo is scored again).
+    listing = [(name, (images / name).stat().st_size, (images / name).stat().st_mtime_ns) for name in labels["file"]]
+    made_of = {
+        "detect": DetectStage(cfg).fingerprint_config(),
+        "detect_version": DetectStage.version,
+        "curate_version": curate.__version__,
+        "labels_sha256": sha256_file(labels_path),
+        "images": listing,
+    }
     stamp = scores_path.with_suffix(".json")
     if scores_path.exists() and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(made_of)):
         print(f"curate calibrate: reading the scores back from {scores_path} (same detectors, same labels)")
@@ -234,6 +243,9 @@ def report(result: dict[str, Any], target: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if any("=" not in a for a in args):
+        print(USAGE + "\n(every argument is key=value)", file=sys.stderr)
+        return 2
     own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in OWN_KEYS}
     overrides = [a for a in args if a.split("=", 1)[0] not in own]
     from_a_run = any(a.startswith("run.dir=") for a in overrides)
@@ -264,13 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"curate calibrate: {err}", file=sys.stderr)
         return 2
-    save_preset(out, preset_of(own.get("name", out.stem), result, source, target, folds))
+    preset = preset_of(own.get("name", out.stem), result, source, target, folds)
     print(report(result, target))
-    print(f"\nwrote {out}: use it with decide.preset={out}")
     kept_target = result["in_sample"].recall >= target - 1e-12
     if not kept_target or (limit is not None and result["in_sample"].false_removal > limit):
-        print(f"curate calibrate: the bars found miss the goal (target recall {target}, max false removal {limit})")
+        # Never over a working preset a config may point at: the bars that missed go beside it, to look at.
+        missed = out.with_name(out.stem + ".missed.yaml")
+        save_preset(missed, preset)
+        print(f"\ncurate calibrate: the bars found miss the goal (target recall {target}, max false removal {limit}); "
+              f"they are in {missed}, {out} is left as it was")  # fmt: skip
         return 1
+    save_preset(out, preset)
+    print(f"\nwrote {out}: use it with decide.preset={out}")
     return 0
 
 

@@ -84,13 +84,18 @@ def search(
     finds (see the module docstring). When the target cannot be met, the bars reach the highest recall possible."""
     columns = list(scores.columns if columns is None else columns)
     human = np.asarray(human, dtype=bool)
+    # A score of 0 (a detector that found nothing) or none at all can never be above a bar: scores live in [0, 1]
+    # and no bar goes below 0, so such an image is removed only by another column.
     values = {c: np.nan_to_num(scores[c].to_numpy(dtype="float64"), nan=-math.inf) for c in columns}
+    positive = {c: v > 0 for c, v in values.items()}
     # The useful bars of a column, highest first: NEVER, then just under each of its scores.
-    steps = {c: np.unique(np.concatenate([[NEVER], np.nextafter(v[np.isfinite(v)], -math.inf)]))[::-1] for c, v in
-             values.items()}  # fmt: skip
+    # The bars worth trying, highest first: NEVER, then just under each human image's score (a bar anywhere else
+    # can rise to the next such value, keeping every human it removes and sparing as many others or more).
+    steps = {c: np.unique(np.concatenate([[NEVER], np.nextafter(v[human & positive[c]], -math.inf)]))[::-1] for c, v
+             in values.items()}  # fmt: skip
     reachable = np.zeros(len(human), dtype=bool)
-    for v in values.values():
-        reachable |= np.isfinite(v)
+    for c in columns:
+        reachable |= positive[c]
     needed = min(math.ceil(target_recall * human.sum() - 1e-9), int((reachable & human).sum()))
 
     def hits(bars: dict[str, float], skip: str | None = None) -> np.ndarray:
@@ -112,8 +117,7 @@ def search(
                 if short <= 0:
                     bars[c] = NEVER
                     continue
-                wanted = np.sort(values[c][human & ~rest])[::-1]
-                wanted = wanted[np.isfinite(wanted)]
+                wanted = np.sort(values[c][human & ~rest & positive[c]])[::-1]
                 bars[c] = float(np.nextafter(wanted[min(short, len(wanted)) - 1], -math.inf)) if len(wanted) else NEVER
         return bars
 

@@ -41,6 +41,10 @@ SHIPPED_PRESETS = ("strict", "pass")
 DECISION_KEYS = ("face", "person", "person_tiles", "hand", "clip", "face_review", "person_review",
                  "person_tiles_review", "hand_review", "clip_review")  # fmt: skip
 
+# The detector families a config lists by registry name (detect.face, detect.person, detect.hand), in the order
+# their columns stand in the manifest; a registry entry's `kind` is one of them (or clip).
+DETECTOR_FAMILIES = ("face", "person", "hand")
+
 # Marks a key that changes only speed or where the work runs, never what it produces: stages leave it out of their
 # fingerprints (changing it redoes nothing) and the data card out of the settings it states.
 RUNTIME: dict[str, Any] = {"runtime": True}
@@ -261,6 +265,10 @@ class DetectConfig:
     face: list[str] = field(default_factory=lambda: ["retinaface_mnet025"])
     # Person detectors (registry names, e.g. yolox_nano, fasterrcnn_v2); an empty list switches persons off.
     person: list[str] = field(default_factory=lambda: ["yolox_nano"])
+    # Hand detectors (registry names, e.g. mediapipe_hands: palms, then hand presence on each palm's crop), for
+    # the lone hands and body parts that face and person detectors miss; hand_<name>_* columns, decided by
+    # decide.hand. They never take tiles. Empty (the default) switches hands off.
+    hand: list[str] = field(default_factory=list)
     # open_clip model and pretrained tag, e.g. ViT-B-32 + openai; empty model = no CLIP filter.
     clip_model: str = ""
     # The open_clip pretrained tag of detect.clip_model.

@@ -147,6 +147,8 @@ def absolute_paths(cfg: CurateConfig) -> None:
                 setattr(ref, name, os.path.abspath(getattr(ref, name)))
     if cfg.pipeline.endswith(".yaml"):
         cfg.pipeline = os.path.abspath(cfg.pipeline)
+    if cfg.decide.preset.endswith((".yaml", ".yml")):  # a preset file of the user's (shipped ones go by name)
+        cfg.decide.preset = os.path.abspath(os.path.expanduser(cfg.decide.preset))
 
 
 def as_list_override(arg: str) -> str:

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from curate import __version__
-from curate.config import CurateConfig, runtime_keys
+from curate.config import DETECTOR_FAMILIES, CurateConfig, runtime_keys
 from curate.detect.decide import FAMILIES, Rule, family_of, run_rule
 from curate.funnel import FunnelCounter, count_rows, describe_reasons, funnel_rows
 from curate.io.atomic import read_json
@@ -184,6 +184,7 @@ def ran_families(cfg: CurateConfig) -> list[str]:
     if d.person:
         tiled = any(tiles_scored("person", name, d) for name in d.person)  # only some detectors can tile
         families += ["person"] + (["person_tiles"] if tiled else [])
+    families += ["hand"] if d.hand else []
     return families + (["clip"] if d.clip_model else [])
 
 
@@ -329,21 +330,22 @@ def _read_evaluation(cfg: CurateConfig) -> dict[str, Any] | None:
 
 def _release_digest(cfg: CurateConfig, name: str) -> tuple[str, str]:
     """(digest, where it comes from) of a registry model as this release knows it, without hashing weights."""
-    from curate.models.registry import REGISTRY, locate, recorded_pin
+    from curate.models.registry import REGISTRY, locate, pinned, recorded_pin
 
     spec = REGISTRY.get(name)
     if spec is None:
         return "-", "not in the registry"
     ran = read_json(RunDir(Path(cfg.run.dir)).detect_weights) or {}
+    pin = pinned(spec)  # a model of several files: their sha256 joined by "+"
     if name in ran:  # the file detect scored with, as verified on disk on the machine that ran it
-        origin = "pinned in the registry" if spec.sha256 else "recorded at first download (no published digest)"
+        origin = "pinned in the registry" if pin else "recorded at first download (no published digest)"
         return ran[name], f"{origin}; verified on disk when detect ran"
-    if spec.sha256:
+    if pin:
         prefix = "" if len(spec.sha256) == 64 else f" (its first {len(spec.sha256)} hex digits, all that is published)"
-        return spec.sha256, "pinned in the registry" + prefix
-    pin = recorded_pin(locate(spec, cfg.models))
-    if pin.exists():
-        return pin.read_text().strip(), "recorded at first download (no published digest)"
+        return pin, "pinned in the registry" + prefix
+    recorded = recorded_pin(locate(spec, cfg.models))
+    if recorded.exists():
+        return recorded.read_text().strip(), "recorded at first download (no published digest)"
     return "-", "not recorded yet (no published digest; recorded at first download)"
 
 
@@ -351,8 +353,8 @@ def _model_rows(cfg: CurateConfig) -> list[tuple[object, ...]]:
     from curate.models.registry import REGISTRY
 
     rows: list[tuple[object, ...]] = []
-    for family, names in (("face", cfg.detect.face), ("person", cfg.detect.person)):
-        for name in names:
+    for family in DETECTOR_FAMILIES:
+        for name in getattr(cfg.detect, family):
             spec = REGISTRY.get(name)
             digest, provenance = _release_digest(cfg, name)
             rows.append((name, family, spec.url if spec else "-", digest, provenance, spec.licence if spec else "-"))
@@ -369,7 +371,8 @@ def _evaluation_mismatches(cfg: CurateConfig, found: dict[str, Any]) -> list[str
     if models is None:
         problems.append("the evaluation does not record which model weights it ran")
     else:
-        for family, names in (("face", cfg.detect.face), ("person", cfg.detect.person)):
+        for family in DETECTOR_FAMILIES:
+            names = getattr(cfg.detect, family)
             ran = [m["name"] for m in models.get(family) or []]
             if ran != list(names):
                 problems.append(f"{family} models: evaluated {_names(ran)}, released with {_names(names)}")
@@ -388,7 +391,10 @@ def _evaluation_mismatches(cfg: CurateConfig, found: dict[str, Any]) -> list[str
     for key, value in (found.get("detect") or {}).items():
         if hasattr(cfg.detect, key) and getattr(cfg.detect, key) != value:
             problems.append(f"detect.{key}: evaluated {value}, released with {getattr(cfg.detect, key)}")
-    evaluated = (found.get("decide") or {}).get("bars") or {}
+    evaluated = (found.get("decide") or {}).get("bars")
+    if evaluated is None:  # an evaluation from before bars per score column: its thresholds cannot be compared
+        problems.append("decide: the evaluation records no bar per score column (an older curate): evaluate again")
+        evaluated = {}
     for column, bar in _decide_settings(cfg)["bars"].items():
         theirs = evaluated.get(column) or {}
         if (theirs.get("reject"), theirs.get("review")) != (bar["reject"], bar["review"]):

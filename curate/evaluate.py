@@ -24,11 +24,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from curate.config import ConfigError, CurateConfig
+from curate.config import DETECTOR_FAMILIES, ConfigError, CurateConfig
 from curate.configload import load_config
 from curate.detect.decide import decide, rule
 from curate.detect.decoding import decode
-from curate.io.atomic import sha256_file
 from curate.stages.detect import Scorer
 
 # The detect settings that change a model's scores (not only its speed): the card compares them with its own.
@@ -96,22 +95,23 @@ def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
         "missed": [{"file": r.file, "category": r.category} for r in missed.itertuples()],
         "false_removals": [{"file": r.file, "category": r.category, "reason": r.reason} for r in wrongly.itertuples()],
         "decide": active.as_json(),
-        "detectors": {"face": cfg.detect.face, "person": cfg.detect.person, "clip": cfg.detect.clip_model},
+        "detectors": {**{f: getattr(cfg.detect, f) for f in DETECTOR_FAMILIES}, "clip": cfg.detect.clip_model},
     }
 
 
 def provenance(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> dict[str, Any]:
     """What was measured: the set, the models as run (weights' sha256 on disk) and the settings that change scores."""
-    from curate.models.registry import resolve
+    from curate.models.registry import weights_digest
 
     def weights(names: list[str]) -> list[dict[str, str]]:
-        # resolve verifies each file against its pin (or recorded digest) before it is named here
-        return [{"name": name, "sha256": sha256_file(resolve(name, cfg.models))} for name in names]
+        # verified against its pin (or recorded digest) before it is named here; a model of several files (the
+        # hands' palm and landmark networks) has their digests joined by "+", as its identity states them
+        return [{"name": name, "sha256": weights_digest(name, cfg.models)} for name in names]
 
     clip = {"model": cfg.detect.clip_model, "pretrained": cfg.detect.clip_pretrained} if cfg.detect.clip_model else None
     return {
         "evaluation_set": {"name": images.resolve().name, "size": len(labels)},
-        "models": {"face": weights(cfg.detect.face), "person": weights(cfg.detect.person), "clip": clip},
+        "models": {**{f: weights(getattr(cfg.detect, f)) for f in DETECTOR_FAMILIES}, "clip": clip},
         "detect": {key: getattr(cfg.detect, key) for key in SCORE_SETTINGS},
     }
 

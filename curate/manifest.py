@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from curate import pipeline
-from curate.config import CurateConfig, DetectConfig
+from curate.config import DETECTOR_FAMILIES, CurateConfig, DetectConfig
 from curate.detect.types import COUNT_ABOVE, MAX_BOXES
 from curate.fetching.imagecheck import EXTENSIONS
 from curate.schema import CANDIDATE_SCHEMA, REASONS
@@ -194,12 +194,21 @@ def detector_columns(family: str, name: str, tiled: bool) -> list[Column]:
     """The columns of one detector, as `Scorer.score` writes them; null for an image that could not be decoded."""
 
     prefix = f"{family}_{name}"
-    columns = [Column(f"{prefix}_max", FLOAT, f"the best {family} score on the image (the full view)")]
+    best = f"the best {family} score on the image (the full view)"
+    if family == "hand":  # a hand detector's boxes are its palms', scored by hand presence on each palm's crop
+        best = "the best hand presence on the image (of the crops around its palms; 0: no palm)"
+    columns = [Column(f"{prefix}_max", FLOAT, best)]
     if tiled:
         tiles = "the best score on the tiles alone (a `detect.person_tiles`² grid of crops); null: the image got no "
         columns.append(Column(f"{prefix}_tiles_max", FLOAT, tiles + "tiles (`detect.person_tile_min_side`)"))
     columns += [
-        Column(f"{prefix}_count", INT, f"{family} boxes scoring above {COUNT_ABOVE}"),
+        Column(
+            f"{prefix}_count",
+            INT,
+            f"palms whose hand presence is above {COUNT_ABOVE}"
+            if family == "hand"
+            else f"{family} boxes scoring above {COUNT_ABOVE}",
+        ),
         Column(
             f"{prefix}_boxes",
             BOXES,
@@ -217,8 +226,8 @@ def detect_columns(detect: DetectConfig) -> list[Column]:
     """Every column the detect stage writes for this configuration, in order."""
     columns = [
         column
-        for family, names in (("face", detect.face), ("person", detect.person))
-        for name in names
+        for family in DETECTOR_FAMILIES
+        for name in getattr(detect, family)
         for column in detector_columns(family, name, tiles_scored(family, name, detect))
     ]
     if detect.clip_model:
@@ -341,7 +350,7 @@ def _reasons(stage: str) -> str:
 def _registry_names() -> dict[str, list[str]]:
     from curate.models.registry import REGISTRY
 
-    names: dict[str, list[str]] = {"face": [], "person": []}
+    names: dict[str, list[str]] = {family: [] for family in DETECTOR_FAMILIES}
     for spec in REGISTRY.values():
         if spec.kind in names:
             names[spec.kind].append(spec.name)
@@ -351,11 +360,18 @@ def _registry_names() -> dict[str, list[str]]:
 def _detect_section() -> list[str]:
     registry = _registry_names()
     tiling = [n for n in registry["person"] if tiles_scored("person", n, DetectConfig(person_tiles=2))]
-    shown = [*detector_columns("face", "<name>", False), *detector_columns("person", "<name>", True), *CLIP]
+    shown = [
+        *detector_columns("face", "<name>", False),
+        *detector_columns("person", "<name>", True),
+        *detector_columns("hand", "<name>", False),
+        *CLIP,
+    ]
+    fitting = "; ".join(f"{family} {_names(names)}" for family, names in registry.items())
     return [
         "One group of columns per configured detector: for each `<name>` in `detect.face`, `face_<name>_*`; for each "
-        "in `detect.person`, `person_<name>_*`, in the order configured. Registry names (`curate/models/registry.py`) "
-        "that fit: face " + _names(registry["face"]) + "; person " + _names(registry["person"]) + ". "
+        "in `detect.person`, `person_<name>_*`; for each in `detect.hand`, `hand_<name>_*` (a hand's score is the "
+        "hand presence on its palm's crop), in that order and each list's. Registry names "
+        f"(`curate/models/registry.py`) that fit: {fitting}. "
         "`person_<name>_tiles_max` exists only when `detect.person_tiles > 1` and the detector takes tiles ("
         + _names(tiling)
         + "). The `clip_*` columns exist only when `detect.clip_model` is set.",

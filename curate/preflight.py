@@ -64,6 +64,8 @@ def _dedup(cfg: CurateConfig) -> list[str]:
 def _decision(cfg: CurateConfig) -> list[str]:
     """The preset is readable and has a bar for every score column the configured detectors write (a column
     without one would be a silent keep)."""
+    if cfg.stage not in (Stage.detect, Stage.release, Stage.all):
+        return []  # the stages that score or decide; a report or an audit shows what a release decided
     try:
         run_rule(cfg)
     except ConfigError as err:

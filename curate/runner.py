@@ -368,7 +368,8 @@ class Runner:
         return all(is_current(self.run.read_marker(stage.name, s), fp, self.run.root) for s in range(num_shards))
 
     def has_work(self, stage: ShardStage, upstream: list[str] | None = None) -> bool:
-        """Whether some shard would run now (upstream as it stands; a run-wide step's result taken as current)."""
+        """Whether some shard would run now, upstream as it stands. For a stage with a run-wide step (`prepare`)
+        it answers True unless asked of its shards alone: their fingerprints hold the step's digest, unknown here."""
         if stage.lays_out_shards:
             return not self.layout_is_current(stage)
         upstream = pipeline.upstream(stage.name) if upstream is None else upstream

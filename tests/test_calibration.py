@@ -93,3 +93,15 @@ def test_kfold_is_seeded_and_held_out() -> None:
     in_sample = rates(scores, human, search(scores, human, 0.9))
     # held out, the bars meet the target less surely than on the images they were fitted to
     assert first.rates.recall <= in_sample.recall + 0.05
+
+
+def test_a_human_image_scoring_zero_cannot_pull_a_bar_below_every_score() -> None:
+    # five human images no detector found anything on (score 0): no bar removes them without removing everything
+    rng = np.random.default_rng(1)
+    human = np.r_[np.ones(100, bool), np.zeros(100, bool)]
+    face = np.r_[rng.uniform(0.3, 1, 95), np.zeros(5), rng.uniform(0, 0.25, 100)]
+    scores = pd.DataFrame({"face": face})
+    for target in (0.97, 0.95):
+        bars = search(scores, human, target)
+        found = rates(scores, human, bars)
+        assert bars["face"] > 0.25 and (found.caught, found.removed_others) == (95, 0)

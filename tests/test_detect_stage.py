@@ -98,3 +98,69 @@ def test_evaluate_on_the_dev_set(tmp_path: Path) -> None:
     assert evaluate([f"images={dev}", f"labels={dev / 'labels.csv'}", f"out={no_tiles}", f"models.dir={MODELS}",
                      "detect.person_tiles=1"]) == 0  # fmt: skip
     assert json.loads(no_tiles.read_text())["recall"] < result["recall"]
+
+
+MEDIAPIPE = ("mediapipe_face_detection_full_range_sparse.tflite", "mediapipe_palm_detection_full.tflite",
+             "mediapipe_hand_landmark_full.tflite")  # fmt: skip
+needs_mediapipe = pytest.mark.skipif(
+    not all((MODELS / name).is_file() for name in MEDIAPIPE), reason="needs the MediaPipe weights in ../shared/models"
+)
+# A lone hand (the COCO detectors miss it), a couple's faces, and two no-human photos of the dev set.
+FEW_DEV = ("mmp_freihand_00032915.jpg", "df_couple.jpg", "caffe_cat.jpg", "dn_horses.jpg")
+
+
+@needs_mediapipe
+def test_blazeface_and_hands_through_the_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The MediaPipe detectors as a user configures them: BlazeFace beside RetinaFace under detect.face, the hand
+    detector under detect.hand, decided by decide.hand (custom: the strict preset has no bars for them yet)."""
+    from curate.models.__main__ import main as models
+
+    run_dir = tmp_path / "run"
+    flags = [f"run.dir={run_dir}", "detect.face=[retinaface_mnet025,blazeface_full]", "detect.hand=[mediapipe_hands]",
+             "decide.preset=custom", "detect.person_tiles=1"]  # fmt: skip
+    assert run_curate(*flags, "stage=all") == 0
+    manifest = pd.read_parquet(run_dir / "release" / "v1" / "manifest.parquet")
+    scored = manifest[manifest["detect_status"] == "ok"]
+    assert len(scored) == 31
+    for column in ("face_retinaface_mnet025_max", "face_blazeface_full_max", "hand_mediapipe_hands_max"):
+        assert scored[column].notna().all() and scored[column].between(0.0, 1.0).all(), column
+    for prefix in ("face_blazeface_full", "hand_mediapipe_hands"):
+        assert (scored[f"{prefix}_count"] >= 0).all() and scored[f"{prefix}_boxes"].notna().all(), prefix
+    assert (scored["hand_mediapipe_hands_count"] > 0).any()  # the sample has hands in it
+    hand_boxes = next(b for b in scored["hand_mediapipe_hands_boxes"] if len(b))
+    assert len(hand_boxes) % 5 == 0 and 0.0 <= hand_boxes[4] <= 1.0
+    assert set(scored["decision_reason"]) <= {"ok", "face", "person", "hand", "clip_human", "uncertain"}
+    # the hand detector's weights are recorded as both files' digests, as its identity states them
+    recorded = json.loads((run_dir / "stats" / "detect_weights.json").read_text())
+    assert recorded["mediapipe_hands"].count("+") == 1 and len(recorded["blazeface_full"]) == 64
+    card = (run_dir / "release" / "v1" / "DATA_CARD.md").read_text()
+    assert "mediapipe_hands" in card and "blazeface_full" in card and "hand_mediapipe_hands_max" in card
+
+    # curate.evaluate on a few dev images reports each of them per model
+    dev = MODELS.parent / "evalsets" / "dev"
+    labels = pd.read_csv(dev / "labels.csv", dtype=str, keep_default_na=False)
+    few = labels[labels["file"].str.removeprefix("images/").isin(FEW_DEV)]
+    assert len(few) == len(FEW_DEV)
+    few.to_csv(tmp_path / "few.csv", index=False)
+    out = tmp_path / "eval.json"
+    argv = [f"images={dev}", f"labels={tmp_path / 'few.csv'}", f"out={out}", f"models.dir={MODELS}", *flags[1:]]
+    assert evaluate(argv) == 0
+    result = json.loads(out.read_text())
+    per_detector = result["per_detector"]
+    assert {"face_retinaface_mnet025", "face_blazeface_full", "person_yolox_nano", "hand_mediapipe_hands"} <= set(
+        per_detector
+    )
+    hands = per_detector["hand_mediapipe_hands"]
+    assert hands["threshold"] == 0.5 and hands["recall"] >= 0.5 and hands["false_removal_rate"] == 0.0
+    assert "images/mmp_freihand_00032915.jpg" not in [m["file"] for m in result["missed"]]  # the lone hand
+    assert result["detectors"]["hand"] == ["mediapipe_hands"]
+    (hand_model,) = result["models"]["hand"]
+    assert hand_model == {"name": "mediapipe_hands", "sha256": recorded["mediapipe_hands"]}
+    assert "hand_mediapipe_hands" in capsys.readouterr().out  # the printed report too
+
+    # and `curate models list` shows the entries
+    assert models(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert any(line.split()[:2] == ["blazeface_full", "face"] for line in listed.splitlines())
+    hands_line = next(line for line in listed.splitlines() if line.startswith("mediapipe_hands "))
+    assert " hand " in hands_line and "mediapipe_hand_landmark_full.tflite" in hands_line

@@ -3,7 +3,8 @@
 - Golden outputs: each offline detector scores a few sample photos; the max scores (3 decimals) and box counts
   are kept in tests/golden/<detector>.json with the detector's identity (its version among it). Outputs that
   change while the identity does not fail: bump the detector's `version` (so that detect re-runs on resume) and
-  regenerate with `python tests/test_detector_identity.py --regenerate`.
+  regenerate with `python tests/test_detector_identity.py --regenerate` (all of them; name detectors after it to
+  write only theirs, e.g. a new one's).
 - The fingerprint (`DetectStage(cfg).fingerprint_config()`) changes with a code constant, the weights file and a
   detector's version, and not with the speed-only settings; a resumed run re-detects exactly then.
 - The registry is the factory: a model listed under the wrong family, or asked for tiles it cannot score, is
@@ -26,7 +27,7 @@ import torch
 from conftest import MODELS, REPO, run_curate
 from PIL import Image
 
-from curate.config import ConfigError, DetectConfig
+from curate.config import DETECTOR_FAMILIES, ConfigError, DetectConfig
 from curate.configload import load_config
 from curate.detect.types import COUNT_ABOVE
 from curate.io.atomic import sha256_file
@@ -56,11 +57,11 @@ CLIP_ARGS: dict[str, Any] = {
 
 
 def on_disk(name: str) -> bool:
-    return (MODELS / REGISTRY[name].filename).is_file()
+    return all((MODELS / f.filename).is_file() for f in registry.files(REGISTRY[name]))
 
 
 # every registry detector whose weights are here (the torchvision and R50 ones are not), and CLIP
-GOLDEN_DETECTORS = [n for n, spec in REGISTRY.items() if spec.kind in ("face", "person") and on_disk(n)] + ["clip"]
+GOLDEN_DETECTORS = [n for n, spec in REGISTRY.items() if spec.kind in DETECTOR_FAMILIES and on_disk(n)] + ["clip"]
 
 
 def photos() -> list[np.ndarray]:
@@ -128,9 +129,13 @@ def test_outputs_change_only_with_the_identity(name: str) -> None:
     )
 
 
-def regenerate() -> None:
+def regenerate(names: list[str]) -> None:
+    """Write the golden outputs of `names` (all the golden detectors when empty)."""
+    unknown = sorted(set(names) - set(GOLDEN_DETECTORS))
+    if unknown:
+        raise SystemExit(f"not golden detectors (or their weights are not in {MODELS}): {unknown}")
     GOLDEN.mkdir(exist_ok=True)
-    for name in GOLDEN_DETECTORS:
+    for name in names or GOLDEN_DETECTORS:
         identity, outputs = scored(name)
         (GOLDEN / f"{name}.json").write_text(json.dumps({"identity": identity, "outputs": outputs}, indent=1) + "\n")
         print(f"wrote {GOLDEN / name}.json (version {identity['version']})")
@@ -331,6 +336,81 @@ def test_tiles_are_refused_for_a_detector_that_cannot_score_them() -> None:
     assert cfg.detect.person == ["fasterrcnn_resnet50_fpn_v2"] and check_detectors(cfg) == []
 
 
+def test_hand_models_belong_in_detect_hand_and_never_tile() -> None:
+    problems = check_detectors(DetectConfig(face=["mediapipe_hands"], person=[]))
+    assert len(problems) == 1 and "detect.face lists mediapipe_hands, a hand model" in problems[0]
+    assert "belongs in detect.hand" in problems[0] and "blazeface_full" in problems[0]
+    (problem,) = check_detectors(DetectConfig(person=["mediapipe_hands"], person_tiles=1))
+    assert "a hand model: it belongs in detect.hand" in problem
+    (problem,) = check_detectors(DetectConfig(hand=["retinaface_mnet025"]))
+    assert "detect.hand lists retinaface_mnet025, a face model: it belongs in detect.face" in problem
+    assert "mediapipe_hands" in problem  # what fits
+    assert "detect.hand lists mediapipe_hands twice" in check_detectors(
+        DetectConfig(hand=["mediapipe_hands", "mediapipe_hands"])
+    )
+    with pytest.raises(ConfigError, match="a hand model"):
+        load_config(["detect.person=[mediapipe_hands]"])
+    # tiles are the person detectors' (detect.person_tiles): a hand detector takes none, and stores no tiles score
+    assert not REGISTRY["mediapipe_hands"].tiles and not REGISTRY["blazeface_full"].tiles
+    assert all(spec.kind == "person" for spec in REGISTRY.values() if spec.tiles)
+    tiled = DetectConfig(face=["blazeface_full"], hand=["mediapipe_hands"], person_tiles=3)
+    assert check_detectors(tiled) == []
+    from curate.manifest import detect_columns
+
+    names = [c.name for c in detect_columns(tiled)]
+    assert [n for n in names if n.startswith("hand_")] == [
+        "hand_mediapipe_hands_max",
+        "hand_mediapipe_hands_count",
+        "hand_mediapipe_hands_boxes",
+    ]
+    assert not [n for n in names if n.endswith("_tiles_max") and not n.startswith("person_")]
+
+
+needs_mediapipe = pytest.mark.skipif(
+    not (on_disk("blazeface_full") and on_disk("mediapipe_hands")), reason="needs the MediaPipe weights"
+)
+
+
+@needs_models
+@needs_mediapipe
+def test_the_mediapipe_detectors_are_in_the_fingerprint(tmp_path: Path) -> None:
+    """BlazeFace and the hand detector are fingerprinted like the others; the hand detector's weights are both of
+    its files, so a changed landmark model re-runs detect as a changed palm model does. A config without hands
+    is fingerprinted as before detect.hand existed."""
+    from curate.detect.hands import HandDetector
+
+    plain = fingerprint(tmp_path)
+    assert "hand" not in plain and "hand" not in plain["detectors"]
+    flags = ("detect.face=[retinaface_mnet025,blazeface_full]", "detect.hand=[mediapipe_hands]", "decide.preset=custom")
+    base = fingerprint(tmp_path, *flags)
+    assert base["hand"] == ["mediapipe_hands"] and base["detectors"]["face"].keys() == {"retinaface_mnet025",
+                                                                                          "blazeface_full"}  # fmt: skip
+    hands = base["detectors"]["hand"]["mediapipe_hands"]
+    pins = [f.sha256 for f in registry.files(REGISTRY["mediapipe_hands"])]
+    assert hands["class"] == "curate.detect.hands:HandDetector" and hands["weights"] == "+".join(pins)
+    assert base["detectors"]["face"]["blazeface_full"]["weights"] == REGISTRY["blazeface_full"].sha256
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("retinaface_mnet025", "yolox_nano", "blazeface_full", "mediapipe_hands"):
+        for file in registry.files(REGISTRY[name]):
+            shutil.copy(MODELS / file.filename, models)
+    assert fingerprint(tmp_path, *flags, models=models) == base
+    landmark = models / registry.files(REGISTRY["mediapipe_hands"])[1].filename
+    data = bytearray(landmark.read_bytes())
+    data[len(data) // 2] ^= 1
+    landmark.write_bytes(data)
+    changed = fingerprint(tmp_path, *flags, models=models)
+    assert changed["detectors"]["hand"]["mediapipe_hands"]["weights"] == f"{pins[0]}+{sha256_file(landmark)}"
+    assert changed["detectors"]["face"] == base["detectors"]["face"]
+    cfg = load_config([f"run.dir={tmp_path / 'run'}", f"models.dir={models}", *flags])
+    with pytest.raises(registry.ModelMissing, match=r"mediapipe_hand_landmark_full\.tflite is pinned"):
+        DetectStage(cfg).before_work()  # and the pin refuses it before any work
+    # the detector built from those files reports what the fingerprint holds
+    built = HandDetector(models / "mediapipe_palm_detection_full.tflite", report_floor=0.1)
+    assert built.identity() == changed["detectors"]["hand"]["mediapipe_hands"]
+
+
 def test_every_registry_entry_builds_through_its_builder() -> None:
     """No name branches: each entry's builder is importable and knows the family's detector."""
     from curate.detect.builder import Builder
@@ -345,7 +425,7 @@ def test_every_registry_entry_builds_through_its_builder() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--regenerate"]:
-        print(f"usage: {REGENERATE}", file=sys.stderr)
+    if sys.argv[1:2] != ["--regenerate"]:
+        print(f"usage: {REGENERATE} [NAME ...]", file=sys.stderr)
         sys.exit(2)
-    regenerate()
+    regenerate(sys.argv[2:])

@@ -215,3 +215,27 @@ def test_one_invocation_settings_are_not_remembered(run: Path) -> None:
     assert main([f"run.dir={run}", "stage=fetch", "fetch.retry_failed=true", *QUIET]) == 0
     stored = yaml.safe_load((run / "config.yaml").read_text())
     assert stored["fetch"]["retry_failed"] is False and stored["release"]["allow_failed_shards"] is False
+
+
+def test_a_lost_tar_of_an_unfinished_release_is_written_again_never_published_missing(run: Path) -> None:
+    v1 = run / "release" / "v1"
+    sums = (v1 / "SHA256SUMS").read_text()
+    # as if killed after the shards and before the release-wide files: not published yet, one tar lost
+    (v1 / "SHA256SUMS").unlink()
+    (v1 / "PASS.0.tar").unlink()
+    assert main([f"run.dir={run}", "stage=release", *QUIET]) == 0
+    assert (v1 / "PASS.0.tar").exists()
+    assert (v1 / "SHA256SUMS").read_text() == sums  # the same bytes as the release that was lost
+
+
+def test_release_refuses_scores_from_detectors_other_than_the_configured_ones(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = snapshot(run, skip=("invocations",))
+    capsys.readouterr()
+    # the sample scored 3 x 3 tiles; without tiles there is no bar for the stored tile scores to be decided by
+    code = main([f"run.dir={run}", "stage=release", "detect.person_tiles=1", "release.version=v2", *QUIET])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "person_yolox_nano_tiles_max" in out and "run stage=detect" in out
+    assert snapshot(run, skip=("invocations",)) == before

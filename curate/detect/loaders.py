@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curate.config import ConfigError, CurateConfig, DetectConfig, ModelsConfig
+from curate.config import DETECTOR_FAMILIES, ConfigError, CurateConfig, DetectConfig, ModelsConfig
 from curate.detect.builder import report_floor as report_floor  # its old home: bench/ imports it from here
 from curate.detect.types import Detector
 from curate.models.clip import clip_checkpoint, clip_on_disk
@@ -78,6 +78,10 @@ def person_detectors(detect: DetectConfig, models: ModelsConfig, device: str) ->
     return family_detectors("person", detect, models, device)
 
 
+def hand_detectors(detect: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
+    return family_detectors("hand", detect, models, device)
+
+
 def weights_path(name: str, cfg: CurateConfig) -> Path:
     """A registry entry's verified weight file (downloaded when allowed); CLIP's is detect.clip_model's."""
     if REGISTRY[name].kind == "clip":
@@ -120,7 +124,7 @@ def identities(cfg: CurateConfig, recorded: Mapping[str, str]) -> dict[str, Any]
     gets a stand-in (detect refuses it before any work)."""
     detect = cfg.detect
     found: dict[str, Any] = {}
-    for family in ("face", "person"):
+    for family in DETECTOR_FAMILIES:
         names: list[str] = getattr(detect, family)
         found[family] = {
             name: identity_of(name, known_digest(name, cfg.models, recorded), cfg)

@@ -9,7 +9,7 @@ import sys
 
 from curate.config import ConfigError
 from curate.configload import load_config
-from curate.models.registry import REGISTRY, resolve
+from curate.models.registry import REGISTRY, files, needed, pinned, resolve_all
 
 
 def main(argv: list[str]) -> int:
@@ -18,13 +18,14 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "list":
         for spec in REGISTRY.values():
-            pin = spec.sha256[:12] if spec.sha256 else "(open_clip)" if spec.kind == "clip" else "(recorded)"
-            print(f"{spec.name:<28} {spec.kind:<7} {spec.filename:<48} {pin:<12} {spec.licence}")
+            pin = pinned(spec)[:12] if spec.sha256 else "(open_clip)" if spec.kind == "clip" else "(recorded)"
+            names = " + ".join(f.filename for f in files(spec))  # a model of several files names each
+            print(f"{spec.name:<28} {spec.kind:<7} {names:<48} {pin:<12} {spec.licence}")
         return 0
     try:
         cfg = load_config(argv[1:])
-        for name in [*cfg.detect.face, *cfg.detect.person]:
-            print(f"{name}: {resolve(name, cfg.models)}")
+        for name in needed(cfg):
+            print(f"{name}: {', '.join(str(path) for path in resolve_all(name, cfg.models))}")
         if cfg.detect.clip_model:
             from curate.models.clip import clip_checkpoint
 

@@ -6,24 +6,49 @@ called as ``builder(weights, device, detect_cfg, **params)``) and the parameters
 entries of that builder. `check_detectors` refuses a configuration that lists a model where it does not belong.
 
 Weights are fetched once into a cache (or read from `models.dir` on air-gapped clusters), verified against the
-pinned hash, and never loaded at import time.
+pinned hash, and never loaded at import time. Some come as members of an archive (the MediaPipe models, of a
+pinned PyPI wheel): the archive is downloaded once, checked, and every pinned member of it is taken out (each
+checked against its own sha256) under the file name the registry gives it; the archive itself is not kept. An
+entry may need more than one file (`ModelSpec.extra`: the hand detector's palm and landmark networks): all of
+them are kept side by side, and its weights' digest is theirs joined by "+" (`joined`), the main file's first.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import urllib.request
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.config import ConfigError, CurateConfig, DetectConfig, ModelsConfig
+from curate.config import DETECTOR_FAMILIES, ConfigError, CurateConfig, DetectConfig, ModelsConfig
 from curate.io.atomic import sha256_file
 from curate.models.errors import ModelMissing  # raised here; defined apart, as curate.models.clip raises it too
 
 log = logging.getLogger("curate")
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A download whose members are weight files (a wheel is a zip): fetched once, checked against `sha256`."""
+
+    filename: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file of a model's weights: its name in the models folder, its full sha256 (empty: see
+    `ModelSpec.sha256`) and, for one taken out of the entry's archive, its path in that archive."""
+
+    filename: str
+    sha256: str
+    member: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,41 @@ class ModelSpec:
     tiles: bool = False
     # "package": the weights come with (or through) a pip package, not a file of ours.
     source: str = "url"
+    # The weights are members of this archive (`url` is the archive's): `member` is `filename`'s path in it, and
+    # every file of the entry is pinned (the archive's sha256 and each member's).
+    archive: Archive | None = None
+    member: str = ""
+    # Further files the detector loads, kept beside `filename` (the builder gets `filename`'s path and finds them
+    # there): members of the same archive. The weights' digest is then every file's sha256 joined by "+".
+    extra: tuple[WeightFile, ...] = ()
+
+
+def files(spec: ModelSpec) -> list[WeightFile]:
+    """Every file of an entry's weights, its main one (`filename`, the path its builder is given) first."""
+    return [WeightFile(spec.filename, spec.sha256, spec.member), *spec.extra]
+
+
+def joined(digests: list[str]) -> str:
+    """The digest of a model's weights from its files' digests, in `files` order: one file's own sha256, several
+    joined by "+" (the form `curate.detect.hands.HandDetector.weights_of` reports)."""
+    return "+".join(digests)
+
+
+def pinned(spec: ModelSpec) -> str:
+    """The registry's pin of an entry's weights in `joined` form ("" where some file has none)."""
+    pins = [f.sha256 for f in files(spec)]
+    return joined(pins) if all(pins) else ""
+
+
+# The MediaPipe models (palm detection, hand landmark, BlazeFace) are members of this wheel; the 1.x wheels no
+# longer hold them. Its sha256 is PyPI's (https://pypi.org/pypi/mediapipe/json, release 0.10.21).
+MEDIAPIPE_WHEEL = Archive(
+    filename="mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    url="https://files.pythonhosted.org/packages/ad/83/56f760fecdc60de84c529d6c05c9dfc7d972617c6632bd254d5e021e5b16/"
+    "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    sha256="05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
+)
+MEDIAPIPE_LICENCE = "Apache-2.0 (MediaPipe 0.10.21 wheel, its LICENSE)"
 
 
 # The registry's one CLIP entry: which model and weights is detect.clip_model / clip_pretrained's to say.
@@ -122,6 +182,40 @@ REGISTRY: dict[str, ModelSpec] = {
             builder="curate.detect.clip_filter:build",
             source="package",
         ),
+        ModelSpec(
+            name="blazeface_full",
+            kind="face",
+            filename="mediapipe_face_detection_full_range_sparse.tflite",
+            url=MEDIAPIPE_WHEEL.url,
+            sha256="2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+            licence=MEDIAPIPE_LICENCE,
+            input_size="192 letterbox (centred, zero border)",
+            preprocessing="RGB scaled to [-1, 1]",
+            builder="curate.detect.blazeface:build",
+            archive=MEDIAPIPE_WHEEL,
+            member="mediapipe/modules/face_detection/face_detection_full_range_sparse.tflite",
+        ),
+        ModelSpec(
+            name="mediapipe_hands",
+            kind="hand",
+            # the palm detector; the hand landmark network (hand presence on each palm's crop) is kept beside it
+            filename="mediapipe_palm_detection_full.tflite",
+            url=MEDIAPIPE_WHEEL.url,
+            sha256="1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
+            licence=MEDIAPIPE_LICENCE,
+            input_size="palms: 192 letterbox; hand presence: a 224 rotated crop per palm",
+            preprocessing="RGB scaled to [0, 1]",
+            builder="curate.detect.hands:build",
+            archive=MEDIAPIPE_WHEEL,
+            member="mediapipe/modules/palm_detection/palm_detection_full.tflite",
+            extra=(
+                WeightFile(
+                    "mediapipe_hand_landmark_full.tflite",
+                    "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3",
+                    "mediapipe/modules/hand_landmark/hand_landmark_full.tflite",
+                ),
+            ),
+        ),
     ]
 }
 # Megvii's official YOLOX checkpoints (the PyTorch YOLOX loads them strictly); no digest is published.
@@ -150,17 +244,20 @@ def recorded_pin(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def verify(spec: ModelSpec, path: Path, record: bool = False) -> None:
-    """The file's sha256 against the registry's pin; for a model without one (``sha256 == ""``), against the
-    digest recorded at its first download (``record``: this is that download, so record it)."""
+def verify(spec: ModelSpec, path: Path, record: bool = False, file: WeightFile | None = None) -> None:
+    """The file's sha256 against the registry's pin (`file`: which of the entry's files it is, the main one when
+    not given); for a file without one (``sha256 == ""``), against the digest recorded at its first download
+    (``record``: this is that download, so record it)."""
+    file = file or files(spec)[0]
     found = file_digest(path)  # hashed once per version of the file: the fingerprint and the worker ask again
-    if spec.sha256:
-        if not found.startswith(spec.sha256):
+    if file.sha256:
+        if not found.startswith(file.sha256):
             raise ModelMissing(
-                f"{path} has sha256 {found}, but {spec.name} is pinned to {spec.sha256}: remove the file"
+                f"{path} has sha256 {found}, but {spec.name}'s {file.filename} is pinned to {file.sha256}: "
+                "remove the file"
             )
         return
-    pin = recorded_pin(path.with_name(spec.filename))
+    pin = recorded_pin(path.with_name(file.filename))
     if record:
         pin.write_text(found + "\n")
         log.warning("%s has no published sha256: recorded %s in %s, checked from now on", spec.name, found, pin)
@@ -173,46 +270,76 @@ def verify(spec: ModelSpec, path: Path, record: bool = False) -> None:
         raise ModelMissing(f"{path} has sha256 {found}, but {pin} recorded {recorded}: remove both")
 
 
+def folder(cfg: ModelsConfig) -> Path:
+    """Where the weight files are (models.dir wins over the cache)."""
+    return _expand(cfg.dir) if cfg.dir else _expand(cfg.cache)
+
+
 def locate(spec: ModelSpec, cfg: ModelsConfig) -> Path:
-    """Where the weight file should be (models.dir wins over the cache)."""
-    return (_expand(cfg.dir) if cfg.dir else _expand(cfg.cache)) / spec.filename
+    """Where the main weight file should be (models.dir wins over the cache)."""
+    return folder(cfg) / spec.filename
 
 
 def how_to_get(spec: ModelSpec, cfg: ModelsConfig) -> str:
-    return (
-        f"{spec.name} needs {spec.filename} in {locate(spec, cfg).parent}: on a machine with internet run "
-        f"`python -m curate.models download` (same pipeline and overrides) and copy the folder, "
-        f"or fetch {spec.url} ({f'sha256 {spec.sha256}' if spec.sha256 else 'no published sha256'})"
+    names = [f.filename for f in files(spec)]
+    where = (
+        f"{' and '.join(names)} in {folder(cfg)}: on a machine with internet run "
+        "`python -m curate.models download` (same pipeline and overrides) and copy the folder, or fetch "
     )
+    if spec.archive is not None:
+        members = ", ".join(f"{f.member} as {f.filename} (sha256 {f.sha256})" for f in files(spec))
+        archive = f"{spec.archive.url} (sha256 {spec.archive.sha256}, a zip)"
+        return f"{spec.name} needs {where}{archive} and take out {members}"
+    return f"{spec.name} needs {where}{spec.url} ({f'sha256 {spec.sha256}' if spec.sha256 else 'no published sha256'})"
 
 
 def resolve(name: str, cfg: ModelsConfig) -> Path:
-    """The verified local path of a model's weights, downloading into the cache when allowed."""
+    """The verified local path of a model's (main) weight file, downloading into the cache when allowed; an entry's
+    further files (`ModelSpec.extra`) are then verified beside it."""
+    return resolve_all(name, cfg)[0]
+
+
+def resolve_all(name: str, cfg: ModelsConfig) -> list[Path]:
+    """The verified local paths of every file of a model's weights (`files` order), downloading when allowed."""
     if name not in REGISTRY:
         raise ConfigError(f"unknown model {name!r}; known: {sorted(REGISTRY)}")
     spec = REGISTRY[name]
     if spec.kind == "clip":
         raise ConfigError(f"{name}: CLIP weights are detect.clip_model's (curate.models.clip.clip_checkpoint)")
-    path = locate(spec, cfg)
-    if not path.exists():
+    paths = [folder(cfg) / f.filename for f in files(spec)]
+    if not all(path.exists() for path in paths):
         if cfg.dir or not cfg.download:
             raise ModelMissing(how_to_get(spec, cfg))
-        download(spec, path, cfg)
-    verify(spec, path)
-    return path
+        if spec.archive is not None:
+            extract(spec.archive, folder(cfg), cfg)
+        else:
+            download(spec, paths[0], cfg)
+    for file, path in zip(files(spec), paths, strict=True):
+        verify(spec, path, file=file)
+    return paths
 
 
-def download(spec: ModelSpec, path: Path, cfg: ModelsConfig | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+def weights_digest(name: str, cfg: ModelsConfig) -> str:
+    """The digest of a model's weights as they are on disk (verified, downloaded when allowed), `joined`."""
+    return joined([file_digest(path) for path in resolve_all(name, cfg)])
+
+
+def _fetch(url: str, partial: Path, advice: str) -> None:
+    """`url` into `partial`; a failure leaves nothing behind and says how else to get the file."""
+    partial.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with urllib.request.urlopen(spec.url, timeout=60) as response, open(partial, "wb") as out:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
     except OSError as err:
         partial.unlink(missing_ok=True)
-        where = cfg or ModelsConfig(cache=str(path.parent))  # name the cache the run uses, not the default
-        raise ModelMissing(f"could not download {spec.url}: {err}. {how_to_get(spec, where)}") from err
+        raise ModelMissing(f"could not download {url}: {err}. {advice}") from err
+
+
+def download(spec: ModelSpec, path: Path, cfg: ModelsConfig | None = None) -> None:
+    where = cfg or ModelsConfig(cache=str(path.parent))  # name the cache the run uses, not the default
+    partial = path.with_name(path.name + ".partial")
+    _fetch(spec.url, partial, how_to_get(spec, where))
     try:
         verify(spec, partial, record=not spec.sha256)
     except ModelMissing:
@@ -221,18 +348,63 @@ def download(spec: ModelSpec, path: Path, cfg: ModelsConfig | None = None) -> No
     partial.replace(path)
 
 
+def archive_members(archive: Archive) -> list[tuple[ModelSpec, WeightFile]]:
+    """Every file the registry takes out of `archive`, with its entry."""
+    return [(spec, f) for spec in REGISTRY.values() if spec.archive == archive for f in files(spec)]
+
+
+def extract(archive: Archive, into: Path, cfg: ModelsConfig | None = None) -> list[Path]:
+    """Download `archive` once (checked against its sha256) and take out every member the registry pins from it
+    that `into` lacks, each checked against its own sha256 before it gets its name; the archive is then removed.
+    A member that fails its pin is refused and left nowhere. Returns the files written."""
+    wanted = list({f.filename: (spec, f) for spec, f in archive_members(archive)}.values())
+    wanted = [(spec, f) for spec, f in wanted if not (into / f.filename).exists()]
+    if not wanted:
+        return []
+    where = cfg or ModelsConfig(cache=str(into))
+    advice = how_to_get(wanted[0][0], where)
+    partial = into / (archive.filename + ".partial")
+    _fetch(archive.url, partial, advice)
+    written: list[Path] = []
+    try:
+        found = sha256_file(partial)
+        if found != archive.sha256:
+            raise ModelMissing(f"{archive.url} has sha256 {found}, but it is pinned to {archive.sha256}. {advice}")
+        with zipfile.ZipFile(partial) as zipped:
+            for spec, file in wanted:
+                target = into / file.filename
+                out = target.with_name(target.name + ".partial")
+                try:
+                    with zipped.open(file.member) as source, open(out, "wb") as sink:
+                        shutil.copyfileobj(source, sink, 1 << 20)
+                    verify(spec, out, file=file)
+                except KeyError as err:
+                    raise ModelMissing(f"{archive.url} has no member {file.member}. {advice}") from err
+                out.replace(target)
+                written.append(target)
+                log.info("%s: %s taken out of %s", spec.name, target, archive.filename)
+    except zipfile.BadZipFile as err:
+        raise ModelMissing(f"{archive.url} is not a readable zip archive ({err}). {advice}") from err
+    finally:
+        partial.unlink(missing_ok=True)
+        for _, file in wanted:  # a missing, damaged or substituted member is never left to be taken for weights
+            (into / (file.filename + ".partial")).unlink(missing_ok=True)
+    return written
+
+
 def needed(cfg: CurateConfig) -> list[str]:
     """Registry models a config's detect stage will load (CLIP comes through open_clip, see curate.models.clip)."""
-    return [*cfg.detect.face, *cfg.detect.person]
+    return [name for family in DETECTOR_FAMILIES for name in getattr(cfg.detect, family)]
 
 
 def check_detectors(cfg: CurateConfig | DetectConfig) -> list[str]:
     """What is wrong with the detectors a config asks for (empty: nothing): unknown names, a model listed in
-    another family's list (a face model under detect.person would be scored as a person), a model listed twice,
-    and tiles asked of a person detector that cannot tile."""
+    another family's list (a face model under detect.person would be scored as a person, a hand model under
+    detect.face as a face), a model listed twice, and tiles asked of a person detector that cannot tile. Tiles
+    are the person family's (detect.person_tiles): a face or hand detector never takes them, whatever it is."""
     detect = cfg.detect if isinstance(cfg, CurateConfig) else cfg
     problems = []
-    for family in ("face", "person"):
+    for family in DETECTOR_FAMILIES:
         names: list[str] = getattr(detect, family)
         fitting = sorted(n for n, spec in REGISTRY.items() if spec.kind == family)
         for name in sorted({n for n in names if names.count(n) > 1}):
@@ -271,7 +443,7 @@ def check_available(cfg: CurateConfig) -> None:
     fetched (CLIP's checkpoint included: fetched now, the fingerprint then finds it on disk)."""
     refuse_bad_detectors(cfg)
     for name in needed(cfg):
-        resolve(name, cfg.models)
+        resolve_all(name, cfg.models)
     if cfg.detect.clip_model:
         from curate.models.clip import clip_checkpoint
 
@@ -299,14 +471,15 @@ def absent(what: str) -> str:
 
 
 def known_digest(name: str, cfg: ModelsConfig, recorded: Mapping[str, str]) -> str:
-    """The sha256 of a registry model's weights without downloading or loading them: the file's own when it is
-    on disk, else the digest this run recorded when its detect last ran (`recorded`, so that a finished run needs
-    no weights), else the registry's full pin, else `absent`. Never verified here: a file that fails its pin is
-    refused before any work (`resolve`)."""
+    """The sha256 of a registry model's weights (`joined`, for one of several files) without downloading or
+    loading them: the files' own when they are on disk, else the digest this run recorded when its detect last
+    ran (`recorded`, so that a finished run needs no weights), else the registry's full pins, else `absent`.
+    Never verified here: a file that fails its pin is refused before any work (`resolve`)."""
     spec = REGISTRY[name]
-    path = locate(spec, cfg)
-    if path.is_file():
-        return file_digest(path)
+    paths = [folder(cfg) / f.filename for f in files(spec)]
+    if all(path.is_file() for path in paths):
+        return joined([file_digest(path) for path in paths])
     if name in recorded:
         return recorded[name]
-    return spec.sha256 if len(spec.sha256) == 64 else absent(spec.filename)
+    full = all(len(f.sha256) == 64 for f in files(spec))
+    return pinned(spec) if full else absent(spec.filename)

@@ -13,7 +13,7 @@ from curate.detect.decide import FAMILIES
 from curate.io.tars import read_members
 from curate.rundir import RunDir
 
-COLOURS = {"face": (230, 40, 40), "person": (40, 120, 240)}
+COLOURS = {"face": (230, 40, 40), "person": (40, 120, 240), "hand": (40, 180, 80)}
 THUMB = 256
 
 

@@ -1,4 +1,4 @@
-"""detect: run the face, person and CLIP detectors on every fetched image and store raw scores and boxes.
+"""detect: run the face, person, hand and CLIP detectors on every fetched image and store raw scores and boxes.
 
 No decision is taken here (see `curate.detect.decide`, applied at release), so re-tuning a threshold never
 re-runs a model. Images are decoded one batch ahead of inference: by PIL in a CPU thread, or on a GPU by nvJPEG
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from curate.config import CurateConfig
+from curate.config import DETECTOR_FAMILIES, CurateConfig
 from curate.detect.decoding import DECODE_ERRORS, decode, decode_batch, header_size
 from curate.detect.images import Image
 from curate.detect.types import COUNT_ABOVE, MAX_BOXES, Detections, Detector
@@ -58,7 +58,7 @@ class Scorer:
     def __init__(self, cfg: CurateConfig) -> None:
         import torch
 
-        from curate.detect.loaders import clip_filter, face_detectors, person_detectors, pick_device
+        from curate.detect.loaders import clip_filter, family_detectors, pick_device
 
         self.cfg = cfg.detect
         self.device = device = pick_device(self.cfg.device)
@@ -68,8 +68,8 @@ class Scorer:
             # The LocalCluster already runs a worker per core: more torch threads would only fight over them.
             torch.set_num_threads(1)
         self.families = [
-            ("face", self.cfg.face, face_detectors(self.cfg, cfg.models, device)),
-            ("person", self.cfg.person, person_detectors(self.cfg, cfg.models, device)),
+            (family, getattr(self.cfg, family), family_detectors(family, self.cfg, cfg.models, device))
+            for family in DETECTOR_FAMILIES
         ]
         # Which detectors store a tiles score is declared (curate.manifest, the columns of the manifest); the
         # detectors as built must agree, or a column would be empty or missing.
@@ -157,7 +157,12 @@ class DetectStage(ShardStage):
     def fingerprint_config(self) -> dict[str, Any]:
         config = super().fingerprint_config()
         config["stored"] = {"max_boxes": MAX_BOXES, "count_above": COUNT_ABOVE}  # as flatten and score read them
-        config["detectors"] = self.identities
+        config["detectors"] = dict(self.identities)
+        if not self.cfg.detect.hand:
+            # No hand detector: fingerprinted as before detect.hand existed, so that a run from then resumes
+            # without re-detecting (a configured one is in both, so adding or changing one re-runs detect).
+            config.pop("hand", None)
+            config["detectors"].pop("hand", None)
         return config
 
     @cached_property
@@ -177,10 +182,12 @@ class DetectStage(ShardStage):
         only this way) and for the fingerprint of a later run on a machine without them."""
         from curate.detect.loaders import clip_key, weights_path
         from curate.io.atomic import write_json
-        from curate.models.registry import CLIP, file_digest, needed, refuse_bad_detectors
+        from curate.models.registry import CLIP, file_digest, needed, refuse_bad_detectors, weights_digest
 
         refuse_bad_detectors(self.cfg)
-        digests = {name: file_digest(weights_path(name, self.cfg)) for name in needed(self.cfg)}
+        # a model of several files (the hands' palm and landmark networks) records their digests joined, as its
+        # identity states them
+        digests = {name: weights_digest(name, self.cfg.models) for name in needed(self.cfg)}
         if self.cfg.detect.clip_model:
             digests[clip_key(self.cfg.detect)] = file_digest(weights_path(CLIP, self.cfg))
         write_json(RunDir(Path(self.cfg.run.dir)).detect_weights, digests)
@@ -233,8 +240,8 @@ def unlike(fingerprinted: dict[str, Any], built: dict[str, Any]) -> list[str]:
     """Where the built detectors' identities differ from the fingerprinted ones (e.g. a worker whose weight file
     is not the client's), as "<detector> differs in <keys>". Weights the client did not have (`absent`) are not
     compared."""
-    pairs = [(f"{family} {name}", wanted, built[family].get(name)) for family in ("face", "person")
-             for name, wanted in fingerprinted[family].items()]  # fmt: skip
+    pairs = [(f"{family} {name}", wanted, built.get(family, {}).get(name)) for family in DETECTOR_FAMILIES
+             for name, wanted in fingerprinted.get(family, {}).items()]  # fmt: skip
     pairs.append(("clip", fingerprinted["clip"], built["clip"]))
     drift = []
     for what, wanted, found in pairs:

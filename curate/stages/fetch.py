@@ -44,8 +44,9 @@ class FetchStage(ShardStage):
     def _previous(self, run: RunDir, shard: int) -> dict[str, dict[Any, Any]]:
         """On a retry, the earlier outcome of every row that does not need another try, by image_id."""
         marker = run.read_marker(self.name, shard)
-        if not (self.cfg.fetch.retry_failed and marker) or marker.get("failed"):
-            return {}  # a shard whose task failed has no outcome worth keeping: every row is fetched again
+        if not (self.cfg.fetch.retry_failed and marker) or marker.get("failed") or not run.images(shard).exists():
+            # a shard whose task failed, or whose tar is gone, has no outcome worth keeping: every row is fetched
+            return {}
         earlier = pd.concat([run.load_joined(shard, ["ingest"]), read_parquet(run.part(self.name, shard))], axis=1)
         keep = earlier["fetch_status"].notna() & ~earlier["fetch_reason"].isin(TRANSIENT_FETCH_REASONS)
         return {row["image_id"]: row for row in earlier[keep][["image_id", *COLUMNS]].to_dict("records")}

@@ -328,6 +328,9 @@ class IngestStage(ShardStage):
         for index in range(len(units)):
             for shard, found in results[index]["pieces"].items():
                 pieces[int(shard)].extend(found)
+        # Until every shard is merged again the layout is mixed (some shards new, some old): without shards.json
+        # no later stage runs over it. It is written back once every merge succeeded.
+        run.shards_file.unlink(missing_ok=True)
         markers = ctx.map(
             merge_shard,
             {shard: (cfg, shard, pieces[shard], fp) for shard in range(num_shards)},

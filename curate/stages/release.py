@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from curate import pipeline
 from curate.datacard import Tally, markdown_table, render_data_card
-from curate.detect.decide import decide, run_rule
+from curate.detect.decide import Rule, decide, run_rule, score_columns
 from curate.io.atomic import (
     atomic_open,
     atomic_path,
@@ -169,9 +170,9 @@ def sample_json(row: dict[Any, Any]) -> bytes:
     return json.dumps(clean, sort_keys=True, default=str).encode("utf-8")
 
 
-def with_decision(rows: pd.DataFrame, cfg: Any) -> pd.DataFrame:
+def with_decision(rows: pd.DataFrame, rule: Rule) -> pd.DataFrame:
     """The rows with the human filter's decision applied to their stored scores."""
-    verdict, why = decide(rows, cfg.decide)
+    verdict, why = decide(rows, rule)
     reached = (rows["detect_status"] == OK).to_numpy()
     return rows.assign(
         decision=pd.Series(verdict, index=rows.index, dtype="string").where(reached),
@@ -196,6 +197,17 @@ class ReleaseStage(ShardStage):
     def out_dir(self, run: RunDir) -> Path:
         return run.release_dir(self.cfg.release.version)
 
+    @cached_property
+    def rule(self) -> Rule:
+        """The bars, read once in the client (a preset file need not exist where the shard tasks run: the rule
+        travels with the stage); the same the fingerprint and the data card state."""
+        return run_rule(self.cfg)
+
+    def shard_outputs(self, run: RunDir, shard: int) -> list[Path]:
+        # A shard is finished only while its tars are there: a lost one is written again, never published missing.
+        out = self.out_dir(run)
+        return [out / f"PASS.{shard}.tar", out / "webdataset" / f"{shard:05d}.tar"]
+
     def work(self, run: RunDir) -> Path:
         return run.root / "work" / "release" / self.cfg.release.version
 
@@ -213,7 +225,7 @@ class ReleaseStage(ShardStage):
             config.pop(key)
         self._fingerprint_config: dict[str, Any] = {
             **config,
-            "decide": run_rule(self.cfg).as_json(),
+            "decide": self.rule.as_json(),
             "card_inputs": {role: sha256_file(path) for role, path in self.card_inputs().items() if path.exists()},
         }
         return self._fingerprint_config
@@ -246,7 +258,8 @@ class ReleaseStage(ShardStage):
             "inputs": [
                 [(run.read_marker(s, n) or {}).get("output_sha256") for s in RELEASE_INPUTS] for n in range(num_shards)
             ],
-            "decide": run_rule(self.cfg).as_json(),
+            "version": self.version,
+            "decide": self.rule.as_json(),
             "select": [r.owner_cap, r.target_size, r.seed],
             "takedowns": takedowns.astype(object).where(takedowns.notna(), None).to_dict("records"),
         }
@@ -257,6 +270,15 @@ class ReleaseStage(ShardStage):
             work / "takedowns_unmatched.parquet",
         ]
         step = f"{r.version}/selection"
+        stored = sorted(
+            {c for n in range(num_shards) for c in score_columns(pq.read_schema(run.part("detect", n)).names)}
+        )
+        if stored != sorted(self.rule.bars):
+            raise StageRefused(
+                f"release refused: detect stored the score columns {stored}, but the configured detectors write "
+                f"{sorted(self.rule.bars)}: run stage=detect (or stage=all) so that the scores decided on are the "
+                "configured models'"
+            )
         if is_published(run.root, r.version):
             if not ctx.is_current(step, made_from, outputs):
                 raise StageRefused(published_refusal(run.root, r.version))
@@ -270,7 +292,7 @@ class ReleaseStage(ShardStage):
         def choose() -> None:
             candidates, known = [], []
             for shard in range(num_shards):
-                rows = with_decision(status_columns(run, shard), self.cfg)
+                rows = with_decision(status_columns(run, shard), self.rule)
                 status, _ = overall_status(rows, RELEASE_INPUTS)
                 known.append(rows["image_id"])
                 candidates.append(rows.loc[status == KEPT, ["image_id", "owner_nsid"]].assign(shard=shard))
@@ -300,7 +322,7 @@ class ReleaseStage(ShardStage):
         return self.work(run) / "selection" / f"part-{shard:05d}.parquet"
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
-        rows = with_decision(rows, self.cfg)
+        rows = with_decision(rows, self.rule)
         status, reason = overall_status(rows, RELEASE_INPUTS)
         by_id = read_parquet(self.selection_path(run, shard)).set_index("image_id")["select_reason"]
         select_reason = pd.Series(by_id.reindex(rows["image_id"]).to_numpy(), index=rows.index, dtype="string")
