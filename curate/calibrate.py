@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 import curate
-from curate.calibration import Rates, kfold, rates, search
+from curate.calibration import Rates, category_rates, kfold, per_column, rates, removed, search
 from curate.config import ConfigError, CurateConfig
 from curate.detect.bars import Bar, family_of, score_columns
 from curate.detect.presets import Preset, save_preset
@@ -59,32 +59,17 @@ def rates_json(found: Rates) -> dict[str, Any]:
     }
 
 
-def per_category(frame: pd.DataFrame, hit: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Per label/category: images, and the share removed (recall for humans, false removal for the others)."""
-    out = {}
-    for (label, category), group in frame.assign(_hit=hit).groupby(["label", "category"], sort=True):
-        key = "recall" if label == "human" else "false_removal"
-        out[f"{label}/{category}"] = {"n": len(group), key: round(float(group["_hit"].mean()), 4)}
-    return out
-
-
 def per_model(frame: pd.DataFrame, human: np.ndarray, bars: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Each column alone at its bar, and the human images only it catches."""
-    fired = {c: np.nan_to_num(frame[c].to_numpy(dtype="float64"), nan=-1.0) > bar for c, bar in bars.items()}
-    out = {}
-    for column, hits in fired.items():
-        others = np.zeros(len(frame), dtype=bool)
-        for other, other_hits in fired.items():
-            if other != column:
-                others |= other_hits
-        alone = rates(frame[[column]], human, {column: bars[column]})
-        out[column] = {
+    return {
+        column: {
             "bar": round(bars[column], 6),
             "recall_alone": round(alone.recall, 4),
             "false_removal_alone": round(alone.false_removal, 4),
-            "only_it_catches": frame.loc[hits & human & ~others, "file"].tolist(),
+            "only_it_catches": frame.loc[only, "file"].tolist(),
         }
-    return out
+        for column, (alone, only) in per_column(frame[list(bars)], human, bars).items()
+    }
 
 
 def calibrate(frame: pd.DataFrame, target: float, folds: int, seed: int) -> dict[str, Any]:
@@ -95,14 +80,12 @@ def calibrate(frame: pd.DataFrame, target: float, folds: int, seed: int) -> dict
     human = (frame["label"] == "human").to_numpy()
     scores = frame[columns].astype("float64")
     bars = search(scores, human, target)
-    hit = np.zeros(len(frame), dtype=bool)
-    for column, bar in bars.items():
-        hit |= np.nan_to_num(scores[column].to_numpy(), nan=-1.0) > bar
+    hit = removed(scores, bars)
     return {
         "bars": bars,
         "in_sample": rates(scores, human, bars),
         "kfold": kfold(scores, human, target, folds=folds, seed=seed).rates,
-        "per_category": per_category(frame, hit),
+        "per_category": category_rates(frame, hit),
         "per_model": per_model(frame, human, bars),
         "missed": frame.loc[human & ~hit, "file"].tolist(),
     }
@@ -110,16 +93,13 @@ def calibrate(frame: pd.DataFrame, target: float, folds: int, seed: int) -> dict
 
 def from_folder(cfg: CurateConfig, images: Path, labels_path: Path, scores_path: Path) -> tuple[pd.DataFrame, dict]:
     """The labelled folder's scores: read back when the same detectors scored the same labels, else detect."""
-    from curate.evaluate import provenance, score_folder
+    from curate.evaluate import provenance, read_labels, score_folder
     from curate.stages.detect import DetectStage
 
-    labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
-    missing = {"file", "label", "category"} - set(labels.columns)
-    if missing:
-        raise ConfigError(f"{labels_path} lacks columns {sorted(missing)}")
+    labels = read_labels(labels_path)
     # What the scores are made of: the detectors as identified for detect's fingerprint, detect's code version,
     # the labels, and every listed image's name, size and mtime (a changed photo is scored again).
-    listing = [(name, (images / name).stat().st_size, (images / name).stat().st_mtime_ns) for name in labels["file"]]
+    listing = [(name, *_size_and_mtime(images / name)) for name in labels["file"]]
     made_of = {
         "detect": DetectStage(cfg).fingerprint_config(),
         "detect_version": DetectStage.version,
@@ -127,28 +107,40 @@ def from_folder(cfg: CurateConfig, images: Path, labels_path: Path, scores_path:
         "labels_sha256": sha256_file(labels_path),
         "images": listing,
     }
-    stamp = scores_path.with_suffix(".json")
-    if scores_path.exists() and stamp.exists() and json.loads(stamp.read_text()) == json.loads(json.dumps(made_of)):
+    stamp_path = scores_path.with_suffix(".json")
+    stamp = json.loads(stamp_path.read_text()) if stamp_path.exists() else {}
+    if scores_path.exists() and stamp.get("made_of") == json.loads(json.dumps(made_of, default=str)):
         print(f"curate calibrate: reading the scores back from {scores_path} (same detectors, same labels)")
-        scored = pd.read_parquet(scores_path)
+        scored, unreadable = pd.read_parquet(scores_path), stamp.get("unreadable", [])
     else:
         from curate.models.registry import check_available
 
         check_available(cfg)
-        scored = score_folder(cfg, images, labels)
+        scored, unreadable = score_folder(cfg, images, labels)
         keep = [c for c in scored.columns if c in ("file", "label", "category") or family_of(c)]
         scores_path.parent.mkdir(parents=True, exist_ok=True)
         scored[keep].to_parquet(scores_path, index=False)
-        stamp.write_text(json.dumps(made_of, sort_keys=True, default=str) + "\n")
+        stamp_path.write_text(json.dumps({"made_of": made_of, "unreadable": unreadable}, default=str) + "\n")
+    for entry in unreadable:
+        print(f"curate calibrate: left out, unreadable: {entry['file']} ({entry['error']})", file=sys.stderr)
     described = provenance(cfg, images, labels)
     source = {
         "name": described["evaluation_set"]["name"],
-        "images": len(labels),
+        "images": len(scored),
+        "unreadable": [entry["file"] for entry in unreadable],
         "labels_sha256": made_of["labels_sha256"],
         "models": described["models"],
         "detect": described["detect"],
     }
     return scored, source
+
+
+def _size_and_mtime(path: Path) -> tuple[int | None, int | None]:
+    try:
+        found = path.stat()
+    except OSError:  # listed but absent: score_folder leaves it out as unreadable
+        return None, None
+    return found.st_size, found.st_mtime_ns
 
 
 def from_run(cfg: CurateConfig) -> tuple[pd.DataFrame, dict]:
@@ -200,7 +192,7 @@ def preset_of(name: str, result: dict[str, Any], source: dict, target: float, fo
         ),
         provenance={
             "method": "curate calibrate",
-            "calibration_set": {k: source[k] for k in ("name", "images", "labels_sha256")},
+            "calibration_set": {k: source[k] for k in ("name", "images", "labels_sha256", "unreadable") if k in source},
             "models": source.get("models"),
             "detect": source.get("detect"),
             "target_recall": target,
@@ -235,7 +227,7 @@ def report(result: dict[str, Any], target: float) -> str:
         )
     lines += ["", f"{'category':<40} {'n':>4} {'removed':>8}"]
     for category, values in result["per_category"].items():
-        share = values.get("recall", values.get("false_removal"))
+        share = values.get("recall", values.get("false_removal_rate"))
         lines.append(f"{category:<40} {values['n']:>4} {share:>8.3f}")
     lines += ["", "missed: " + (", ".join(result["missed"]) or "none")]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,6 +76,30 @@ def rates(scores: pd.DataFrame, human: np.ndarray, bars: dict[str, float]) -> Ra
     hit = removed(scores, bars)
     human = np.asarray(human, dtype=bool)
     return Rates(int(human.sum()), int((hit & human).sum()), int((~human).sum()), int((hit & ~human).sum()))
+
+
+def per_column(scores: pd.DataFrame, human: np.ndarray, bars: dict[str, float]) -> dict[str, tuple[Rates, np.ndarray]]:
+    """Each column alone at its bar, and which human images only it removes (no other column is above its bar)."""
+    human = np.asarray(human, dtype=bool)
+    fired = {c: removed(scores[[c]], {c: bar}) for c, bar in bars.items()}
+    out = {}
+    for column, hits in fired.items():
+        others = np.zeros(len(scores), dtype=bool)
+        for other, other_hits in fired.items():
+            if other != column:
+                others |= other_hits
+        out[column] = (rates(scores[[column]], human, {column: bars[column]}), hits & human & ~others)
+    return out
+
+
+def category_rates(frame: pd.DataFrame, removed: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Per label/category of `frame` (columns label, category): images, and the share removed (recall for
+    humans, false-removal rate for the others)."""
+    out: dict[str, dict[str, Any]] = {}
+    for (label, category), group in frame.assign(_removed=removed).groupby(["label", "category"], sort=True):
+        key = "recall" if label == "human" else "false_removal_rate"
+        out[f"{label}/{category}"] = {"n": len(group), key: round(float(group["_removed"].mean()), 4)}
+    return out
 
 
 def search(

@@ -14,6 +14,7 @@ figures and warns where its release ran something else.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import replace
@@ -24,33 +25,66 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from curate.calibration import category_rates, per_column
 from curate.config import DETECTOR_FAMILIES, ConfigError, CurateConfig
 from curate.configload import load_config
 from curate.detect.decide import decide, rule
-from curate.detect.decoding import decode
+from curate.detect.decoding import DECODE_ERRORS, decode
 from curate.stages.detect import Scorer
 
 # The detect settings that change a model's scores (not only its speed): the card compares them with its own.
 SCORE_SETTINGS = ("face_max_side", "person_tiles", "person_tile_min_side")
 
 
-def score_folder(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> pd.DataFrame:
+LABELS = ("human", "no_human")
+
+
+def read_labels(path: Path) -> pd.DataFrame:
+    """labels.csv (file, label human|no_human, category); a missing column or another label is refused, naming
+    the rows (a typo such as "humans" would otherwise count as an image without people)."""
+    labels = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"file", "label", "category"} - set(labels.columns)
+    if missing:
+        raise ConfigError(f"{path} lacks columns {sorted(missing)}")
+    bad = np.flatnonzero(~labels["label"].isin(LABELS).to_numpy())
+    if len(bad):  # line numbers of the file: its header is line 1
+        shown = ", ".join(f"line {i + 2}: {labels['label'].iloc[i]!r}" for i in bad[:5])
+        raise ConfigError(f"{path}: label must be human or no_human ({len(bad)} row(s) are not: {shown})")
+    return labels
+
+
+def score_folder(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """The labelled images with every detector's scores, and the images that could not be read or decoded
+    (file and why): those are left out of the figures and listed, never scored as "nothing found"."""
     scorer = Scorer(cfg)
     columns: dict[str, list[Any]] = {}
-    files = labels["file"].tolist()
+    readable: list[int] = []
+    unreadable: list[dict[str, str]] = []
     size = cfg.detect.batch_size
     # Minutes on a CPU: show how far it got (on stderr, so stdout stays the report; off when not a terminal).
-    with tqdm(total=len(files), desc="evaluate", unit="image", file=sys.stderr, disable=None) as bar:
-        for start in range(0, len(files), size):
-            batch = [decode((images / name).read_bytes()) for name in files[start : start + size]]
-            for key, values in scorer.score(batch).items():
+    with tqdm(total=len(labels), desc="evaluate", unit="image", file=sys.stderr, disable=None) as bar:
+        for start in range(0, len(labels), size):
+            batch = []
+            for index, name in enumerate(labels["file"].iloc[start : start + size], start):
+                try:
+                    batch.append(decode((images / name).read_bytes()))
+                except DECODE_ERRORS as err:  # OSError covers a missing file
+                    unreadable.append({"file": name, "error": f"{type(err).__name__}: {err}"[:300]})
+                    continue
+                readable.append(index)
+            for key, values in (scorer.score(batch) if batch else {}).items():
                 columns.setdefault(key, []).extend(values)
-            bar.update(len(batch))
-    return pd.concat([labels.reset_index(drop=True), pd.DataFrame(columns)], axis=1)
+            bar.update(min(size, len(labels) - start))
+    kept = labels.iloc[readable].reset_index(drop=True)
+    return pd.concat([kept, pd.DataFrame(columns)], axis=1), unreadable
 
 
 def rate(hits: pd.Series) -> float | None:
     return round(float(hits.mean()), 4) if len(hits) else None
+
+
+def _rounded(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 4)
 
 
 def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
@@ -58,31 +92,17 @@ def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
     decision, reason = decide(scored, active)
     scored = scored.assign(decision=decision, reason=reason, removed=decision != "keep")
     human = scored["label"] == "human"
-    fired_by = {
-        column: scored[column].astype(float).fillna(-1).to_numpy() > bar.reject for column, bar in active.bars.items()
-    }
+    bars = {column: bar.reject for column, bar in active.bars.items()}
     per_detector: dict[str, Any] = {}
-    for column, fired in fired_by.items():
-        # what only this model catches: human images no other column is above its bar on
-        others = np.zeros(len(scored), dtype=bool)
-        for other, hits in fired_by.items():
-            if other != column:
-                others |= hits
-        only = fired & human.to_numpy() & ~others
+    for column, (alone, only) in per_column(scored[list(bars)], human.to_numpy(), bars).items():
         per_detector[column.removesuffix("_max")] = {
-            "threshold": active.bars[column].reject,
-            "recall": rate(pd.Series(fired[human.to_numpy()])),
-            "false_removal_rate": rate(pd.Series(fired[~human.to_numpy()])),
+            "threshold": bars[column],
+            "recall": _rounded(alone.recall),
+            "false_removal_rate": _rounded(alone.false_removal),
             "only_it_catches": int(only.sum()),
             "only_it_catches_files": scored.loc[only, "file"].tolist(),
         }
-    per_category = {
-        f"{label}/{category}": {
-            "n": len(group),
-            ("recall" if label == "human" else "false_removal_rate"): rate(group["removed"]),
-        }
-        for (label, category), group in scored.groupby(["label", "category"], sort=True)
-    }
+    per_category = category_rates(scored, scored["removed"].to_numpy())
     missed = scored[human & ~scored["removed"]]
     wrongly = scored[~human & scored["removed"]]
     return {
@@ -151,18 +171,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config([*overrides, "stage=detect"])
         # One process does all the work here: let torch use every core.
         cfg = replace(cfg, detect=replace(cfg.detect, torch_threads=cfg.detect.torch_threads or os.cpu_count() or 1))
-        labels = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
-        missing = {"file", "label", "category"} - set(labels.columns)
-        if missing:
-            raise ConfigError(f"{labels_path} lacks columns {sorted(missing)}")
+        labels = read_labels(labels_path)
         from curate.models.registry import check_available
 
         check_available(cfg)
     except (ConfigError, FileNotFoundError) as err:
         print(f"curate.evaluate: {err}", file=sys.stderr)
         return 2
-    result = {**summarise(score_folder(cfg, images, labels), cfg), **provenance(cfg, images, labels)}
+    scored, unreadable = score_folder(cfg, images, labels)
+    result = {**summarise(scored, cfg), **provenance(cfg, images, labels), "unreadable": unreadable}
     print(report(result))
+    for entry in unreadable:
+        print(f"left out, unreadable: {entry['file']} ({entry['error']})", file=sys.stderr)
     if "out" in own:
         Path(own["out"]).write_text(json.dumps(result, indent=2, sort_keys=True, default=_plain) + "\n")
     return 0

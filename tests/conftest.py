@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,17 @@ NO_FILTER = [
     "decide.clip=1",
     *NO_SELECT,
 ]
+
+
+@pytest.fixture(scope="module")
+def two_threads() -> Iterator[None]:
+    """torch on two threads for a module that runs models (this machine's cores), as it was afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def run_curate(*overrides: str) -> int:

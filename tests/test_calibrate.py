@@ -94,3 +94,28 @@ def test_calibrate_refuses_what_it_cannot_do(tmp_path: Path, capsys: pytest.Capt
     assert main([f"run.dir={run_dir}", f"out={tmp_path / 'x.yaml'}"]) == 2
     assert "curate calibrate" in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_an_unreadable_labelled_image_is_left_out_and_named_and_a_bad_label_refused(
+    labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "set"
+    shutil.copytree(labelled, folder)
+    (folder / "images").mkdir(exist_ok=True)
+    (folder / "images" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+    labels = pd.read_csv(folder / "labels.csv")
+    extra = pd.DataFrame([{"file": "images/cut.jpg", "label": "human", "category": "broken"},
+                          {"file": "images/absent.jpg", "label": "no_human", "category": "broken"}])  # fmt: skip
+    pd.concat([labels, extra]).to_csv(folder / "labels.csv", index=False)
+    out = tmp_path / "p.yaml"
+    assert main([f"images={folder}", f"out={out}", f"models.dir={MODELS}", "target_recall=0.8"]) == 0
+    err = capsys.readouterr().err
+    assert "left out, unreadable: images/cut.jpg" in err and "images/absent.jpg" in err
+    found = load_preset(str(out)).provenance["calibration_set"]
+    assert found["images"] == 10 and found["unreadable"] == ["images/cut.jpg", "images/absent.jpg"]
+
+    pd.concat([labels, pd.DataFrame([{"file": "x.jpg", "label": "humans", "category": "typo"}])]).to_csv(
+        folder / "labels.csv", index=False
+    )
+    assert main([f"images={folder}", f"out={tmp_path / 'q.yaml'}", f"models.dir={MODELS}"]) == 2
+    assert "label must be human or no_human (1 row(s) are not: line 12: 'humans')" in capsys.readouterr().err

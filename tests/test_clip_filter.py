@@ -29,6 +29,9 @@ from curate.detect.clip_filter import (
     human_probability,
 )
 
+# torch on two threads for this module (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("two_threads")
+
 IMAGES = Path(__file__).resolve().parents[1] / "curate" / "sample_data" / "images"
 PHOTOS = [
     "caffe_cat.jpg",  # 360 x 480
@@ -42,14 +45,6 @@ PHOTOS = [
 FEW_HUMAN = ("a person", "a person's hand")
 FEW_OTHER = ("a landscape with no people", "a statue")
 FEW_TEMPLATES = ("a photo of {}.", "a blurry photo of {}.")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

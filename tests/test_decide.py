@@ -150,3 +150,16 @@ def test_the_config_is_refused_before_any_work_when_its_preset_lacks_a_configure
         "person_fasterrcnn_resnet50_fpn_v2_max",
         "clip_human_prob",
     }
+
+
+def test_a_preset_with_values_of_the_wrong_kind_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "typed.yaml"
+    path.write_text(
+        "bars:\n  face_x_max: {reject: high}\n  person_y_max: {reject: 0.5, calibrated: 'false'}\n  hand_z_max: true\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_preset(str(path))
+    message = str(refused.value)
+    assert "face_x_max: reject and review must be numbers" in message
+    assert "person_y_max: calibrated must be true or false" in message
+    assert "hand_z_max: needs at least" in message

@@ -4,8 +4,6 @@ and the hand crops' landmark outputs equal the TFLite runtime's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -25,17 +23,12 @@ from curate.detect.hands import HandDetector, palm_rects
 from curate.detect.mediapipe_crops import letterbox_batch
 from curate.detect.types import Detections
 
+# torch on two threads for this module (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("two_threads")
+
 LONE_HAND = "mmp_freihand_00032915.jpg"
 CLEAR_FACES = ["df_dataset_img1.jpg", "fr_obama_and_biden.jpg", "df_couple.jpg"]
 NO_HUMAN = ["caffe_cat.jpg", "dn_horses.jpg"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

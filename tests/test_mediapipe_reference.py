@@ -6,30 +6,23 @@ end to end, beyond the networks' raw outputs."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from test_mediapipe_tflite import DEV, FACE_FILE, LANDMARK_FILE, PALM_FILE, models_present
 
 from curate.detect.blazeface import BlazeFaceDetector
 from curate.detect.hands import HandDetector
 
+# torch on two threads for this module (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("two_threads")
+
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "mediapipe_0.10.21_dev.json").read_text())
 # Largest |ours - MediaPipe's| top face score: measured 0.015 over its 76 faces (median 5.5e-4). Probably
 # OpenCV's uint8 warp, which rounds interpolation weights to 1/32 (INTER_BITS 5): a few input pixels move a level.
 FACE_TOLERANCE = 0.03
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ networks' raw outputs on real photos equal to the TFLite runtime's (`ai-edge-lit
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,9 @@ from curate.detect.mediapipe_crops import letterbox_batch
 from curate.detect.mediapipe_ssd import anchor_centres, weighted_nms
 from curate.detect.tflite_network import TfliteNetwork, fold_pads, load_network, same_padding
 from curate.detect.tflite_weights import Dimension, Sparsity, densify, fold_constants, read_graph, read_raw_graph
+
+# torch on two threads for this module (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 DEV = SHARED / "evalsets" / "dev" / "images"
 PALM_FILE = MODELS / "mediapipe_palm_detection_full.tflite"
@@ -53,14 +55,6 @@ def photos() -> list[np.ndarray]:
         with Image.open(DEV / name) as image:
             out.append(np.asarray(image.convert("RGB")))
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------------- reading

@@ -17,20 +17,15 @@ from curate.detect.yolox import YoloxDetector
 from curate.detect.yolox_network import VARIANTS, build_yolox
 from curate.detect.yolox_weights import load_yolox, state_dict_from_onnx
 
+# torch on two threads for this module (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("two_threads")
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 ONNX = SHARED / "models" / "yolox_nano_coco_416.onnx"
 DEV = SHARED / "evalsets" / "dev" / "images"
 
 needs_onnx = pytest.mark.skipif(not ONNX.exists(), reason=f"YOLOX-Nano ONNX weights not found at {ONNX}")
 needs_dev = pytest.mark.skipif(not DEV.is_dir(), reason=f"dev photos not found at {DEV}")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def photo(name: str) -> np.ndarray:

@@ -24,6 +24,9 @@ from curate.detect.retinaface import (
 )
 from curate.detect.types import Detections
 
+# torch on two threads for this module (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("two_threads")
+
 WEIGHTS = MODELS / "retinaface_mobilenet0.25_Final.pth"
 SAMPLE = REPO / "curate" / "sample_data" / "images"
 DEV = SHARED / "evalsets" / "dev" / "images"
@@ -46,14 +49,6 @@ def load(name: str) -> np.ndarray:
             with Image.open(folder / name) as image:
                 return np.asarray(image.convert("RGB"))
     pytest.skip(f"{name} is in neither {SAMPLE} nor {DEV}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_threads() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

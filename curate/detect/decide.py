@@ -50,8 +50,7 @@ def family_bar(cfg: DecideConfig, family: str) -> Bar:
     if cfg.preset == "pass_v1":
         source = "PASS v1: face or person (full image) > 0.5; nothing else counts"
         return Bar(0.5, source=source) if family in ("face", "person") else Bar(NEVER, source=source)
-    key = "clip" if family == "clip" else family
-    return Bar(getattr(cfg, key), getattr(cfg, f"{key}_review"), source="decide.preset=custom")
+    return Bar(getattr(cfg, family), getattr(cfg, f"{family}_review"), source="decide.preset=custom")
 
 
 def rule(cfg: DecideConfig, columns: Sequence[str]) -> Rule:

@@ -55,7 +55,7 @@ def load_preset(value: str) -> Preset:
         if family_of(str(column)) is None:
             problems.append(f"{column}: not a score column (face_*_max, person_*_max, hand_*_max, clip_human_prob)")
             continue
-        entry = {"reject": entry} if isinstance(entry, (int, float)) else entry
+        entry = {"reject": entry} if isinstance(entry, (int, float)) and not isinstance(entry, bool) else entry
         if not isinstance(entry, dict) or "reject" not in entry:
             problems.append(f"{column}: needs at least `reject: <0..1>`")
             continue
@@ -63,11 +63,16 @@ def load_preset(value: str) -> Preset:
         if unknown:
             problems.append(f"{column}: unknown keys {sorted(unknown)}")
             continue
-        bar = Bar(float(entry["reject"]), float(entry.get("review", 1.0)), bool(entry.get("calibrated", False)),
-                  str(entry.get("source", "")))  # fmt: skip
-        if not (0.0 <= bar.reject <= 1.0 and 0.0 <= bar.review <= 1.0):
+        reject, review, calibrated = entry["reject"], entry.get("review", 1.0), entry.get("calibrated", False)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (reject, review)):
+            problems.append(f"{column}: reject and review must be numbers")
+            continue
+        if not isinstance(calibrated, bool):  # "false" in quotes would read as true
+            problems.append(f"{column}: calibrated must be true or false")
+            continue
+        if not (0.0 <= reject <= 1.0 and 0.0 <= review <= 1.0):
             problems.append(f"{column}: reject and review must lie within 0..1")
-        bars[str(column)] = bar
+        bars[str(column)] = Bar(float(reject), float(review), calibrated, str(entry.get("source", "")))
     if problems:
         raise ConfigError(f"decide.preset={value} ({path}): " + "; ".join(problems))
     return Preset(
