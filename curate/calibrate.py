@@ -1,5 +1,5 @@
-"""`curate calibrate images=DIR [labels=CSV] out=PRESET.yaml [target_recall=0.97] [max_false_removal=F]
-[folds=5] [seed=0] [name=NAME] [scores=FILE.parquet] [pipeline=NAME] [detect.* overrides]`
+"""`curate calibrate images=DIR [labels=CSV] out=PRESET.yaml [target_recall=0.97] [review_recall=R]
+[max_false_removal=F] [folds=5] [seed=0] [name=NAME] [scores=FILE.parquet] [pipeline=NAME] [detect.* overrides]`
 
 `curate calibrate run.dir=RUN out=PRESET.yaml [target_recall=...]`
 
@@ -7,6 +7,11 @@ Finds one bar per score column (per model: `face_<name>_max`, `person_<name>_max
 `hand_<name>_max`, `clip_human_prob`) for the lowest false-removal rate at the target recall under the OR rule
 (any column above its bar removes the image), and writes them as a decision preset: use it with
 `decide.preset=PRESET.yaml`.
+
+With `review_recall=R` (from target_recall up to 1; none by default) it also searches a review band: one review bar
+per column, at most its reject bar, such that the images rejected or sent to review hold R of the human images,
+sending as few images without humans to review as it finds. The preset then carries the review bars, and its
+provenance the band's recall (reviews counted as caught) and review load, in-sample and k-fold.
 
 From a labelled folder (labels.csv as for `curate evaluate`: file, label human|no_human, category) it runs detect
 once and keeps the scores (`scores=`, default `<out>.scores.parquet`, with a `.json` beside it naming the
@@ -20,8 +25,9 @@ tighten the bars for the models the run actually used.
 The preset records its provenance: the models (with their weights' sha256), the calibration set (name, images,
 sha256 of its labels), the target, the measured recall and false-removal rate with 95 % Wilson intervals, both
 in-sample and as a stratified k-fold estimate (bars searched on the other folds, so closer to what unseen images
-will see), a per-category table, the curate version and the date. When the bars found miss the target recall or
-exceed `max_false_removal` the exit code is 1 and they go to `<out>.missed.yaml` instead, leaving `out` as it was.
+will see), a per-category table, the curate version and the date; each bar names the set it was calibrated on.
+When the bars found miss the target recall (or the review recall) or exceed `max_false_removal` the exit code is 1
+and they go to `<out>.missed.yaml` instead, leaving `out` as it was.
 """
 
 from __future__ import annotations
@@ -38,14 +44,39 @@ import numpy as np
 import pandas as pd
 
 import curate
-from curate.calibration import Rates, category_rates, kfold, per_column, rates, removed, search
+from curate.calibration import (
+    BandRates,
+    Rates,
+    category_rates,
+    kfold,
+    per_column,
+    rates,
+    removed,
+    review_rates,
+    search,
+    search_review,
+)
 from curate.config import ConfigError, CurateConfig
-from curate.detect.bars import Bar, family_of, score_columns
+from curate.detect.bars import NEVER, Bar, family_of, score_columns
 from curate.detect.presets import Preset, save_preset
 from curate.io.atomic import sha256_file
 
-OWN_KEYS = ("images", "labels", "out", "target_recall", "max_false_removal", "folds", "seed", "name", "scores")
-USAGE = "usage: curate calibrate (images=DIR [labels=CSV] | run.dir=RUN) out=PRESET.yaml [target_recall=0.97] ..."
+OWN_KEYS = (
+    "images",
+    "labels",
+    "out",
+    "target_recall",
+    "review_recall",
+    "max_false_removal",
+    "folds",
+    "seed",
+    "name",
+    "scores",
+)
+USAGE = (
+    "usage: curate calibrate (images=DIR [labels=CSV] | run.dir=RUN) out=PRESET.yaml [target_recall=0.97] "
+    "[review_recall=R] ..."
+)
 
 
 def rates_json(found: Rates) -> dict[str, Any]:
@@ -56,6 +87,19 @@ def rates_json(found: Rates) -> dict[str, Any]:
         "false_removal_ci": [round(v, 4) for v in found.false_removal_ci],
         "humans": found.humans,
         "others": found.others,
+    }
+
+
+def band_json(found: BandRates) -> dict[str, Any]:
+    return {
+        "recall_with_review": round(found.recall, 4),
+        "recall_with_review_ci": [round(v, 4) for v in found.recall_ci],
+        "review_images": found.reviewed,
+        "review_load": round(found.review_load, 4),
+        "review_load_ci": [round(v, 4) for v in found.review_load_ci],
+        "humans_to_review": found.reviewed_humans,
+        "others_to_review": found.reviewed_others,
+        "images": found.images,
     }
 
 
@@ -72,8 +116,10 @@ def per_model(frame: pd.DataFrame, human: np.ndarray, bars: dict[str, float]) ->
     }
 
 
-def calibrate(frame: pd.DataFrame, target: float, folds: int, seed: int) -> dict[str, Any]:
-    """The bars, and what they measure in-sample and held out."""
+def calibrate(
+    frame: pd.DataFrame, target: float, folds: int, seed: int, review_recall: float | None = None
+) -> dict[str, Any]:
+    """The bars, and what they measure in-sample and held out; with `review_recall`, the review band too."""
     columns = score_columns(frame.columns)
     if not columns:
         raise ConfigError("no score columns to calibrate: did any detector run?")
@@ -81,14 +127,24 @@ def calibrate(frame: pd.DataFrame, target: float, folds: int, seed: int) -> dict
     scores = frame[columns].astype("float64")
     bars = search(scores, human, target)
     hit = removed(scores, bars)
-    return {
+    held_out = kfold(scores, human, target, folds=folds, seed=seed, review_recall=review_recall)
+    result = {
         "bars": bars,
         "in_sample": rates(scores, human, bars),
-        "kfold": kfold(scores, human, target, folds=folds, seed=seed).rates,
+        "kfold": held_out.rates,
         "per_category": category_rates(frame, hit),
         "per_model": per_model(frame, human, bars),
         "missed": frame.loc[human & ~hit, "file"].tolist(),
     }
+    if review_recall is not None:
+        review = search_review(scores, human, bars, review_recall)
+        result |= {
+            "review_recall": review_recall,
+            "review_bars": review,
+            "band_in_sample": review_rates(scores, human, bars, review),
+            "band_kfold": held_out.band,
+        }
+    return result
 
 
 def from_folder(cfg: CurateConfig, images: Path, labels_path: Path, scores_path: Path) -> tuple[pd.DataFrame, dict]:
@@ -182,7 +238,25 @@ def from_run(cfg: CurateConfig) -> tuple[pd.DataFrame, dict]:
 
 
 def preset_of(name: str, result: dict[str, Any], source: dict, target: float, folds: int) -> Preset:
-    bars = {c: Bar(reject=float(b), calibrated=True) for c, b in result["bars"].items()}
+    origin = f"curate calibrate on {source['name']} ({source['images']} images), target recall {target}"
+    review = result.get("review_bars")
+    if review is not None:
+        origin += f", review recall {result['review_recall']}"
+    bars = {
+        c: Bar(reject=float(b), review=float(review[c]) if review else NEVER, calibrated=True, source=origin)
+        for c, b in result["bars"].items()
+    }
+    measured: dict[str, Any] = {
+        "in_sample": rates_json(result["in_sample"]),
+        "kfold": {"folds": folds, **rates_json(result["kfold"])},
+    }
+    goals: dict[str, Any] = {"target_recall": target}
+    if review is not None:
+        goals["review_recall"] = result["review_recall"]
+        measured["with_review"] = {
+            "in_sample": band_json(result["band_in_sample"]),
+            "kfold": {"folds": folds, **band_json(result["band_kfold"])},
+        }
     return Preset(
         name=name,
         bars=bars,
@@ -195,11 +269,8 @@ def preset_of(name: str, result: dict[str, Any], source: dict, target: float, fo
             "calibration_set": {k: source[k] for k in ("name", "images", "labels_sha256", "unreadable") if k in source},
             "models": source.get("models"),
             "detect": source.get("detect"),
-            "target_recall": target,
-            "measured": {
-                "in_sample": rates_json(result["in_sample"]),
-                "kfold": {"folds": folds, **rates_json(result["kfold"])},
-            },
+            **goals,
+            "measured": measured,
             "per_category": result["per_category"],
             "per_model": result["per_model"],
             "curate_version": curate.__version__,
@@ -216,9 +287,20 @@ def report(result: dict[str, Any], target: float) -> str:
             f"{found.false_removal:.3f} ({f0:.3f}-{f1:.3f}, {found.removed_others}/{found.others})"
         )
 
-    lines = [f"target recall {target}; 95 % Wilson intervals in brackets", line("in-sample", result["in_sample"]),
-             line("k-fold", result["kfold"]), "", f"{'score column':<36} {'bar':>8} {'recall':>7} {'false rm':>9}"
-             "  only it catches"]  # fmt: skip
+    def band_line(label: str, found: BandRates) -> str:
+        (r0, r1), (l0, l1) = found.recall_ci, found.review_load_ci
+        return (
+            f"{label:<10} recall with review {found.recall:.3f} ({r0:.3f}-{r1:.3f}, {found.caught}/{found.humans})   "
+            f"review load {found.review_load:.3f} ({l0:.3f}-{l1:.3f}, {found.reviewed}/{found.images} images: "
+            f"{found.reviewed_humans} human, {found.reviewed_others} not)"
+        )
+
+    goal = f"target recall {target}" + (f", review recall {result['review_recall']}" if "review_bars" in result else "")
+    lines = [f"{goal}; 95 % Wilson intervals in brackets", line("in-sample", result["in_sample"]),
+             line("k-fold", result["kfold"])]  # fmt: skip
+    if "review_bars" in result:
+        lines += [band_line("in-sample", result["band_in_sample"]), band_line("k-fold", result["band_kfold"])]
+    lines += ["", f"{'score column':<36} {'bar':>8} {'recall':>7} {'false rm':>9}  only it catches"]
     for column, values in result["per_model"].items():
         only = ", ".join(values["only_it_catches"]) or "-"
         lines.append(
@@ -251,8 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         target = float(own.get("target_recall", 0.97))
         limit = float(own["max_false_removal"]) if "max_false_removal" in own else None
         folds, seed = int(own.get("folds", 5)), int(own.get("seed", 0))
+        review_recall = float(own["review_recall"]) if "review_recall" in own else None
         if not 0.0 < target <= 1.0 or folds < 2:
             raise ConfigError("target_recall must lie in (0, 1] and folds must be >= 2")
+        if review_recall is not None and not target <= review_recall <= 1.0:
+            raise ConfigError(f"review_recall must lie in [target_recall, 1] = [{target}, 1], not {review_recall}")
         # stage=detect: the detectors and their settings, not the run's inputs (nothing is written to a run)
         cfg = load_config([*overrides, "stage=detect", "decide.preset=custom"])
         if from_a_run:
@@ -264,18 +349,21 @@ def main(argv: list[str] | None = None) -> int:
             threads = cfg.detect.torch_threads or os.cpu_count() or 1
             cfg = replace(cfg, detect=replace(cfg.detect, torch_threads=threads))
             frame, source = from_folder(cfg, images, Path(own.get("labels", images / "labels.csv")), scores)
-        result = calibrate(frame, target, folds, seed)
+        result = calibrate(frame, target, folds, seed, review_recall)
     except (ConfigError, FileNotFoundError) as err:
         print(f"curate calibrate: {err}", file=sys.stderr)
         return 2
     preset = preset_of(own.get("name", out.stem), result, source, target, folds)
     print(report(result, target))
     kept_target = result["in_sample"].recall >= target - 1e-12
-    if not kept_target or (limit is not None and result["in_sample"].false_removal > limit):
+    # A review band that cannot reach its recall misses the goal as the reject bars do.
+    kept_review = review_recall is None or result["band_in_sample"].recall >= review_recall - 1e-12
+    if not (kept_target and kept_review) or (limit is not None and result["in_sample"].false_removal > limit):
         # Never over a working preset a config may point at: the bars that missed go beside it, to look at.
         missed = out.with_name(out.stem + ".missed.yaml")
         save_preset(missed, preset)
-        print(f"\ncurate calibrate: the bars found miss the goal (target recall {target}, max false removal {limit}); "
+        goal = f"target recall {target}" + ("" if review_recall is None else f", review recall {review_recall}")
+        print(f"\ncurate calibrate: the bars found miss the goal ({goal}, max false removal {limit}); "
               f"they are in {missed}, {out} is left as it was")  # fmt: skip
         return 1
     save_preset(out, preset)

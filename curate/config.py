@@ -9,7 +9,7 @@ and models a config names are there is `curate.preflight`'s question; loading a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -261,14 +261,17 @@ class ModelsConfig:
 
 @dataclass
 class DetectConfig:
-    # Registry names (curate/models/registry.py); an empty list switches that family off.
-    face: list[str] = field(default_factory=lambda: ["retinaface_mnet025"])
-    # Person detectors (registry names, e.g. yolox_nano, fasterrcnn_v2); an empty list switches persons off.
+    # Registry names (curate/models/registry.py); an empty list switches that family off. The defaults are the
+    # offline stack the strict preset was calibrated for: PASS's RetinaFace MobileNet-0.25 and BlazeFace full
+    # range (painted and drawn faces RetinaFace misses), YOLOX-Nano with tiles, MediaPipe hands.
+    face: list[str] = field(default_factory=lambda: ["retinaface_mnet025", "blazeface_full"])
+    # Person detectors (registry names, e.g. yolox_nano, yolox_l, fasterrcnn_resnet50_fpn_v2); an empty list
+    # switches persons off.
     person: list[str] = field(default_factory=lambda: ["yolox_nano"])
     # Hand detectors (registry names, e.g. mediapipe_hands: palms, then hand presence on each palm's crop), for
     # the lone hands and body parts that face and person detectors miss; hand_<name>_* columns, decided by
-    # decide.hand. They never take tiles. Empty (the default) switches hands off.
-    hand: list[str] = field(default_factory=list)
+    # decide.hand. They never take tiles. Empty switches hands off.
+    hand: list[str] = field(default_factory=lambda: ["mediapipe_hands"])
     # open_clip model and pretrained tag, e.g. ViT-B-32 + openai; empty model = no CLIP filter.
     clip_model: str = ""
     # The open_clip pretrained tag of detect.clip_model.
@@ -283,9 +286,10 @@ class DetectConfig:
     # itself. Speed and memory only: the results are those of one image at a time.
     batch_pixels: int = field(default=0, metadata=RUNTIME)
     # Faces: images whose long side exceeds this are shrunk for the face detectors (0 = original size, as PASS
-    # ran). No dev-set image exceeds 1024 px, so no cap >= 1024 changes the dev figures (recall 0.956, false
-    # removals 0.143). With the dev set upscaled 4x (long sides ~4096, standing in for 12-16 MP originals), the
-    # full stack (strict) removed 108 of 114 human images at the original size and at caps 3000, 2048 and 1600,
+    # ran). No dev-set image exceeds 1024 px, so no cap >= 1024 changes the dev figures. Measured with the earlier
+    # stack (RetinaFace MobileNet-0.25 + YOLOX-Nano, its hand-tuned bars; recall 0.956 and false removals 0.143 on
+    # dev): with the dev set upscaled 4x (long sides ~4096, standing in for 12-16 MP originals), it removed
+    # 108 of 114 human images at the original size and at caps 3000, 2048 and 1600,
     # 109 at 1024; false removals 24, 23, 19, 18, 18 of 105 (RetinaFace fires on animal faces at large sizes).
     # 2048 rather than 1024: upscaled images hold no detail finer than their source, so the test cannot show
     # what a smaller cap loses on a real 48 MP photo (faces under 16 px x side / cap, 62 px at 8000 / 2048).
@@ -293,10 +297,14 @@ class DetectConfig:
     # original size) and peaked 1.9 GB lower (bench/README.md, "Memory").
     face_max_side: int = 2048
     # Persons: extra passes on an N x N grid of overlapping crops, for small distant people (1 = off). Their best
-    # score is stored apart (person_<name>_tiles_max), for decide.person_tiles; the strict preset was tuned with 3.
+    # score is stored apart (person_<name>_tiles_max), with a bar of its own; strict was calibrated with 3.
     person_tiles: int = 3
-    # Only images whose long side exceeds this get tiles (0 = all; the strict preset was tuned with 0).
+    # Only images whose long side exceeds this get tiles (0 = all; the strict preset was calibrated with 0).
     person_tile_min_side: int = 0
+    # Person detectors (of detect.person) that score the full view only, whatever detect.person_tiles says: a
+    # large model whose own input already resolves small people (pipeline=pass: YOLOX-L beside YOLOX-Nano's
+    # tiles), or one that cannot tile (Faster R-CNN). Their columns have no _tiles_max.
+    person_tiles_skip: list[str] = field(default_factory=list)
     # Boxes at or above this score are kept in the manifest (scores below it only count in *_max).
     box_floor: float = 0.1
     # fp16 on CUDA for the person detectors and CLIP (RetinaFace MobileNet-0.25 always runs in float32).
@@ -318,7 +326,15 @@ class DetectConfig:
             (self.face_max_side >= 0, "detect.face_max_side must be >= 0 (0 = native size)"),
             (self.person_tiles >= 1, "detect.person_tiles must be >= 1 (1 = no tiles)"),
             (self.person_tile_min_side >= 0, "detect.person_tile_min_side must be >= 0 (0 = tile every image)"),
+            *(
+                (name in self.person, f"detect.person_tiles_skip names {name}, which detect.person does not list")
+                for name in self.person_tiles_skip
+            ),
         )
+
+    def seen_by(self, name: str) -> DetectConfig:
+        """The settings as detector `name` sees them: without tiles when detect.person_tiles_skip lists it."""
+        return replace(self, person_tiles=1) if name in self.person_tiles_skip else self
 
 
 @dataclass
@@ -327,7 +343,8 @@ class DecideConfig:
 
     # strict = one bar per score column of the offline stack (curate/presets/strict.yaml); pass = the same for
     # pipeline=pass's models; a path = a preset file of your own (curate calibrate writes them); pass_v1 = PASS's
-    # exact rule (any face or full-image person > 0.5, nothing else); custom = the family thresholds below.
+    # exact rule (RetinaFace MobileNet-0.25 or a full-image person > 0.5, nothing else); custom = the family
+    # thresholds below.
     preset: str = "strict"
     # Face score above which an image is rejected (decide.preset=custom).
     face: float = 0.5

@@ -266,7 +266,10 @@ def _threshold_rows(rule: Rule) -> list[tuple[object, ...]]:
     rows: list[tuple[object, ...]] = []
     for column, bar in sorted(rule.bars.items(), key=lambda item: (FAMILIES.index(str(family_of(item[0]))), item[0])):
         band = bar.review if bar.review < bar.reject else "- (no review band)"
-        origin = "calibrated" if bar.calibrated else (bar.source or "not calibrated; no source given")
+        if bar.calibrated:
+            origin = f"calibrated ({bar.source})" if bar.source else "calibrated"
+        else:
+            origin = bar.source or "not calibrated; no source given"
         rows.append((f"`{column}`", family_of(column), bar.reject, band, origin))
     return rows
 
@@ -276,17 +279,51 @@ def _provenance_lines(rule: Rule) -> list[str]:
     found = rule.provenance
     if not found:
         return []
-    lines = [f"Preset **{rule.preset}**: " + ", ".join(f"{k}: {found[k]}" for k in ("method", "calibration_set",
-             "target_recall", "date", "curate_version") if k in found) + "."]  # fmt: skip
-    for label, key in (("in-sample", "in_sample"), ("k-fold", "kfold")):
-        measured = (found.get("measured") or {}).get(key)
-        if measured:
-            lines.append(
-                f"Measured there ({label}): recall {measured['recall']:.3f} (95 % CI {measured['recall_ci'][0]:.3f}"
-                f"-{measured['recall_ci'][1]:.3f}), false removal {measured['false_removal']:.3f} (95 % CI "
-                f"{measured['false_removal_ci'][0]:.3f}-{measured['false_removal_ci'][1]:.3f})."
-            )
+    keys = ("method", "calibration_set", "target_recall", "review_recall", "date", "curate_version")
+    lines = [f"Preset **{rule.preset}**: " + ", ".join(f"{k}: {_described(found[k])}" for k in keys if k in found)]
+    lines[0] += "."
+    lines += _measured_lines(found.get("measured") or {}, "Measured there")
+    inherited = found.get("offline_stack_from")
+    if isinstance(inherited, dict):
+        # pipeline=pass: the offline stack's bars are another preset's; what that preset measured holds for the
+        # offline stack alone, a floor for the recall of the whole under the OR rule (and not for its false removals)
+        lines.append(
+            f"The offline stack's bars are preset {inherited.get('preset')}'s, calibrated on "
+            f"{_described(inherited.get('calibration_set'))}; the other bars are not calibrated, so the false "
+            "removals of this preset as a whole were not measured. For the offline stack alone:"
+        )
+        lines += _measured_lines(inherited.get("measured") or {}, "Measured for the offline stack")
     return ["", *lines]
+
+
+def _described(value: Any) -> str:
+    """A calibration set as a reader wants it (name, images, labels' digest); anything else as it is."""
+    if isinstance(value, dict) and "name" in value:
+        digest = str(value.get("labels_sha256", ""))[:16]
+        labels = f", labels sha256 {digest}…" if digest else ""
+        return f"{value['name']} ({value.get('images', '?')} images{labels})"
+    return str(value)
+
+
+def _measured_lines(measured: dict[str, Any], lead: str) -> list[str]:
+    lines = []
+    for label, key in (("in-sample", "in_sample"), ("k-fold", "kfold")):
+        found = measured.get(key)
+        if found:
+            lines.append(
+                f"{lead} ({label}): recall {found['recall']:.3f} (95 % CI {found['recall_ci'][0]:.3f}"
+                f"-{found['recall_ci'][1]:.3f}), false removal {found['false_removal']:.3f} (95 % CI "
+                f"{found['false_removal_ci'][0]:.3f}-{found['false_removal_ci'][1]:.3f})."
+            )
+        band = (measured.get("with_review") or {}).get(key)
+        if band:
+            lines.append(
+                f"{lead} ({label}, with the review band): recall counting reviewed images as caught "
+                f"{band['recall_with_review']:.3f} (95 % CI {band['recall_with_review_ci'][0]:.3f}-"
+                f"{band['recall_with_review_ci'][1]:.3f}), {band['review_images']} of {band['images']} images "
+                f"sent to review ({band['review_load']:.1%})."
+            )
+    return lines
 
 
 def _human_filter(cfg: CurateConfig, tally: Tally) -> list[str]:

@@ -2,8 +2,9 @@
 
 Runs detect + decide on a labelled folder (labels.csv: file relative to DIR, label human|no_human, category)
 and prints recall on human images, the false-removal rate on no_human images — overall, per category and
-per detector — and the files missed. An image counts as removed when the decision is not "keep" (rejected
-or sent to review: neither is released).
+per detector — and the files missed. A human image counts as caught when the decision is not "keep" (rejected,
+or sent to review: neither is released); a no_human image counts as falsely removed only when rejected (a
+reviewer keeps one sent to review), and the images sent to review are counted apart: the review load.
 
 The JSON (`out=`) also records what was measured: the evaluation set's name (the images folder's) and size, the
 models exactly as run (registry names with the sha256 of the weights on disk; CLIP model and pretrained tag), the
@@ -33,7 +34,7 @@ from curate.detect.decoding import DECODE_ERRORS, decode
 from curate.stages.detect import Scorer
 
 # The detect settings that change a model's scores (not only its speed): the card compares them with its own.
-SCORE_SETTINGS = ("face_max_side", "person_tiles", "person_tile_min_side")
+SCORE_SETTINGS = ("face_max_side", "person_tiles", "person_tile_min_side", "person_tiles_skip")
 
 
 LABELS = ("human", "no_human")
@@ -90,8 +91,13 @@ def _rounded(value: float) -> float | None:
 def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
     active = rule(cfg.decide, list(scored.columns))
     decision, reason = decide(scored, active)
+    # Recall counts an image sent to review as caught (it is not released unless a reviewer keeps it); the
+    # false-removal rate counts only the images rejected outright (a reviewer keeps the others), and the review
+    # load says how many images the band hands to people: the figures `curate calibrate` reports.
     scored = scored.assign(decision=decision, reason=reason, removed=decision != "keep")
     human = scored["label"] == "human"
+    rejected = scored["decision"] == "reject"
+    reviewed = scored["decision"] == "review"
     bars = {column: bar.reject for column, bar in active.bars.items()}
     per_detector: dict[str, Any] = {}
     for column, (alone, only) in per_column(scored[list(bars)], human.to_numpy(), bars).items():
@@ -102,12 +108,19 @@ def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
             "only_it_catches": int(only.sum()),
             "only_it_catches_files": scored.loc[only, "file"].tolist(),
         }
-    per_category = category_rates(scored, scored["removed"].to_numpy())
+    per_category = category_rates(scored, np.where(human, scored["removed"], rejected))
     missed = scored[human & ~scored["removed"]]
-    wrongly = scored[~human & scored["removed"]]
+    wrongly = scored[~human & rejected]
     return {
         "recall": rate(scored.loc[human, "removed"]),
-        "false_removal_rate": rate(scored.loc[~human, "removed"]),
+        "recall_without_review": rate(scored.loc[human, "decision"] == "reject"),
+        "false_removal_rate": rate(rejected[~human]),
+        "review": {
+            "images": int(reviewed.sum()),
+            "share": rate(reviewed),
+            "human": int((reviewed & human).sum()),
+            "no_human": int((reviewed & ~human).sum()),
+        },
         "n_human": int(human.sum()),
         "n_no_human": int((~human).sum()),
         "per_category": per_category,
@@ -140,6 +153,8 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         f"recall (human, n={result['n_human']}): {result['recall']}",
         f"false-removal rate (no_human, n={result['n_no_human']}): {result['false_removal_rate']}",
+        f"sent to review: {result['review']['images']} ({result['review']['human']} human, "
+        f"{result['review']['no_human']} no_human; recall without them {result['recall_without_review']})",
         "",
         f"{'category':<34} {'n':>4} {'recall / false-removal':>24}",
     ]

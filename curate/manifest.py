@@ -187,7 +187,7 @@ def tiles_scored(family: str, name: str, detect: DetectConfig) -> bool:
     from curate.models.registry import REGISTRY
 
     spec = REGISTRY.get(name)
-    return family == "person" and spec is not None and spec.tiles and detect.person_tiles > 1
+    return family == "person" and spec is not None and spec.tiles and detect.seen_by(name).person_tiles > 1
 
 
 def detector_columns(family: str, name: str, tiled: bool) -> list[Column]:
@@ -374,7 +374,8 @@ def _detect_section() -> list[str]:
         f"(`curate/models/registry.py`) that fit: {fitting}. "
         "`person_<name>_tiles_max` exists only when `detect.person_tiles > 1` and the detector takes tiles ("
         + _names(tiling)
-        + "). The `clip_*` columns exist only when `detect.clip_model` is set.",
+        + ") and `detect.person_tiles_skip` does not list it. The `clip_*` columns exist only when "
+        "`detect.clip_model` is set.",
         "",
         *_table([*shown, *outcome("detect", DETECT_ERROR)]),
     ]

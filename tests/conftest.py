@@ -34,6 +34,7 @@ NO_FILTER = [
     "decide.face=1",
     "decide.person=1",
     "decide.person_tiles=1",
+    "decide.hand=1",
     "decide.clip=1",
     *NO_SELECT,
 ]

@@ -17,12 +17,13 @@ import pandas as pd
 import pytest
 from conftest import MODELS, REPO, run_curate
 
-from curate.config import CurateConfig, DecideConfig
+from curate.config import DETECTOR_FAMILIES, CurateConfig, DecideConfig, DetectConfig
 from curate.datacard import Tally, render_data_card
 from curate.detect.decide import rule
 from curate.evaluate import main as evaluate
 from curate.funnel import RELEASED, FunnelCounter, first_stop, funnel_rows
-from curate.models.registry import REGISTRY
+from curate.manifest import detect_columns
+from curate.models.registry import REGISTRY, pinned
 from curate.review import ledger
 from curate.review.report import funnel_counts
 from curate.review.thresholds import funnel_table
@@ -59,8 +60,7 @@ def families(card: str) -> list[str]:
 
 
 # The sample's strict bars, as an evaluation of its models records them.
-STRICT = rule(DecideConfig("strict"), ["face_retinaface_mnet025_max", "person_yolox_nano_max",
-                                       "person_yolox_nano_tiles_max"]).as_json()  # fmt: skip
+STRICT = rule(DecideConfig("strict"), [c.name for c in detect_columns(DetectConfig())]).as_json()
 
 
 def config(run_dir: Path, **release: Any) -> CurateConfig:
@@ -75,6 +75,14 @@ def render(run_dir: Path, version: str = "v1", **release: Any) -> str:
     tally = Tally()
     tally.add(manifest(run_dir, version))
     return render_data_card(cfg, tally, 4)
+
+
+# The sample's detectors (the default stack) and their pinned weights, as an evaluation of them records them.
+DEFAULT = DetectConfig()
+DEFAULT_MODELS = {
+    family: [{"name": name, "sha256": pinned(REGISTRY[name])} for name in getattr(DEFAULT, family)]
+    for family in DETECTOR_FAMILIES
+}
 
 
 def evaluation(path: Path, **changes: object) -> Path:
@@ -97,14 +105,10 @@ def evaluation(path: Path, **changes: object) -> Path:
             {"file": "images/macaque.jpg", "category": "animal", "reason": "face"},
         ],
         "decide": STRICT,
-        "detectors": {"face": ["retinaface_mnet025"], "person": ["yolox_nano"], "clip": ""},
+        "detectors": {**{family: getattr(DEFAULT, family) for family in DETECTOR_FAMILIES}, "clip": ""},
         "evaluation_set": {"name": "handmade", "size": 18},
-        "models": {
-            "face": [{"name": "retinaface_mnet025", "sha256": REGISTRY["retinaface_mnet025"].sha256}],
-            "person": [{"name": "yolox_nano", "sha256": REGISTRY["yolox_nano"].sha256}],
-            "clip": None,
-        },
-        "detect": {"face_max_side": 2048, "person_tiles": 3, "person_tile_min_side": 0},
+        "models": {**DEFAULT_MODELS, "clip": None},
+        "detect": {"face_max_side": 2048, "person_tiles": 3, "person_tile_min_side": 0, "person_tiles_skip": []},
     }
     path.write_text(json.dumps({**result, **changes}, indent=2, sort_keys=True))
     return path
@@ -149,7 +153,15 @@ def reviewed(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Reviewed
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample's images as a plain folder: no licence, no owner, no photo page; no person detector."""
     run_dir = tmp_path_factory.mktemp("folder") / "run"
-    args = ["pipeline=folder", f"ingest.path={SAMPLE_DIR / 'images'}", "license.keep_unknown=true", "detect.person=[]"]
+    args = [
+        "pipeline=folder",
+        f"ingest.path={SAMPLE_DIR / 'images'}",
+        "license.keep_unknown=true",
+        "detect.person=[]",
+        "detect.hand=[]",
+        "decide.preset=custom",
+        "decide.face=0.9",
+    ]  # faces only: strict's bars need the rest
     assert run_curate(f"run.dir={run_dir}", *args) == 0
     return run_dir
 
@@ -199,23 +211,24 @@ def test_the_cards_funnel_is_the_reports_and_the_notebooks(sample: Path) -> None
     reasons = manifest(sample)["reason"]
     assert (
         stopped["passed the human filter (or a reviewer kept it)"]
-        == reasons.str.match(r"detect:(face|person|clip_human|uncertain)$").sum()
+        == reasons.str.match(r"detect:(face|person|hand|clip_human|uncertain)$").sum()
     )
     assert stopped["not a duplicate"] == reasons.str.startswith("dedup:").sum()
 
 
 def test_thresholds_only_for_the_families_that_ran(sample: Path, folder: Path) -> None:
-    assert families(card_of(sample)) == ["face", "person", "person_tiles"]  # the sample runs 3x3 tiles, no CLIP
-    assert families(card_of(folder)) == ["face"]
+    # the sample runs the default stack (two face models, 3x3 tiles, hands), no CLIP
+    assert families(card_of(sample)) == ["face", "face", "person", "person_tiles", "hand"]
+    assert families(card_of(folder)) == ["face", "face"]
     assert "yolox_nano" not in section(card_of(folder), "Models")
     decide = section(card_of(folder), "Configuration").split("decide:", 1)[1].split("\ndedup:", 1)[0]
     assert "face_retinaface_mnet025_max" in decide and "reject: 0.9" in decide
     assert "person" not in decide and "clip" not in decide
     cfg = load_run_config(sample)
-    cfg = replace(cfg, detect=replace(cfg.detect, person_tiles=1))
+    cfg = replace(cfg, detect=replace(cfg.detect, person_tiles=1), decide=replace(cfg.decide, preset="custom"))
     tally = Tally()
     tally.add(manifest(sample))
-    assert families(render_data_card(cfg, tally, 4)) == ["face", "person"]
+    assert families(render_data_card(cfg, tally, 4)) == ["face", "face", "person", "hand"]
 
 
 def test_not_measured_without_an_evaluation(sample: Path) -> None:
@@ -247,8 +260,13 @@ def test_an_evaluation_of_other_models_or_settings_is_flagged(reviewed: Reviewed
     run_dir = reviewed.run_dir
     other = evaluation(
         tmp_path / "other.json",
-        models={"face": [{"name": "retinaface_mnet025", "sha256": "0" * 64}], "person": [], "clip": None},
-        detect={"face_max_side": 2048, "person_tiles": 1, "person_tile_min_side": 0},
+        models={
+            **DEFAULT_MODELS,
+            "face": [{"name": "retinaface_mnet025", "sha256": "0" * 64}, *DEFAULT_MODELS["face"][1:]],
+            "person": [],
+            "clip": None,
+        },
+        detect={"face_max_side": 2048, "person_tiles": 1, "person_tile_min_side": 0, "person_tiles_skip": []},
         decide={**STRICT, "bars": {**STRICT["bars"], "face_retinaface_mnet025_max": {"reject": 0.5, "review": 1.0}}},
     )
     measured = section(render(run_dir, "v2", evaluation=str(other)), "Measured performance of the human filter")
@@ -256,7 +274,7 @@ def test_an_evaluation_of_other_models_or_settings_is_flagged(reviewed: Reviewed
     assert f"retinaface_mnet025: evaluated weights sha256 {'0' * 64}" in measured
     assert "person models: evaluated none, released with yolox_nano" in measured
     assert "detect.person_tiles: evaluated 1, released with 3" in measured
-    assert "decide face_retinaface_mnet025_max: evaluated reject 0.5 review 1.0, released with reject 0.9" in measured
+    assert "decide face_retinaface_mnet025_max: evaluated reject 0.5 review 1.0, released with reject 1.0" in measured
 
 
 def test_reviewer_overrides_and_the_previous_releases_audit(reviewed: Reviewed) -> None:
@@ -309,7 +327,7 @@ def test_assumed_licences_are_marked(sample: Path) -> None:
 def test_models_and_software(sample: Path, tmp_path: Path) -> None:
     card = card_of(sample)
     models = {row[0]: row for row in table(section(card, "Models"))}
-    assert set(models) == {"retinaface_mnet025", "yolox_nano"}  # no CLIP row: CLIP did not run
+    assert set(models) == {"retinaface_mnet025", "blazeface_full", "yolox_nano", "mediapipe_hands"}  # no CLIP row
     spec = REGISTRY["retinaface_mnet025"]
     # the digest detect verified on disk when it ran (stats/detect_weights.json), which is the registry's pin
     assert models["retinaface_mnet025"][1:5] == [
@@ -356,10 +374,10 @@ def test_evaluate_records_the_set_models_and_settings_for_the_card(sample: Path,
     assert evaluate(argv) == 0
     result = json.loads(out.read_text())
     assert result["evaluation_set"] == {"name": "sample_data", "size": 4}
-    assert result["models"]["face"] == [{"name": "retinaface_mnet025", "sha256": REGISTRY["retinaface_mnet025"].sha256}]
-    assert result["models"]["person"] == [{"name": "yolox_nano", "sha256": REGISTRY["yolox_nano"].sha256}]
+    assert {k: v for k, v in result["models"].items() if k != "clip"} == DEFAULT_MODELS
     assert result["models"]["clip"] is None
-    assert result["detect"] == {"face_max_side": 2048, "person_tiles": 3, "person_tile_min_side": 0}
+    settings = {"face_max_side": 2048, "person_tiles": 3, "person_tile_min_side": 0, "person_tiles_skip": []}
+    assert result["detect"] == settings
     # the sample release ran the same filter: its card states the figures without a warning
     measured = section(render(sample, evaluation=str(out)), "Measured performance of the human filter")
     assert "evaluation set **sample_data** (4 labelled images: 2 with people, 2 without)" in measured

@@ -11,6 +11,7 @@ import pytest
 
 from curate.config import SHIPPED_PRESETS, ConfigError, DecideConfig
 from curate.configload import load_config
+from curate.detect.bars import score_columns
 from curate.detect.decide import Bar, Rule, decide, family_of, family_scores, rule, run_rule
 from curate.detect.presets import Preset, load_preset, save_preset, shipped
 
@@ -22,14 +23,22 @@ def rows(face: list[float], person: list[float], clip: list[float] | None = None
     return pd.DataFrame({FACE: face, PERSON: person, CLIP: clip if clip is not None else [np.nan] * n})
 
 
+def pass_rows(face: list[float], person: list[float]) -> pd.DataFrame:
+    """Scores of PASS's face detector (RetinaFace MobileNet-0.25) and a COCO person detector."""
+    return rows(face, person).rename(columns={FACE: "face_retinaface_mnet025_max"})
+
+
 def test_pass_v1_is_face_or_person_above_half() -> None:
-    verdict, reason = decide(rows([0.51, 0.5, 0.1, 0.9, 0.0], [0.0, 0.51, 0.5, 0.9, 0.49]), DecideConfig("pass_v1"))
+    frame = pass_rows([0.51, 0.5, 0.1, 0.9, 0.0], [0.0, 0.51, 0.5, 0.9, 0.49])
+    verdict, reason = decide(frame, DecideConfig("pass_v1"))
     assert list(verdict) == ["reject", "reject", "keep", "reject", "keep"]
     assert list(reason) == ["face", "person", "ok", "face", "ok"]
 
 
-def test_pass_v1_ignores_clip_tiles_and_hands_and_has_no_review_band() -> None:
-    frame = rows([0.45], [0.45], [0.99]).assign(**{TILES: [0.99], "hand_z_max": [0.99]})
+def test_pass_v1_ignores_other_face_models_clip_tiles_and_hands_and_has_no_review_band() -> None:
+    frame = pass_rows([0.45], [0.45]).assign(
+        **{CLIP: [0.99], TILES: [0.99], "hand_z_max": [0.99], "face_blazeface_full_max": [0.99]}
+    )
     verdict, _ = decide(frame, DecideConfig(preset="pass_v1"))
     assert list(verdict) == ["keep"]
 
@@ -102,14 +111,22 @@ def test_the_shipped_presets_agree_with_the_schema_and_load() -> None:
         assert all(bar.calibrated or bar.source for bar in preset.bars.values()), "every bar says where it is from"
 
 
-def test_strict_keeps_its_operating_point_per_column() -> None:
-    active = rule(DecideConfig("strict"), ["face_retinaface_mnet025_max", "person_yolox_nano_max",
-                                            "person_yolox_nano_tiles_max"])  # fmt: skip
-    assert {c: b.reject for c, b in active.bars.items()} == {
-        "face_retinaface_mnet025_max": 0.9,
-        "person_yolox_nano_max": 0.1,
-        "person_yolox_nano_tiles_max": 0.4,
-    }
+def test_strict_is_calibrated_for_the_default_stack_and_pass_keeps_its_bars() -> None:
+    from curate.config import DetectConfig
+    from curate.manifest import detect_columns
+
+    offline = score_columns([c.name for c in detect_columns(DetectConfig())])
+    strict = rule(DecideConfig("strict"), offline)  # a bar for every column the default stack writes
+    assert all(bar.calibrated and "curate calibrate" in bar.source for bar in strict.bars.values())
+    measured = strict.provenance["measured"]
+    assert {"in_sample", "kfold"} <= measured.keys() and measured["kfold"]["folds"] == 5
+    assert strict.provenance["calibration_set"]["images"] == 219
+    # pipeline=pass: the offline stack's bars are strict's (its recall a floor under the OR rule); the stronger
+    # models' bars are published operating points, marked as not calibrated
+    passing = load_preset("pass")
+    assert {c: passing.bars[c].reject for c in offline} == {c: b.reject for c, b in strict.bars.items()}
+    others = {c: b for c, b in passing.bars.items() if c not in offline}
+    assert others and all(not b.calibrated and b.source for b in others.values())
 
 
 def test_a_preset_round_trips_through_its_file(tmp_path: Path) -> None:
@@ -146,8 +163,12 @@ def test_the_config_is_refused_before_any_work_when_its_preset_lacks_a_configure
     cfg = load_config(["pipeline=pass", f"run.dir={tmp_path / 'pass'}", "stage=release"])
     assert set(run_rule(cfg).bars) == {
         "face_retinaface_mnet025_max",
+        "face_blazeface_full_max",
         "face_retinaface_r50_max",
-        "person_fasterrcnn_resnet50_fpn_v2_max",
+        "person_yolox_nano_max",
+        "person_yolox_nano_tiles_max",
+        "person_yolox_l_max",
+        "hand_mediapipe_hands_max",
         "clip_human_prob",
     }
 

@@ -187,7 +187,8 @@ class FaultyDetect(DetectStage):
 
 def _detect(run_dir: Path, *overrides: str, stage: type[DetectStage] = DetectStage) -> pd.DataFrame:
     """The detect stage's own process() on every shard's live rows, as the runner calls it."""
-    cfg = load_config([f"run.dir={run_dir}", f"models.dir={MODELS}", "detect.person_tiles=1", *overrides])
+    quick = ["detect.person_tiles=1", "decide.preset=custom"]  # (strict's bars need the tiles)
+    cfg = load_config([f"run.dir={run_dir}", f"models.dir={MODELS}", *quick, *overrides])
     run = RunDir(run_dir)
     frames = []
     for shard in range(2):
@@ -204,7 +205,10 @@ def _assert_same_scores(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert list(a.columns) == list(b.columns)
     for column in a.columns:
         if column.endswith(("_max", "_prob")):
-            np.testing.assert_allclose(a[column].astype(float), b[column].astype(float), atol=1e-4, err_msg=column)
+            # hand presence comes from a second network on crops batched across images: measured up to 6.4e-4
+            # apart batched and alone (tests/test_mediapipe_detectors.py); the others to 1e-5
+            atol = 1e-3 if column.startswith("hand_") else 1e-4
+            np.testing.assert_allclose(a[column].astype(float), b[column].astype(float), atol=atol, err_msg=column)
         elif column.endswith("_boxes"):
             assert a[column].isna().tolist() == b[column].isna().tolist(), column
             for x, y in zip(a[column].dropna(), b[column].dropna(), strict=True):
@@ -259,6 +263,7 @@ def test_a_shard_of_large_photos_is_detected_in_pixel_sized_batches(tmp_path: Pa
         f"fetch.file_root={folder}",
         "ingest.num_shards=1",
         "detect.person_tiles=1",
+        "decide.preset=custom",  # strict's bars need the tiles
         "detect.batch_pixels=7000000",
     ]
     for stage in (*UPSTREAM, "detect"):

@@ -193,7 +193,8 @@ def test_speed_only_settings_are_not(tmp_path: Path) -> None:
     for override in ("detect.batch_size=3", "detect.device=cpu", "detect.batch_pixels=1000", "detect.torch_threads=1",
                      "detect.gpu_decode=false"):  # fmt: skip
         assert fingerprint(tmp_path, override) == base, override
-    assert fingerprint(tmp_path, "detect.person_tiles=1") != base  # an output setting, for contrast
+    # an output setting, for contrast (custom bars: strict's need the tiles)
+    assert fingerprint(tmp_path, "detect.person_tiles=1", "decide.preset=custom") != base
 
 
 @needs_models
@@ -202,8 +203,9 @@ def test_the_weights_file_as_it_is_on_disk_is_in_the_fingerprint(
 ) -> None:
     models = tmp_path / "models"
     models.mkdir()
-    for name in ("retinaface_mnet025", "yolox_nano"):
-        shutil.copy(MODELS / REGISTRY[name].filename, models)
+    for name in registry.needed(load_config([])):  # the default stack's files
+        for file in registry.files(REGISTRY[name]):
+            shutil.copy(MODELS / file.filename, models)
     assert fingerprint(tmp_path, models=models) == fingerprint(tmp_path)  # a copy is the same weights
     weights = models / REGISTRY["retinaface_mnet025"].filename
     data = bytearray(weights.read_bytes())
@@ -223,7 +225,7 @@ def test_the_weights_file_as_it_is_on_disk_is_in_the_fingerprint(
     monkeypatch.setitem(REGISTRY, "retinaface_mnet025", spec)
     from curate.detect.loaders import face_detectors
 
-    (built,) = face_detectors(cfg.detect, cfg.models, "cpu")
+    built = face_detectors(cfg.detect, cfg.models, "cpu")[0]  # the first of detect.face
     assert built.identity() == changed["detectors"]["face"]["retinaface_mnet025"]
 
 
@@ -235,8 +237,9 @@ def test_the_built_detectors_report_the_fingerprinted_identities(tmp_path: Path)
 
     checkpoint = tmp_path / "models" / "clip-ViT-S-32-test.pt"
     checkpoint.parent.mkdir()
-    for name in ("retinaface_mnet025", "yolox_nano"):
-        (checkpoint.parent / REGISTRY[name].filename).symlink_to(MODELS / REGISTRY[name].filename)
+    for name in registry.needed(load_config([])):  # the default stack's files
+        for file in registry.files(REGISTRY[name]):
+            (checkpoint.parent / file.filename).symlink_to(MODELS / file.filename)
     torch.manual_seed(0)
     from curate.detect.clip_filter import ClipHumanFilter
 
@@ -273,7 +276,7 @@ def test_resume_re_detects_when_a_constant_changes_and_only_then(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = tmp_path / "run"
-    flags = [f"run.dir={run_dir}", "detect.person_tiles=1", "ingest.num_shards=2"]
+    flags = [f"run.dir={run_dir}", "detect.person_tiles=1", "decide.preset=custom", "ingest.num_shards=2"]
 
     def markers() -> dict[str, str]:
         return {p.name: p.read_text() for p in sorted((run_dir / "stats" / "detect").glob("part-*.json"))}
@@ -329,11 +332,55 @@ def test_a_model_in_the_wrong_family_is_refused() -> None:
 def test_tiles_are_refused_for_a_detector_that_cannot_score_them() -> None:
     (problem,) = check_detectors(DetectConfig(person=["fasterrcnn_resnet50_fpn_v2"], person_tiles=3))
     assert "detect.person_tiles=3" in problem and "cannot score tiles" in problem and "person_tiles=1" in problem
+    assert "detect.person_tiles_skip" in problem
     assert check_detectors(DetectConfig(person=["fasterrcnn_resnet50_fpn_v2"], person_tiles=1)) == []
     assert check_detectors(DetectConfig(person=["yolox_nano"], person_tiles=3)) == []
-    # the pass recipe runs Faster R-CNN: it says person_tiles 1
+    # listed in person_tiles_skip, it scores the full view beside a detector that tiles
+    mixed = DetectConfig(
+        person=["yolox_nano", "fasterrcnn_resnet50_fpn_v2"], person_tiles_skip=["fasterrcnn_resnet50_fpn_v2"]
+    )
+    assert check_detectors(mixed) == []
+
+
+def test_person_tiles_skip_takes_one_detectors_tiles_and_nothing_else(tmp_path: Path) -> None:
+    from curate.detect.loaders import identities
+    from curate.manifest import detect_columns
+
+    flags = ["detect.person=[yolox_nano,yolox_l]", "detect.person_tiles_skip=[yolox_l]", "decide.preset=custom"]
+    cfg = load_config([f"run.dir={tmp_path}", *flags])
+    names = [c.name for c in detect_columns(cfg.detect)]
+    assert "person_yolox_nano_tiles_max" in names and "person_yolox_l_max" in names
+    assert "person_yolox_l_tiles_max" not in names
+    found = identities(cfg, {})["person"]
+    assert found["yolox_nano"]["params"]["tiles"] == 3 and found["yolox_l"]["params"]["tiles"] == 1
+    # the built detector agrees (random weights: YOLOX-L's official checkpoint is not here)
+    assert cfg.detect.seen_by("yolox_l").person_tiles == 1 and cfg.detect.seen_by("yolox_nano").person_tiles == 3
+    # a name detect.person does not list is refused before any work, saying which
+    with pytest.raises(ConfigError, match=r"person_tiles_skip names yolox_s, which detect\.person does not list"):
+        load_config([f"run.dir={tmp_path}", "detect.person_tiles_skip=[yolox_s]"])
+    # without it, the fingerprint is as before the key existed (older runs resume without re-detecting)
+    plain = DetectStage(load_config([f"run.dir={tmp_path}"])).fingerprint_config()
+    assert "person_tiles_skip" not in plain
+    assert DetectStage(cfg).fingerprint_config()["person_tiles_skip"] == ["yolox_l"]
+
+
+def test_the_pass_recipe_runs_the_offline_stack_and_the_stronger_models(tmp_path: Path) -> None:
     cfg = load_config(["pipeline=pass", f"ingest.path={REPO / 'curate' / 'sample_data' / 'yfcc_sample.tsv'}"])
-    assert cfg.detect.person == ["fasterrcnn_resnet50_fpn_v2"] and check_detectors(cfg) == []
+    # its weights are checked before any work, and every missing one is named at once (air-gapped clusters)
+    empty = tmp_path / "models"
+    empty.mkdir()
+    with pytest.raises(registry.ModelMissing) as missing:
+        registry.check_available(dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, dir=str(empty))))
+    for name in ("retinaface_mnet025", "blazeface_full", "retinaface_r50", "yolox_nano", "yolox_l", "mediapipe_hands"):
+        assert f"{name} needs" in str(missing.value)
+    assert "7 models are missing" in str(missing.value) and "CLIP ViT-L-14/openai" in str(missing.value)
+    assert "Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_l.pth" in str(missing.value)
+    assert cfg.detect.face == ["retinaface_mnet025", "blazeface_full", "retinaface_r50"]
+    assert cfg.detect.person == ["yolox_nano", "yolox_l"] and cfg.detect.hand == ["mediapipe_hands"]
+    assert cfg.detect.clip_model == "ViT-L-14" and check_detectors(cfg) == []
+    offline = DetectConfig()  # the default stack, strict's
+    assert set(offline.face) <= set(cfg.detect.face) and set(offline.person) <= set(cfg.detect.person)
+    assert offline.hand == cfg.detect.hand and offline.person_tiles == cfg.detect.person_tiles
 
 
 def test_hand_models_belong_in_detect_hand_and_never_tile() -> None:
@@ -379,7 +426,7 @@ def test_the_mediapipe_detectors_are_in_the_fingerprint(tmp_path: Path) -> None:
     is fingerprinted as before detect.hand existed."""
     from curate.detect.hands import HandDetector
 
-    plain = fingerprint(tmp_path)
+    plain = fingerprint(tmp_path, "detect.hand=[]", "decide.preset=custom")
     assert "hand" not in plain and "hand" not in plain["detectors"]
     flags = ("detect.face=[retinaface_mnet025,blazeface_full]", "detect.hand=[mediapipe_hands]", "decide.preset=custom")
     base = fingerprint(tmp_path, *flags)

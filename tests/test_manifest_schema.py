@@ -61,7 +61,8 @@ def test_the_schema_is_every_stage_in_order_without_internal_columns() -> None:
 
 def test_detector_columns_follow_the_recipe_exactly() -> None:
     def names(**detect: object) -> list[str]:
-        return [c.name for c in detect_columns(DetectConfig(**detect))][:-3]  # without detect_status/reason/error
+        # (no hands unless given: the default stack has them)
+        return [c.name for c in detect_columns(DetectConfig(**{"hand": [], **detect}))][:-3]  # without detect_*
 
     assert names(face=["retinaface_mnet025"], person=["yolox_nano"], person_tiles=3) == [
         *("face_retinaface_mnet025_max", "face_retinaface_mnet025_count", "face_retinaface_mnet025_boxes"),

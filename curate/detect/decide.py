@@ -9,9 +9,10 @@ detect.
 
 Where the bars come from (`decide.preset`):
 - `strict`, `pass`, or a path to a YAML file: a preset, one bar per column, with its provenance. A score column
-  the preset has no bar for is an error, never a silent keep.
-- `pass_v1`: PASS's exact rule, by family: any face detector above 0.5, or any COCO person detector above 0.5 on
-  the full image; nothing else counts.
+  the preset has no bar for is an error, never a silent keep; so is a calibrated column the configuration does
+  not write (calibrated bars hold their recall only together).
+- `pass_v1`: PASS's exact rule for PASS's models: RetinaFace MobileNet-0.25 above 0.5, or any COCO person detector
+  above 0.5 on the full image; nothing else counts (no other face model, no tiles, hands or CLIP).
 - `custom`: the family keys of `decide` (`decide.face`, `decide.person`, ...) for every column of that family.
 """
 
@@ -45,11 +46,17 @@ class Rule:
         return {"preset": self.preset, "bars": {c: asdict(b) for c, b in sorted(self.bars.items())}}
 
 
-def family_bar(cfg: DecideConfig, family: str) -> Bar:
-    """A family's bar under the rules by family (pass_v1, custom)."""
+# PASS's face detector: the only face model its rule knew.
+PASS_FACE_COLUMN = "face_retinaface_mnet025_max"
+
+
+def family_bar(cfg: DecideConfig, column: str) -> Bar:
+    """A column's bar under the rules by family (pass_v1, custom)."""
+    family = str(family_of(column))
     if cfg.preset == "pass_v1":
-        source = "PASS v1: face or person (full image) > 0.5; nothing else counts"
-        return Bar(0.5, source=source) if family in ("face", "person") else Bar(NEVER, source=source)
+        source = "PASS v1: RetinaFace MobileNet-0.25 or a COCO person (full image) > 0.5; nothing else counts"
+        counts = column == PASS_FACE_COLUMN or family == "person"
+        return Bar(0.5 if counts else NEVER, source=source)
     return Bar(getattr(cfg, family), getattr(cfg, f"{family}_review"), source="decide.preset=custom")
 
 
@@ -57,7 +64,7 @@ def rule(cfg: DecideConfig, columns: Sequence[str]) -> Rule:
     """The rule for these score columns. Raises ConfigError when a preset has no bar for one of them."""
     columns = score_columns(columns)
     if cfg.preset in FAMILY_RULES:
-        return Rule(cfg.preset, {c: family_bar(cfg, str(family_of(c))) for c in columns})
+        return Rule(cfg.preset, {c: family_bar(cfg, c) for c in columns})
     preset = load_preset(cfg.preset)
     missing = [c for c in columns if c not in preset.bars]
     if missing:
@@ -65,6 +72,18 @@ def rule(cfg: DecideConfig, columns: Sequence[str]) -> Rule:
             f"decide.preset={cfg.preset} has no bar for the score column(s) {missing} (bars for "
             f"{sorted(preset.bars)}): calibrate one for these models (curate calibrate ... out=preset.yaml, then "
             "decide.preset=preset.yaml), or use decide.preset=custom with the decide.* family thresholds"
+        )
+    # Calibrated bars hold their operating point only together: under the OR rule each was set for the images the
+    # others miss, so one model's bar stands in for another's catches (strict's RetinaFace MobileNet-0.25 bar is
+    # 1.0 because BlazeFace and YOLOX catch its faces). Without one of those models recall falls, silently.
+    absent = sorted(c for c, bar in preset.bars.items() if bar.calibrated and c not in columns)
+    if absent:
+        raise ConfigError(
+            f"decide.preset={cfg.preset}: its bars were calibrated together for score columns this configuration "
+            f"does not write: {absent}. Without those models the other bars do not hold the preset's recall: add "
+            "back what writes them (the preset's provenance names its models and detect settings), calibrate a "
+            "preset for yours (curate calibrate ... out=preset.yaml), or use decide.preset=custom with the decide.* "
+            "family thresholds"
         )
     return Rule(preset.name, {c: preset.bars[c] for c in columns}, preset.provenance)
 

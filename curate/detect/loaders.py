@@ -67,7 +67,7 @@ def family_detectors(family: str, detect: DetectConfig, models: ModelsConfig, de
     """The detectors of detect.<family>, in the order listed; a misconfigured list is refused first."""
     refuse_bad_detectors(detect)
     names: list[str] = getattr(detect, family)
-    return [build(name, resolve(name, models), device, detect) for name in names]
+    return [build(name, resolve(name, models), device, detect.seen_by(name)) for name in names]
 
 
 def face_detectors(detect: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
@@ -111,11 +111,11 @@ def identity_of(name: str, digest: str, cfg: CurateConfig) -> dict[str, Any]:
     builder = builder_of(spec)
     describe = getattr(builder, "identity", None)
     if describe is not None:
-        found: dict[str, Any] = describe(digest, cfg.detect, **spec.params)
+        found: dict[str, Any] = describe(digest, cfg.detect.seen_by(name), **spec.params)
         return found
     if digest.startswith(absent("")):  # nothing to build it from: an identity that matches no built one
         return {"builder": str(spec.builder), "params": dict(spec.params), "weights": digest}
-    return dict(builder(weights_path(name, cfg), "cpu", cfg.detect, **spec.params).identity())
+    return dict(builder(weights_path(name, cfg), "cpu", cfg.detect.seen_by(name), **spec.params).identity())
 
 
 def identities(cfg: CurateConfig, recorded: Mapping[str, str]) -> dict[str, Any]:

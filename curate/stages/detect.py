@@ -163,6 +163,8 @@ class DetectStage(ShardStage):
             # without re-detecting (a configured one is in both, so adding or changing one re-runs detect).
             config.pop("hand", None)
             config["detectors"].pop("hand", None)
+        if not self.cfg.detect.person_tiles_skip:
+            config.pop("person_tiles_skip", None)  # likewise: runs from before it existed keep their fingerprint
         return config
 
     @cached_property
