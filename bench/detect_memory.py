@@ -250,7 +250,7 @@ def main() -> int:
             print(f"  (the old stage also held the shard's {size / 2**20:.0f} MiB of JPEG bytes at once)")
             detect(work, "big", "defaults", folder, run_dir, args.models_dir, *args.set)
             if args.before:
-                old = ("detect.batch_pixels=1000000000000", "detect.face_max_side=0")
+                old = ("detect.batch_pixels=1000000000000", "detect.face_max_side=0", "decide.preset=custom")
                 detect(work, "big", "before: count batches, native faces", folder, run_dir, args.models_dir, *old,
                        *args.set)  # fmt: skip
         if args.small:

@@ -67,6 +67,7 @@ def main() -> int:
         cfg = load_config(
             [
                 f"models.dir={models_dir}",
+                "decide.preset=custom",  # a speed profile sets detect freely; it decides nothing
                 f"detect.device={args.device}",
                 f"detect.batch_size={batch}",
                 "detect.clip_model=ViT-B-32",

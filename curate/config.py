@@ -297,7 +297,8 @@ class DetectConfig:
     # original size) and peaked 1.9 GB lower (bench/README.md, "Memory").
     face_max_side: int = 2048
     # Persons: extra passes on an N x N grid of overlapping crops, for small distant people (1 = off). Their best
-    # score is stored apart (person_<name>_tiles_max), with a bar of its own; strict was calibrated with 3.
+    # score is stored apart (person_<name>_tiles_max), with a bar of its own. strict was calibrated with 3 (and
+    # face_max_side 2048, tile_min_side 0): other values need a preset calibrated for them, or decide.preset=custom.
     person_tiles: int = 3
     # Only images whose long side exceeds this get tiles (0 = all; the strict preset was calibrated with 0).
     person_tile_min_side: int = 0

@@ -184,3 +184,22 @@ def test_a_preset_with_values_of_the_wrong_kind_is_refused(tmp_path: Path) -> No
     assert "face_x_max: reject and review must be numbers" in message
     assert "person_y_max: calibrated must be true or false" in message
     assert "hand_z_max: needs at least" in message
+
+
+def test_a_calibrated_preset_is_refused_without_its_models_or_with_other_detect_settings(tmp_path: Path) -> None:
+    """strict's bars were calibrated together, with tiles and a face size cap: under the OR rule one model's bar
+    stands in for another's catches, so without a model, or with scores made otherwise, recall falls silently."""
+    run = f"run.dir={tmp_path / 'run'}"
+    with pytest.raises(ConfigError, match=r"calibrated together .* \['hand_mediapipe_hands_max'\]"):
+        load_config([run, "detect.hand=[]"])
+    with pytest.raises(ConfigError, match=r"\['person_yolox_nano_tiles_max'\]"):
+        load_config([run, "detect.person_tiles=1"])
+    with pytest.raises(ConfigError, match=r"detect\.face_max_side=1024 \(calibrated with 2048\)"):
+        load_config([run, "detect.face_max_side=1024"])
+    with pytest.raises(ConfigError, match=r"detect\.person_tiles=2 \(calibrated with 3\)"):
+        load_config([run, "detect.person_tiles=2"])
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    for changed in ("detect.hand=[]", "detect.person_tiles=1", "detect.face_max_side=1024"):
+        assert run_rule(load_config([run, changed, "decide.preset=custom"])).preset == "custom"
+    # speed-only settings are free
+    assert run_rule(load_config([run, "detect.batch_size=3", "detect.device=cpu"])).preset == "strict"

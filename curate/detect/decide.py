@@ -89,10 +89,24 @@ def rule(cfg: DecideConfig, columns: Sequence[str]) -> Rule:
 
 
 def run_rule(cfg: CurateConfig) -> Rule:
-    """The rule for the score columns this run's detect configuration writes."""
+    """The rule for the score columns this run's detect configuration writes. Raises ConfigError, besides
+    `rule`'s cases, when the preset records the detect settings it was calibrated with and this configuration
+    changes one of them (tiles, the face size cap): the same models then give other scores."""
     from curate.manifest import detect_columns  # the columns follow the configured detectors
 
-    return rule(cfg.decide, [column.name for column in detect_columns(cfg.detect)])
+    active = rule(cfg.decide, [column.name for column in detect_columns(cfg.detect)])
+    recorded = active.provenance.get("detect")
+    if isinstance(recorded, dict):
+        changed = {k: (v, getattr(cfg.detect, k)) for k, v in recorded.items() if getattr(cfg.detect, k, v) != v}
+        if changed:
+            told = ", ".join(f"detect.{k}={now} (calibrated with {then})" for k, (then, now) in sorted(changed.items()))
+            raise ConfigError(
+                f"decide.preset={cfg.decide.preset} was calibrated with other detect settings: {told}. Its bars do "
+                "not hold their recall for scores made otherwise: use its settings, calibrate a preset for yours "
+                "(curate calibrate ... out=preset.yaml), or use decide.preset=custom with the decide.* family "
+                "thresholds"
+            )
+    return active
 
 
 def decide(rows: pd.DataFrame, cfg: DecideConfig | Rule) -> tuple[np.ndarray, np.ndarray]:
