@@ -12,7 +12,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Offline machines need the weights in a folder: MODELS_DIR=/path (the dev machines' ../shared/models is used
-# when present); with internet the demo downloads its two small models (sha256-checked) on first use.
+# when present); with internet the demo downloads its models on first use (RetinaFace and YOLOX-Nano, and three
+# MediaPipe files from the pinned mediapipe wheel; all sha256-checked).
 MODELS_DIR ?= $(wildcard ../shared/models)
 
 demo: $(VENV)/.installed

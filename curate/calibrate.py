@@ -228,13 +228,57 @@ def from_run(cfg: CurateConfig) -> tuple[pd.DataFrame, dict]:
             "images reviewers removed (humans) and images they kept (no humans)"
         )
     weights = json.loads(run.detect_weights.read_text()) if run.detect_weights.exists() else None
+    from curate.evaluate import SCORE_SETTINGS
+
     source = {
         "name": f"review ledger of {run.root.name}",
         "images": len(frame),
         "labels_sha256": sha256_file(ledger.ledger_path(run.root)),
         "models": weights or "unknown (the run recorded no weights' digests)",
+        # the settings the scores were made with: a release with other ones is refused this preset
+        "detect": {key: getattr(cfg.detect, key) for key in SCORE_SETTINGS},
     }
     return frame, source
+
+
+def unseen_now_kept(run_root: Path, bars: dict[str, float], review: dict[str, float] | None) -> int | None:
+    """How many images of the run the rule it runs now rejects or sends to review, that nobody reviewed, and that
+    these bars would keep (release them). A ledger labels only what reviewers saw (flagged and borderline
+    images), so bars fitted to it can rise above images it never showed them. None: the run's own rule cannot be
+    built (its config is refused as it stands)."""
+    from curate.detect.decide import decide, run_rule
+    from curate.io.atomic import read_columns
+    from curate.review import ledger
+    from curate.runconfig import load_run_config
+    from curate.rundir import RunDir
+
+    run = RunDir(run_root)
+    try:
+        current = run_rule(load_run_config(run_root))
+    except ConfigError:
+        return None
+    frames = [
+        read_columns(run.part("ingest", s), lambda n: n == "image_id").join(
+            read_columns(run.part("detect", s), lambda n: family_of(n) is not None)
+        )
+        for s in range(run.num_shards())
+        if run.part("detect", s).exists()
+    ]
+    scores = pd.concat(frames, ignore_index=True)
+    scores = scores[~scores["image_id"].isin(ledger.latest(run_root).index)].reset_index(drop=True)
+    if scores.empty:
+        return 0
+    flagged = decide(scores, current)[0] != "keep"
+    columns = [c for c in bars if c in scores.columns]
+    values = scores[columns].astype("float64")
+    kept = ~removed(values, {c: bars[c] for c in columns})
+    if review is not None:
+        kept &= ~removed(values, {c: review[c] for c in columns})
+    return int((flagged & kept).sum())
+
+
+# What a preset records of the set it was calibrated on (`unreviewed_now_kept`: from a run's ledger only).
+SET_KEYS = ("name", "images", "labels_sha256", "unreadable", "unreviewed_now_kept")
 
 
 def preset_of(name: str, result: dict[str, Any], source: dict, target: float, folds: int) -> Preset:
@@ -266,7 +310,7 @@ def preset_of(name: str, result: dict[str, Any], source: dict, target: float, fo
         ),
         provenance={
             "method": "curate calibrate",
-            "calibration_set": {k: source[k] for k in ("name", "images", "labels_sha256", "unreadable") if k in source},
+            "calibration_set": {k: source[k] for k in SET_KEYS if k in source},
             "models": source.get("models"),
             "detect": source.get("detect"),
             **goals,
@@ -353,8 +397,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"curate calibrate: {err}", file=sys.stderr)
         return 2
+    if from_a_run:
+        unseen = unseen_now_kept(Path(cfg.run.dir), result["bars"], result.get("review_bars"))
+        source["unreviewed_now_kept"] = "unknown" if unseen is None else unseen
     preset = preset_of(own.get("name", out.stem), result, source, target, folds)
     print(report(result, target))
+    if from_a_run and source["unreviewed_now_kept"]:
+        print(
+            f"\ncurate calibrate: warning: these bars would keep {source['unreviewed_now_kept']} image(s) that the "
+            "run's rule now rejects or sends to review and that nobody reviewed; the ledger saw only what reviewers "
+            "saw. Review them (stage=review) before releasing with this preset.",
+            file=sys.stderr,
+        )
     kept_target = result["in_sample"].recall >= target - 1e-12
     # A review band that cannot reach its recall misses the goal as the reject bars do.
     kept_review = review_recall is None or result["band_in_sample"].recall >= review_recall - 1e-12

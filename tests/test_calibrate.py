@@ -94,6 +94,10 @@ def test_calibrate_from_a_runs_review_ledger_and_release_with_the_preset(tmp_pat
         "hand_mediapipe_hands_max",
     }
     assert preset.provenance["calibration_set"]["images"] == 8
+    # the settings the run's scores were made with, and how many unreviewed images the run's rule flags that
+    # these bars would keep (the ledger saw only what reviewers saw)
+    assert preset.provenance["detect"]["person_tiles"] == 1
+    assert isinstance(preset.provenance["calibration_set"]["unreviewed_now_kept"], int)
     assert run_curate(f"run.dir={run_dir}", "stage=release", "release.version=v2", *quick, f"decide.preset={out}") == 0
     card = (run_dir / "release" / "v2" / "DATA_CARD.md").read_text()
     assert f"decide.preset={preset.name}" in card and "calibrated" in card

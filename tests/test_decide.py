@@ -41,6 +41,10 @@ def test_pass_v1_ignores_other_face_models_clip_tiles_and_hands_and_has_no_revie
     )
     verdict, _ = decide(frame, DecideConfig(preset="pass_v1"))
     assert list(verdict) == ["keep"]
+    # face models without PASS's own would decide nothing under PASS's rule: refused
+    with pytest.raises(ConfigError, match=r"add retinaface_mnet025 to detect\.face"):
+        rule(DecideConfig("pass_v1"), ["face_blazeface_full_max", "person_yolox_nano_max"])
+    assert rule(DecideConfig("pass_v1"), ["person_yolox_nano_max"]).bars["person_yolox_nano_max"].reject == 0.5
 
 
 def test_custom_family_thresholds_and_review_band() -> None:
@@ -124,7 +128,13 @@ def test_strict_is_calibrated_for_the_default_stack_and_pass_keeps_its_bars() ->
     # pipeline=pass: the offline stack's bars are strict's (its recall a floor under the OR rule); the stronger
     # models' bars are published operating points, marked as not calibrated
     passing = load_preset("pass")
-    assert {c: passing.bars[c].reject for c in offline} == {c: b.reject for c, b in strict.bars.items()}
+
+    def bar(b: Bar) -> tuple[float, float, bool]:
+        return (b.reject, b.review, b.calibrated)
+
+    assert {c: bar(passing.bars[c]) for c in offline} == {c: bar(b) for c, b in strict.bars.items()}
+    # and the settings they were calibrated with, YOLOX-L's full view aside
+    assert {**passing.provenance["detect"], "person_tiles_skip": []} == strict.provenance["detect"]
     others = {c: b for c, b in passing.bars.items() if c not in offline}
     assert others and all(not b.calibrated and b.source for b in others.values())
 

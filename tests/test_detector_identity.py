@@ -353,8 +353,16 @@ def test_person_tiles_skip_takes_one_detectors_tiles_and_nothing_else(tmp_path: 
     assert "person_yolox_l_tiles_max" not in names
     found = identities(cfg, {})["person"]
     assert found["yolox_nano"]["params"]["tiles"] == 3 and found["yolox_l"]["params"]["tiles"] == 1
-    # the built detector agrees (random weights: YOLOX-L's official checkpoint is not here)
+    # what each is built with (the detect stage refuses a built detector whose tiles disagree with the columns)
     assert cfg.detect.seen_by("yolox_l").person_tiles == 1 and cfg.detect.seen_by("yolox_nano").person_tiles == 3
+    from curate.detect.loaders import builder_of
+    from curate.detect.yolox_network import build_yolox
+
+    checkpoint = tmp_path / "yolox_l.pth"  # random weights: Megvii's checkpoint is not on this machine
+    torch.save({"model": build_yolox("l").state_dict()}, checkpoint)
+    spec = REGISTRY["yolox_l"]
+    built = builder_of(spec)(checkpoint, "cpu", cfg.detect.seen_by("yolox_l"), **spec.params)
+    assert built.tiles == 1 and built.identity()["params"] == found["yolox_l"]["params"]
     # a name detect.person does not list is refused before any work, saying which
     with pytest.raises(ConfigError, match=r"person_tiles_skip names yolox_s, which detect\.person does not list"):
         load_config([f"run.dir={tmp_path}", "detect.person_tiles_skip=[yolox_s]"])

@@ -63,6 +63,14 @@ def family_bar(cfg: DecideConfig, column: str) -> Bar:
 def rule(cfg: DecideConfig, columns: Sequence[str]) -> Rule:
     """The rule for these score columns. Raises ConfigError when a preset has no bar for one of them."""
     columns = score_columns(columns)
+    if cfg.preset == "pass_v1":
+        faces = [c for c in columns if family_of(c) == "face"]
+        if faces and PASS_FACE_COLUMN not in faces:
+            raise ConfigError(
+                f"decide.preset=pass_v1 is PASS's rule for PASS's face detector (retinaface_mnet025); the configured "
+                f"face columns {faces} would remove nothing under it: add retinaface_mnet025 to detect.face, or use a "
+                "preset (strict, pass, a calibrated file) or decide.preset=custom"
+            )
     if cfg.preset in FAMILY_RULES:
         return Rule(cfg.preset, {c: family_bar(cfg, c) for c in columns})
     preset = load_preset(cfg.preset)

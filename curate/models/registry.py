@@ -453,23 +453,23 @@ def check_available(cfg: CurateConfig) -> None:
     refuse_bad_detectors(cfg)
     # Every missing file is named at once: on an air-gapped cluster each round trip to a machine with internet
     # costs a copy of the folder.
-    missing: list[str] = []
+    failed: list[ConfigError] = []  # missing, refused by its pin, or not downloaded
     for name in needed(cfg):
         try:
             resolve_all(name, cfg.models)
-        except ModelMissing as err:
-            missing.append(str(err))
+        except ConfigError as err:
+            failed.append(err)
     if cfg.detect.clip_model:
         from curate.models.clip import clip_checkpoint
 
         try:
             clip_checkpoint(cfg, download=cfg.models.download)
-        except ModelMissing as err:
-            missing.append(str(err))
-    if len(missing) == 1:
-        raise ModelMissing(missing[0])
-    if missing:
-        raise ModelMissing(f"{len(missing)} models are missing:\n  - " + "\n  - ".join(missing))
+        except ConfigError as err:
+            failed.append(err)
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise ModelMissing(f"{len(failed)} models are missing:\n  - " + "\n  - ".join(map(str, failed)))
 
 
 # -- the weights as the detect stage's fingerprint knows them -------------------------------------------------
