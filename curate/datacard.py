@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from curate import __version__
-from curate.config import DETECTOR_FAMILIES, CurateConfig, runtime_keys
+from curate.config import DETECTOR_FAMILIES, CurateConfig, DetectConfig, runtime_keys
 from curate.detect.decide import FAMILIES, Rule, family_of, run_rule
 from curate.funnel import FunnelCounter, count_rows, describe_reasons, funnel_rows
 from curate.io.atomic import read_json
@@ -321,9 +321,16 @@ def _measured_lines(measured: dict[str, Any], lead: str) -> list[str]:
                 f"{lead} ({label}, with the review band): recall counting reviewed images as caught "
                 f"{band['recall_with_review']:.3f} (95 % CI {band['recall_with_review_ci'][0]:.3f}-"
                 f"{band['recall_with_review_ci'][1]:.3f}), {band['review_images']} of {band['images']} images "
-                f"sent to review ({band['review_load']:.1%})."
+                f"sent to review ({band['review_load']:.1%}{_split(band)})."
             )
     return lines
+
+
+def _split(band: dict[str, Any]) -> str:
+    """How the images sent to review split between those with people and those without, where recorded."""
+    if "humans_to_review" not in band or "others_to_review" not in band:
+        return ""
+    return f": {band['humans_to_review']} with people, {band['others_to_review']} without"
 
 
 def _human_filter(cfg: CurateConfig, tally: Tally) -> list[str]:
@@ -425,9 +432,23 @@ def _evaluation_mismatches(cfg: CurateConfig, found: dict[str, Any]) -> list[str
         ours = f"{cfg.detect.clip_model}/{cfg.detect.clip_pretrained}" if cfg.detect.clip_model else "none"
         if ran_clip != ours:
             problems.append(f"CLIP: evaluated {ran_clip}, released with {ours}")
-    for key, value in (found.get("detect") or {}).items():
-        if hasattr(cfg.detect, key) and getattr(cfg.detect, key) != value:
-            problems.append(f"detect.{key}: evaluated {value}, released with {getattr(cfg.detect, key)}")
+    if "recall_without_review" not in found:
+        problems.append(
+            "the evaluation was written by an older curate evaluate, which counted images without people sent to "
+            "review as removed (its false-removal rate is not this card's measure): run it again"
+        )
+    from curate.evaluate import SCORE_SETTINGS  # the detect settings that change scores, as evaluate records them
+
+    recorded = found.get("detect") or {}
+    default = DetectConfig()
+    # A setting an older evaluation does not record was its default then (detect.person_tiles_skip came later)
+    for key in sorted({*recorded, *SCORE_SETTINGS}):
+        if not hasattr(cfg.detect, key):
+            continue
+        value = recorded.get(key, getattr(default, key))
+        if getattr(cfg.detect, key) != value:
+            told = "" if key in recorded else " (not recorded: the default)"
+            problems.append(f"detect.{key}: evaluated {value}{told}, released with {getattr(cfg.detect, key)}")
     evaluated = (found.get("decide") or {}).get("bars")
     if evaluated is None:  # an evaluation from before bars per score column: its thresholds cannot be compared
         problems.append("decide: the evaluation records no bar per score column (an older curate): evaluate again")
@@ -460,24 +481,40 @@ def _evaluation(cfg: CurateConfig, found: dict[str, Any] | None) -> list[str]:
             "(`release.evaluation`). How many people this filter misses is not known.",
         ]
     where = found.get("evaluation_set") or {}
+    if "recall_without_review" in found:
+        counted = (
+            "An image with people counts as caught when the filter rejects it or sends it to review (neither is "
+            "released unless a reviewer keeps it); an image without people counts as falsely removed only when the "
+            "filter rejects it (a reviewer keeps those sent to review: they are the review load)."
+        )
+    else:  # an older curate evaluate: the JSON does not say how many images went to review
+        counted = (
+            "This evaluation was written by an older curate evaluate: an image counted as removed when the filter "
+            "rejected it or sent it to review, images without people included."
+        )
+    figures: list[tuple[object, ...]] = [
+        ("recall (people removed)", _rate(found["recall"]), found["n_human"]),
+        ("false-removal rate (no people, removed)", _rate(found["false_removal_rate"]), found["n_no_human"]),
+    ]
+    if "recall_without_review" in found:
+        figures.append(
+            ("recall without review (people rejected)", _rate(found["recall_without_review"]), found["n_human"])
+        )
+    review = found.get("review")
+    if isinstance(review, dict):
+        sent = f"{review.get('images', 0)} ({review.get('human', 0)} with people, {review.get('no_human', 0)} without)"
+        figures.append(("sent to review (share of all images)", _rate(review.get("share")), sent))
     parts += [
         f"Measured by `curate.evaluate` on the evaluation set **{where.get('name', 'unnamed')}** "
         f"({where.get('size', found['n_human'] + found['n_no_human'])} labelled images: {found['n_human']} with "
-        f"people, {found['n_no_human']} without). An image counts as removed when the filter rejects it or sends it "
-        "to review.",
+        f"people, {found['n_no_human']} without). {counted}",
         "",
-        markdown_table(
-            ("measure", "value", "images"),
-            [
-                ("recall (people removed)", _rate(found["recall"]), found["n_human"]),
-                ("false-removal rate (no people, removed)", _rate(found["false_removal_rate"]), found["n_no_human"]),
-            ],
-        ),
+        markdown_table(("measure", "value", "images"), figures),
     ]
     mismatches = _evaluation_mismatches(cfg, found)
     if mismatches:
-        warning = "> **Warning: the evaluation ran a different filter from this release's**, so these figures do "
-        parts += ["", warning + "not measure it: " + "; ".join(mismatches) + "."]
+        warning = "> **Warning: the evaluation ran a different filter from this release's** (or counted otherwise), "
+        parts += ["", warning + "so these figures do not measure it: " + "; ".join(mismatches) + "."]
     detectors = found.get("per_detector") or {}
     if detectors:
         rows = [
