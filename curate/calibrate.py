@@ -199,8 +199,9 @@ def _size_and_mtime(path: Path) -> tuple[int | None, int | None]:
     return found.st_size, found.st_mtime_ns
 
 
-def from_run(cfg: CurateConfig) -> tuple[pd.DataFrame, dict]:
-    """A run's stored scores, labelled by its review ledger (remove: human, keep: no human)."""
+def from_run(cfg: CurateConfig) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """A run's stored scores, labelled by its review ledger (remove: human, keep: no human), and the scores of
+    the images nobody reviewed (for `unseen_now_kept`), read once."""
     from curate.io.atomic import read_columns
     from curate.review import ledger
     from curate.rundir import RunDir
@@ -219,6 +220,7 @@ def from_run(cfg: CurateConfig) -> tuple[pd.DataFrame, dict]:
     decided = ledger.latest(run.root)
     label = decided["decision"].map({"remove": "human", "keep": "no_human"}).dropna()
     frame = scores[scores["image_id"].isin(label.index)].reset_index(drop=True)
+    unreviewed = scores[~scores["image_id"].isin(decided.index)].reset_index(drop=True)
     frame.insert(0, "label", frame["image_id"].map(label).to_numpy())
     frame.insert(0, "category", "reviewed")
     frame.insert(0, "file", frame.pop("image_id"))
@@ -238,42 +240,30 @@ def from_run(cfg: CurateConfig) -> tuple[pd.DataFrame, dict]:
         # the settings the scores were made with: a release with other ones is refused this preset
         "detect": {key: getattr(cfg.detect, key) for key in SCORE_SETTINGS},
     }
-    return frame, source
+    return frame, source, unreviewed
 
 
-def unseen_now_kept(run_root: Path, bars: dict[str, float], review: dict[str, float] | None) -> int | None:
-    """How many images of the run the rule it runs now rejects or sends to review, that nobody reviewed, and that
-    these bars would keep (release them). A ledger labels only what reviewers saw (flagged and borderline
+def unseen_now_kept(
+    run_root: Path, unreviewed: pd.DataFrame, bars: dict[str, float], review: dict[str, float] | None
+) -> int | None:
+    """How many of the run's `unreviewed` images (nobody reviewed them) the rule it runs now rejects or sends to
+    review, and these bars would keep (release). A ledger labels only what reviewers saw (flagged and borderline
     images), so bars fitted to it can rise above images it never showed them. None: the run's own rule cannot be
     built (its config is refused as it stands)."""
     from curate.detect.decide import decide, run_rule
-    from curate.io.atomic import read_columns
-    from curate.review import ledger
     from curate.runconfig import load_run_config
-    from curate.rundir import RunDir
 
-    run = RunDir(run_root)
     try:
         current = run_rule(load_run_config(run_root))
     except ConfigError:
         return None
-    frames = [
-        read_columns(run.part("ingest", s), lambda n: n == "image_id").join(
-            read_columns(run.part("detect", s), lambda n: family_of(n) is not None)
-        )
-        for s in range(run.num_shards())
-        if run.part("detect", s).exists()
-    ]
-    scores = pd.concat(frames, ignore_index=True)
-    scores = scores[~scores["image_id"].isin(ledger.latest(run_root).index)].reset_index(drop=True)
-    if scores.empty:
+    if unreviewed.empty:
         return 0
-    flagged = decide(scores, current)[0] != "keep"
-    columns = [c for c in bars if c in scores.columns]
-    values = scores[columns].astype("float64")
-    kept = ~removed(values, {c: bars[c] for c in columns})
+    flagged = decide(unreviewed, current)[0] != "keep"
+    values = unreviewed[list(bars)].astype("float64")
+    kept = ~removed(values, bars)
     if review is not None:
-        kept &= ~removed(values, {c: review[c] for c in columns})
+        kept &= ~removed(values, review)
     return int((flagged & kept).sum())
 
 
@@ -385,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         # stage=detect: the detectors and their settings, not the run's inputs (nothing is written to a run)
         cfg = load_config([*overrides, "stage=detect", "decide.preset=custom"])
         if from_a_run:
-            frame, source = from_run(cfg)
+            frame, source, unreviewed = from_run(cfg)
         else:
             images = Path(own["images"])
             scores = Path(own.get("scores", out.with_suffix(".scores.parquet")))
@@ -398,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curate calibrate: {err}", file=sys.stderr)
         return 2
     if from_a_run:
-        unseen = unseen_now_kept(Path(cfg.run.dir), result["bars"], result.get("review_bars"))
+        unseen = unseen_now_kept(Path(cfg.run.dir), unreviewed, result["bars"], result.get("review_bars"))
         source["unreviewed_now_kept"] = "unknown" if unseen is None else unseen
     preset = preset_of(own.get("name", out.stem), result, source, target, folds)
     print(report(result, target))
