@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# A bar above every score in [0, 1]: the column removes nothing.
-NEVER = 1.0
+from curate.detect.bars import NEVER  # a bar above every score in [0, 1]: the column removes nothing
+
 # 95 % two-sided normal quantile, for Wilson intervals.
 Z95 = 1.959963984540054
 

@@ -31,7 +31,7 @@ from curate.config import DETECTOR_FAMILIES, ConfigError, CurateConfig
 from curate.configload import load_config
 from curate.detect.decide import decide, rule
 from curate.detect.decoding import DECODE_ERRORS, decode
-from curate.stages.detect import Scorer
+from curate.stages.detect import Scorer, score_isolated
 
 # The detect settings that change a model's scores (not only its speed): the card compares them with its own.
 SCORE_SETTINGS = ("face_max_side", "person_tiles", "person_tile_min_side", "person_tiles_skip")
@@ -56,16 +56,18 @@ def read_labels(path: Path) -> pd.DataFrame:
 
 def score_folder(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> tuple[pd.DataFrame, list[dict[str, str]]]:
     """The labelled images with every detector's scores, and the images that could not be read or decoded
-    (file and why): those are left out of the figures and listed, never scored as "nothing found"."""
+    or that a detector failed on (file and why): those are left out of the figures and listed, never scored as
+    "nothing found"."""
     scorer = Scorer(cfg)
     columns: dict[str, list[Any]] = {}
     readable: list[int] = []
     unreadable: list[dict[str, str]] = []
+    failed: set[int] = set()  # positions among the readable images whose scoring failed
     size = cfg.detect.batch_size
     # Minutes on a CPU: show how far it got (on stderr, so stdout stays the report; off when not a terminal).
     with tqdm(total=len(labels), desc="evaluate", unit="image", file=sys.stderr, disable=None) as bar:
         for start in range(0, len(labels), size):
-            batch = []
+            batch: list[Any] = []
             for index, name in enumerate(labels["file"].iloc[start : start + size], start):
                 try:
                     batch.append(decode((images / name).read_bytes()))
@@ -73,11 +75,21 @@ def score_folder(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> tuple
                     unreadable.append({"file": name, "error": f"{type(err).__name__}: {err}"[:300]})
                     continue
                 readable.append(index)
-            for key, values in (scorer.score(batch) if batch else {}).items():
+            first = len(readable) - len(batch)
+            # One image a detector cannot score costs only its own row, as in the detect stage: it is left out
+            # and named with the readable ones that failed, never scored as "nothing found".
+            scored, faults = score_isolated(scorer, batch) if batch else ({}, [])
+            for key, values in scored.items():
                 columns.setdefault(key, []).extend(values)
+            for offset, fault in enumerate(faults):
+                if fault is not None:
+                    failed.add(first + offset)
+                    name = labels["file"].iloc[readable[first + offset]]
+                    unreadable.append({"file": name, "error": f"{fault[0]}: {fault[1]}"[:300]})
             bar.update(min(size, len(labels) - start))
     kept = labels.iloc[readable].reset_index(drop=True)
-    return pd.concat([kept, pd.DataFrame(columns)], axis=1), unreadable
+    found = pd.concat([kept, pd.DataFrame(columns)], axis=1)
+    return found.drop(index=sorted(failed)).reset_index(drop=True), unreadable
 
 
 def rate(hits: pd.Series) -> float | None:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import FAST, MODELS, SHARED, run_curate
+from PIL import Image
 
 import curate.calibrate
 from curate.calibrate import main
@@ -202,3 +203,27 @@ def test_calibrate_refuses_a_review_recall_below_the_target_before_any_model_run
         assert main([f"images={tmp_path}", f"out={out}", "target_recall=0.97", f"review_recall={review_recall}"]) == 2
         assert "review_recall must lie in [target_recall, 1]" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_image_a_detector_fails_on_is_left_out_and_named_not_the_run(
+    labelled: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from curate.stages.detect import Scorer
+
+    broken = np.asarray(Image.open(labelled / pd.read_csv(labelled / "labels.csv")["file"].iloc[0]).convert("RGB"))
+    real = Scorer.score
+
+    def score(self: Scorer, images: list) -> dict:
+        if any(image is not None and image.shape == broken.shape for image in images):
+            raise RuntimeError("a detector fault on one image")
+        return real(self, images)
+
+    monkeypatch.setattr(Scorer, "score", score)
+    out = tmp_path / "p.yaml"
+    assert main([f"images={labelled}", f"out={out}", f"models.dir={MODELS}", "target_recall=0.5"]) in (0, 1)
+    err = capsys.readouterr().err
+    first = pd.read_csv(labelled / "labels.csv")["file"].iloc[0]
+    assert f"left out, unreadable: {first} (internal_error: RuntimeError: a detector fault on one image" in err
+    written = out if out.exists() else tmp_path / "p.missed.yaml"
+    found = load_preset(str(written)).provenance["calibration_set"]
+    assert found["images"] == 9 and found["unreadable"] == [first]

@@ -112,6 +112,16 @@ def test_anchor_counts() -> None:
     np.testing.assert_allclose(centres[:3].numpy(), [[0.5 / 24, 0.5 / 24]] * 2 + [[1.5 / 24, 0.5 / 24]])
 
 
+def test_a_truncated_tflite_file_is_refused_naming_it(tmp_path: Path) -> None:
+    models_present(PALM_FILE)
+    whole = PALM_FILE.read_bytes()
+    for length in (64, 1024, len(whole) // 2):
+        cut = tmp_path / f"cut{length}.tflite"
+        cut.write_bytes(whole[:length])
+        with pytest.raises(ValueError, match=rf"cut{length}\.tflite: (a truncated or damaged|not a) TFLite"):
+            read_raw_graph(cut)
+
+
 def test_graph_is_read_as_dense_float32() -> None:
     models_present(FACE_FILE, PALM_FILE)
     for path in (FACE_FILE, PALM_FILE):

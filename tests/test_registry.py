@@ -225,6 +225,11 @@ def test_a_member_that_fails_its_pin_is_refused(
     with pytest.raises(ModelMissing, match="pinned to ffff"):
         resolve("blazeface_full", ModelsConfig(cache=str(cache)))
     assert list(cache.iterdir()) == []
+    # the advice names the model that asked, not the archive's first entry
+    with pytest.raises(ModelMissing, match="pinned to ffff") as refused:
+        resolve("mediapipe_hands", ModelsConfig(cache=str(cache)))
+    assert "mediapipe_hands needs" in str(refused.value) and "blazeface_full needs" not in str(refused.value)
+    assert list(cache.iterdir()) == []
 
 
 def test_a_model_of_two_files_is_missing_when_either_is(tmp_path: Path) -> None:

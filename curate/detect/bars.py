@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from curate.config import DETECTOR_FAMILIES
+
 # The families a score column feeds, strongest evidence first: the reason of a rejection is the strongest family
 # above its bar (a face, then a person box, then a hand, then CLIP).
 FAMILIES = ("face", "person", "person_tiles", "hand", "clip")
@@ -21,7 +23,7 @@ def family_of(column: str) -> str | None:
         return None
     if column.startswith("person_") and column.endswith("_tiles_max"):
         return "person_tiles"
-    for family in ("face", "person", "hand"):
+    for family in DETECTOR_FAMILIES:
         if column.startswith(f"{family}_"):
             return family
     return None

@@ -25,9 +25,8 @@ from typing import Any
 
 import torch
 
-from curate.config import DetectConfig
 from curate.detect.batching import chunks, submit_batches
-from curate.detect.builder import Builder, Identified, report_floor
+from curate.detect.builder import Builder, Identified, batch_and_floor
 from curate.detect.images import Image, image_hw
 from curate.detect.mediapipe_crops import letterbox_batch, to_image
 from curate.detect.mediapipe_ssd import SsdSpec, anchor_centres, decode, weighted_nms
@@ -123,9 +122,4 @@ class BlazeFaceDetector(Identified):
         return self.submit(images)()
 
 
-def options(detect: DetectConfig) -> dict[str, Any]:
-    """The detect stage's arguments."""
-    return {"batch_size": detect.batch_size, "report_floor": report_floor(detect)}
-
-
-build = Builder(BlazeFaceDetector, options)
+build = Builder(BlazeFaceDetector, batch_and_floor)

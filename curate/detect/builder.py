@@ -34,6 +34,11 @@ def report_floor(detect: DetectConfig) -> float:
     return min(detect.box_floor, COUNT_ABOVE)
 
 
+def batch_and_floor(detect: DetectConfig) -> dict[str, Any]:
+    """The detect stage's arguments for a detector that takes only its batch size and the report floor."""
+    return {"batch_size": detect.batch_size, "report_floor": report_floor(detect)}
+
+
 def arguments(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments of `cls(...)` given `values` by name (extra names ignored, e.g. `self` from ``locals()``),
     with the defaults of the ones not given filled in: the effective arguments."""

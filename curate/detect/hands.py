@@ -40,16 +40,15 @@ from typing import Any
 
 import torch
 
-from curate.config import DetectConfig
 from curate.detect.batching import chunks, submit_batches
-from curate.detect.builder import RANDOM_INIT, Builder, Identified, report_floor
+from curate.detect.builder import RANDOM_INIT, Builder, Identified, batch_and_floor
 from curate.detect.images import Image, image_hw, to_chw
 from curate.detect.mediapipe_crops import crops, letterbox_batch, normalize_radians, to_image
 from curate.detect.mediapipe_ssd import SsdSpec, anchor_centres, decode, weighted_nms
 from curate.detect.postprocess import sort_by_group_then_score, split_to_host
 from curate.detect.tflite_network import TfliteNetwork, load_network
 from curate.detect.types import Detections
-from curate.models.registry import file_digest
+from curate.models.registry import REGISTRY, file_digest, joined
 
 # palm_detection_cpu.pbtxt: SsdAnchorsCalculator and TensorsToDetectionsCalculator options
 PALM = SsdSpec(
@@ -64,8 +63,8 @@ ROI_SHIFT_Y = -0.5  # shift_y (shift_x 0), in units of the rectangle's height, a
 # hand_landmark_cpu.pbtxt
 CROP_SIZE = 224
 PRESENCE_OUTPUT = 1  # SplitTensorVectorCalculator: landmarks, hand flag, handedness, world landmarks
-# the landmark model beside the palm model, as the model files are kept side by side (the registry's cache)
-LANDMARK_FILE = "mediapipe_hand_landmark_full.tflite"
+# The landmark network's file, kept beside the palm model's (models.dir, the cache): the registry's name for it.
+LANDMARK_FILE = REGISTRY["mediapipe_hands"].extra[0].filename
 
 
 def palm_rects(boxes: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
@@ -117,7 +116,7 @@ class HandDetector(Identified):
         if weights is None:
             return RANDOM_INIT
         landmark = _landmark_path(Path(weights), bound.get("landmark_weights"))
-        return f"{file_digest(Path(weights))}+{file_digest(landmark)}"
+        return joined([file_digest(Path(weights)), file_digest(landmark)])
 
     def __init__(
         self,
@@ -228,9 +227,4 @@ def _landmark_path(weights: Path, landmark: Path | str | None) -> Path:
     return Path(landmark) if landmark is not None else weights.with_name(LANDMARK_FILE)
 
 
-def options(detect: DetectConfig) -> dict[str, Any]:
-    """The detect stage's arguments."""
-    return {"batch_size": detect.batch_size, "report_floor": report_floor(detect)}
-
-
-build = Builder(HandDetector, options)
+build = Builder(HandDetector, batch_and_floor)

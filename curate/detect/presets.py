@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from curate.config import ConfigError
-from curate.detect.bars import Bar, family_of
+from curate.detect.bars import NEVER, Bar, family_of
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "presets"
 
@@ -63,7 +63,7 @@ def load_preset(value: str) -> Preset:
         if unknown:
             problems.append(f"{column}: unknown keys {sorted(unknown)}")
             continue
-        reject, review, calibrated = entry["reject"], entry.get("review", 1.0), entry.get("calibrated", False)
+        reject, review, calibrated = entry["reject"], entry.get("review", NEVER), entry.get("calibrated", False)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (reject, review)):
             problems.append(f"{column}: reject and review must be numbers")
             continue

@@ -11,6 +11,7 @@ float32 array and those ops are gone, so a runner only sees the operators that c
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,13 +235,21 @@ def _tensor(model: Any, file: bytes, graph: Any, index: int) -> Tensor:
 
 
 def read_raw_graph(path: Path | str) -> Graph:
-    """The first subgraph of the ``.tflite`` file as it is stored (no folding)."""
+    """The first subgraph of the ``.tflite`` file as it is stored (no folding). A truncated or damaged file is
+    a ValueError naming it (the flatbuffer reader itself fails with a bare struct.error or IndexError)."""
     file = Path(path).read_bytes()
     if not tflite.Model.ModelBufferHasIdentifier(file, 0):
         raise ValueError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
+    try:
+        return _graph(file)
+    except (struct.error, IndexError, ValueError) as err:
+        raise ValueError(f"{path}: a truncated or damaged TFLite file ({type(err).__name__}: {err})") from err
+
+
+def _graph(file: bytes) -> Graph:
     model = tflite.Model.GetRootAsModel(file, 0)
     if model.SubgraphsLength() < 1:
-        raise ValueError(f"{path}: no subgraph")
+        raise ValueError("no subgraph")
     graph = model.Subgraphs(0)
     tensors = [_tensor(model, file, graph, i) for i in range(graph.TensorsLength())]
     operators = []

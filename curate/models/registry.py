@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable, Mapping
@@ -312,7 +313,7 @@ def resolve_all(name: str, cfg: ModelsConfig) -> list[Path]:
         if cfg.dir or not cfg.download:
             raise ModelMissing(how_to_get(spec, cfg))
         if spec.archive is not None:
-            extract(spec.archive, folder(cfg), cfg)
+            extract(spec.archive, folder(cfg), cfg, wanted_by=spec)
         else:
             download(spec, paths[0], cfg)
     for file, path in zip(files(spec), paths, strict=True):
@@ -323,6 +324,15 @@ def resolve_all(name: str, cfg: ModelsConfig) -> list[Path]:
 def weights_digest(name: str, cfg: ModelsConfig) -> str:
     """The digest of a model's weights as they are on disk (verified, downloaded when allowed), `joined`."""
     return joined([file_digest(path) for path in resolve_all(name, cfg)])
+
+
+def _partial(target: Path) -> Path:
+    """A new, unique file beside `target` to write it into before it gets its name: two processes filling one
+    cache never write into, or delete, each other's download."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    os.close(handle)
+    return Path(name)
 
 
 def _fetch(url: str, partial: Path, advice: str) -> None:
@@ -339,7 +349,7 @@ def _fetch(url: str, partial: Path, advice: str) -> None:
 
 def download(spec: ModelSpec, path: Path, cfg: ModelsConfig | None = None) -> None:
     where = cfg or ModelsConfig(cache=str(path.parent))  # name the cache the run uses, not the default
-    partial = path.with_name(path.name + ".partial")
+    partial = _partial(path)
     _fetch(spec.url, partial, how_to_get(spec, where))
     try:
         verify(spec, partial, record=not spec.sha256)
@@ -354,19 +364,23 @@ def archive_members(archive: Archive) -> list[tuple[ModelSpec, WeightFile]]:
     return [(spec, f) for spec in REGISTRY.values() if spec.archive == archive for f in files(spec)]
 
 
-def extract(archive: Archive, into: Path, cfg: ModelsConfig | None = None) -> list[Path]:
+def extract(
+    archive: Archive, into: Path, cfg: ModelsConfig | None = None, wanted_by: ModelSpec | None = None
+) -> list[Path]:
     """Download `archive` once (checked against its sha256) and take out every member the registry pins from it
     that `into` lacks, each checked against its own sha256 before it gets its name; the archive is then removed.
-    A member that fails its pin is refused and left nowhere. Returns the files written."""
+    A member that fails its pin is refused and left nowhere. Returns the files written. A failure's advice names
+    `wanted_by`, the model that asked (else the archive's first)."""
     wanted = list({f.filename: (spec, f) for spec, f in archive_members(archive)}.values())
     wanted = [(spec, f) for spec, f in wanted if not (into / f.filename).exists()]
     if not wanted:
         return []
     where = cfg or ModelsConfig(cache=str(into))
-    advice = how_to_get(wanted[0][0], where)
-    partial = into / (archive.filename + ".partial")
+    advice = how_to_get(wanted_by or wanted[0][0], where)
+    partial = _partial(into / archive.filename)
     _fetch(archive.url, partial, advice)
     written: list[Path] = []
+    members: list[Path] = []  # the members' partial files, removed whatever happens
     try:
         found = sha256_file(partial)
         if found != archive.sha256:
@@ -374,13 +388,16 @@ def extract(archive: Archive, into: Path, cfg: ModelsConfig | None = None) -> li
         with zipfile.ZipFile(partial) as zipped:
             for spec, file in wanted:
                 target = into / file.filename
-                out = target.with_name(target.name + ".partial")
+                out = _partial(target)
+                members.append(out)
                 try:
                     with zipped.open(file.member) as source, open(out, "wb") as sink:
                         shutil.copyfileobj(source, sink, 1 << 20)
                     verify(spec, out, file=file)
                 except KeyError as err:
                     raise ModelMissing(f"{archive.url} has no member {file.member}. {advice}") from err
+                except OSError as err:  # a full disk, a folder not writable: said, never a traceback
+                    raise ModelMissing(f"could not write {target}: {err}. {advice}") from err
                 out.replace(target)
                 written.append(target)
                 log.info("%s: %s taken out of %s", spec.name, target, archive.filename)
@@ -388,8 +405,8 @@ def extract(archive: Archive, into: Path, cfg: ModelsConfig | None = None) -> li
         raise ModelMissing(f"{archive.url} is not a readable zip archive ({err}). {advice}") from err
     finally:
         partial.unlink(missing_ok=True)
-        for _, file in wanted:  # a missing, damaged or substituted member is never left to be taken for weights
-            (into / (file.filename + ".partial")).unlink(missing_ok=True)
+        for out in members:  # a missing, damaged or substituted member is never left to be taken for weights
+            out.unlink(missing_ok=True)
     return written
 
 
