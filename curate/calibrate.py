@@ -16,7 +16,8 @@ provenance the band's recall (reviews counted as caught) and review load, in-sam
 From a labelled folder (labels.csv as for `curate evaluate`: file, label human|no_human, category) it runs detect
 once and keeps the scores (`scores=`, default `<out>.scores.parquet`, with a `.json` beside it naming the
 detectors and labels they came from). The next calibration with the same detectors and labels reads them back:
-changing the target never re-runs a model.
+changing the target never re-runs a model. It looks at every tile (`detect.tile_policy=always`): a bar is searched
+over every image's score, not over those `auto` would look at.
 
 From a run (`run.dir=RUN`) it reads the scores detect stored and labels them with the review ledger: `remove` is
 a human, `keep` is no human; `unsure`, and images nobody reviewed, are left out. Every review round can so
@@ -373,9 +374,23 @@ def main(argv: list[str] | None = None) -> int:
         if review_recall is not None and not target <= review_recall <= 1.0:
             raise ConfigError(f"review_recall must lie in [target_recall, 1] = [{target}, 1], not {review_recall}")
         # stage=detect: the detectors and their settings, not the run's inputs (nothing is written to a run)
-        cfg = load_config([*overrides, "stage=detect", "decide.preset=custom"])
+        tiles = [a.split("=", 1)[1] for a in overrides if a.split("=", 1)[0] == "detect.tile_policy"]
+        if not from_a_run and tiles and tiles[-1] == "auto":
+            raise ConfigError(
+                "detect.tile_policy=auto looks at the tiles only where the full view leaves the decision open, so a "
+                "bar searched over its tile scores would be searched over some images only: calibrate looks at every "
+                "tile (tile_policy=always, its default); drop detect.tile_policy=auto"
+            )
+        policy = [] if from_a_run or tiles else ["detect.tile_policy=always"]
+        cfg = load_config([*overrides, *policy, "stage=detect", "decide.preset=custom"])
         if from_a_run:
             frame, source, unreviewed = from_run(cfg)
+            if cfg.detect.tile_policy == "auto" and any(c.endswith("_tiles_max") for c in frame.columns):
+                print(
+                    "curate calibrate: warning: the run looked at tiles only where the full view left the decision "
+                    "open (detect.tile_policy=auto): the tiles' bars are searched over those images alone",
+                    file=sys.stderr,
+                )
         else:
             images = Path(own["images"])
             scores = Path(own.get("scores", out.with_suffix(".scores.parquet")))

@@ -200,7 +200,30 @@ def detector_columns(family: str, name: str, tiled: bool) -> list[Column]:
     columns = [Column(f"{prefix}_max", FLOAT, best)]
     if tiled:
         tiles = "the best score on the tiles alone (a `detect.person_tiles`² grid of crops); null: the image got no "
-        columns.append(Column(f"{prefix}_tiles_max", FLOAT, tiles + "tiles (`detect.person_tile_min_side`)"))
+        columns.append(
+            Column(
+                f"{prefix}_tiles_max",
+                FLOAT,
+                tiles + "tiles (`detect.person_tile_min_side`, or `detect.tile_policy=auto` looked at none)",
+            )
+        )
+        columns.append(
+            Column(
+                f"{prefix}_tiles_looked",
+                INT,
+                "how many of the image's tiles were looked at (`detect.tile_policy=auto` looks only where they can "
+                "matter)",
+            )
+        )
+        columns.append(
+            Column(
+                f"{prefix}_tiles_decided_by",
+                STRING,
+                "`detect.tile_policy=auto`: the score column whose full-view score (at or above "
+                "`detect.tile_decisive`) decided the image without its tiles; a preset that does not reject there "
+                "sends it to review (`tiles_skipped`). null: not skipped so",
+            )
+        )
     columns += [
         Column(
             f"{prefix}_count",

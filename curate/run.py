@@ -22,7 +22,8 @@ from curate.configload import config_text, load_config, pipelines_dir, without_p
 from curate.io.atomic import write_text
 from curate.runconfig import SAMPLE_DIR
 from curate.rundir import RunDir
-from curate.runner import Runner, StageReport
+from curate.runner import Runner, StageReport, chains
+from curate.stages.base import ShardStage
 
 # SAMPLE_DIR: where the bundled sample lives, for the tests and benchmarks that name it
 __all__ = ["SAMPLE_DIR", "main"]
@@ -95,6 +96,19 @@ def stages_for(stage: Stage) -> list[str]:
     return [stage.value]
 
 
+def stage_groups(cfg: CurateConfig) -> list[list[ShardStage]]:
+    """The invocation's stages in order, consecutive per-shard stages grouped to run overlapped (run.overlap):
+    with stage=all, license, fetch and detect run as one chain of tasks per shard; run-wide steps stay barriers."""
+    groups: list[list[ShardStage]] = []
+    for name in stages_for(cfg.stage):
+        stage = pipeline.stage_class(name)(cfg)
+        if cfg.run.overlap and groups and chains(stage) and all(chains(s) for s in groups[-1]):
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
 def needs_models(cfg: CurateConfig, runner: Runner) -> bool:
     """Whether detect will run a model in this invocation: a review, audit or re-release of a finished run
     needs no weight file (and so no models.dir) at all."""
@@ -116,10 +130,10 @@ def run_locked(cfg: CurateConfig) -> list[StageReport]:
             from curate.models.registry import check_available
 
             check_available(cfg)  # a missing weight file fails here, before any work
-        for name in stages_for(cfg.stage):
-            report = runner.run_stage(pipeline.stage_class(name)(cfg))
-            reports.append(report)
-            if report.fatal:
+        for group in stage_groups(cfg):
+            done = runner.run_overlapped(group) if len(group) > 1 else [runner.run_stage(group[0])]
+            reports += done
+            if any(report.fatal for report in done):
                 break  # a failed shard does not stop the run (its rows are shard_failed); a failed stage does
     finally:
         runner.close()

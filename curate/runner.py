@@ -200,6 +200,19 @@ def shard_fingerprint(
     )
 
 
+def chains(stage: ShardStage) -> bool:
+    """Whether a stage's shards can each run right after the same shard's stage before (`Runner.run_overlapped`):
+    one with no run-wide step (dedup's grouping, release's selection, review's decisions), that lays out no
+    shards and refuses no work."""
+    kind = type(stage)
+    return (
+        not kind.lays_out_shards
+        and not kind.sees_all_rows
+        and kind.prepare is ShardStage.prepare
+        and kind.refuse_work is ShardStage.refuse_work
+    )
+
+
 class StageContext:
     """What a stage's run-wide work sees: the config, the run directory, a map of tasks over the cluster, and
     cached steps. Failures of its tasks are recorded in the stage's report; `failed` says whether any happened."""
@@ -324,11 +337,12 @@ class Runner:
         key: str,
         resources: dict[str, int] | None = None,
         retries: int | None = None,
+        priority: int = 0,
     ) -> Any:
         """One task on the cluster; Dask runs it again (`retries`, default dask.retries, times) when it raises or
-        its worker dies."""
+        its worker dies. Of the tasks that can run, Dask starts those of higher `priority` first."""
         retries = self.cfg.dask.retries if retries is None else retries
-        return self.client.submit(func, *args, key=key, resources=resources, retries=retries)
+        return self.client.submit(func, *args, key=key, resources=resources, retries=retries, priority=priority)
 
     def gather(
         self,
@@ -346,18 +360,24 @@ class Runner:
                 try:
                     result = future.result()
                 except Exception as err:  # noqa: BLE001 - reported per task; the other tasks go on
-                    where = ""
-                    if error_file is not None:
-                        path = error_file(tag)
-                        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-                        tries = self.cfg.dask.retries + 1
-                        write_text(path, f"{desc} {tag} failed in each of {tries} attempt(s)\n{text}")
-                        where = f" (traceback: {path})"
-                    report.failures.append(f"{desc} {tag}: {type(err).__name__}: {str(err)[:300]}{where}")
-                    log.error("%s %s failed: %s%s", desc, tag, err, where)
+                    self.record_failure(err, report, desc, tag, error_file)
                 else:
                     yield tag, result
                 bar.update(1)
+
+    def record_failure(
+        self, err: BaseException, report: StageReport, desc: str, tag: Any, error_file: Callable[[Any], Path] | None
+    ) -> None:
+        """A task that failed after its retries: in the report, the log and (when given) `error_file(tag)`."""
+        where = ""
+        if error_file is not None:
+            path = error_file(tag)
+            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            tries = self.cfg.dask.retries + 1
+            write_text(path, f"{desc} {tag} failed in each of {tries} attempt(s)\n{text}")
+            where = f" (traceback: {path})"
+        report.failures.append(f"{desc} {tag}: {type(err).__name__}: {str(err)[:300]}{where}")
+        log.error("%s %s failed: %s%s", desc, tag, err, where)
 
     def layout_is_current(self, stage: ShardStage) -> bool:
         """Whether a stage that lays out the shards (ingest) finished every shard with its fingerprint now."""
@@ -407,12 +427,8 @@ class Runner:
             return report
         todo: dict[int, str] = {}
         for shard in range(num_shards):
-            fp = shard_fingerprint(stage, self.run, upstream, shard, prepared)
-            marker = self.run.read_marker(stage.name, shard)
-            if is_current(marker, fp, self.run.root) and marker is not None and not stage.wants_rerun(self.run, shard):
-                report.skipped += 1
-                report.add(marker)
-            else:
+            fp = self.shard_todo(stage, upstream, shard, report, prepared)
+            if fp is not None:
                 todo[shard] = fp
         refused = stage.refuse_work(self.run) if todo else None
         if refused:
@@ -436,15 +452,7 @@ class Runner:
                 report.finished(marker)
                 done.add(shard)
             for shard in sorted(set(todo) - done):
-                report.failed_shards.append(shard)
-                if stage.sees_all_rows:
-                    continue  # release: nothing after it; its files are not assembled (below)
-                summary = f"shard task failed: see {errors(shard).relative_to(self.run.root)}"
-                try:
-                    report.add(write_failed_shard(stage, upstream, shard, todo[shard], summary))
-                except Exception as err:  # noqa: BLE001 - e.g. the disk that failed the task is still full
-                    report.fatal = True  # the shard has no rows to go on with: later stages must not run
-                    report.failures.append(f"{stage.name} {shard}: could not record the failure: {describe(err)}")
+                self.shard_failed(stage, upstream, shard, todo[shard], report)
         if report.failed_shards and stage.sees_all_rows:
             report.fatal = True
         elif not report.fatal and (todo or not stage.is_finished(self.run)):
@@ -452,6 +460,103 @@ class Runner:
         report.wall_s = time.perf_counter() - started
         self.record(report)
         return report
+
+    def shard_todo(
+        self, stage: ShardStage, upstream: list[str], shard: int, report: StageReport, prepared: str | None = None
+    ) -> str | None:
+        """The shard's fingerprint when it must run now; None (counted as skipped in `report`) when its marker
+        is current."""
+        fp = shard_fingerprint(stage, self.run, upstream, shard, prepared)
+        marker = self.run.read_marker(stage.name, shard)
+        if is_current(marker, fp, self.run.root) and marker is not None and not stage.wants_rerun(self.run, shard):
+            report.skipped += 1
+            report.add(marker)
+            return None
+        return fp
+
+    def shard_failed(self, stage: ShardStage, upstream: list[str], shard: int, fp: str, report: StageReport) -> bool:
+        """A shard task failed after its retries: its rows are recorded as failed/shard_failed (not for release,
+        the last stage). False when even that failed: the stage is fatal, later stages must not run."""
+        report.failed_shards.append(shard)
+        if stage.sees_all_rows:
+            return True  # release: nothing after it; its files are not assembled
+        summary = f"shard task failed: see {self.run.error_file(stage.name, shard).relative_to(self.run.root)}"
+        try:
+            report.add(write_failed_shard(stage, upstream, shard, fp, summary))
+        except Exception as err:  # noqa: BLE001 - e.g. the disk that failed the task is still full
+            report.fatal = True  # the shard has no rows to go on with: later stages must not run
+            report.failures.append(f"{stage.name} {shard}: could not record the failure: {describe(err)}")
+            return False
+        return True
+
+    def run_overlapped(self, stages: list[ShardStage]) -> list[StageReport]:
+        """Consecutive per-shard stages (`overlaps`) as one chain of tasks per shard: a shard's next stage is
+        submitted as soon as its stage before is done, so that detect of shard N runs while other shards still
+        download. Each task is `run_shard`, cached and fingerprinted as when the stages run one after another (the
+        outputs are the same bytes); later stages get a higher Dask priority, so a free worker finishes a shard's
+        chain before it opens another shard. A shard whose task failed after its retries goes on over its
+        failed/shard_failed rows; a stage that could not record a failure stops every shard's chain there."""
+        started = time.perf_counter()
+        num_shards = self.run.num_shards()
+        reports = [StageReport(stage.name, num_shards) for stage in stages]
+        upstreams = [pipeline.upstream(stage.name) for stage in stages]
+        for stage in stages:
+            if self.has_work(stage):
+                stage.before_work()  # e.g. detect's weight check: before any shard is submitted
+        pending: dict[Any, tuple[int, int, str]] = {}
+        finished = as_completed([], loop=self.client.loop) if num_shards else None
+        bars = [self.progress(num_shards, stage.name) for stage in stages]
+        last = [started] * len(stages)
+
+        def advance(k: int, shard: int) -> None:
+            # the shard's first stage from k that has work is submitted; the current ones before it are skipped
+            for j in range(k, len(stages)):
+                if reports[j].fatal:
+                    return
+                fp = self.shard_todo(stages[j], upstreams[j], shard, reports[j])
+                if fp is None:
+                    bars[j].update(1)
+                    continue
+                gpu = stages[j].uses_gpu and self.cfg.dask.gpus
+                future = self.submit(
+                    run_shard, stages[j], upstreams[j], shard, fp, key=f"{stages[j].name}-{shard}-{fp[:12]}",
+                    resources={"GPU": 1} if gpu else None, priority=j,
+                )  # fmt: skip
+                pending[future] = (j, shard, fp)
+                assert finished is not None
+                finished.add(future)
+                return
+
+        try:
+            for shard in range(num_shards):
+                advance(0, shard)
+            for future in finished or []:
+                k, shard, fp = pending.pop(future)
+                stage, report = stages[k], reports[k]
+                try:
+                    marker = future.result()
+                except Exception as err:  # noqa: BLE001 - the shard's failure; the other shards go on
+                    self.record_failure(err, report, stage.name, shard, partial(self.run.error_file, stage.name))
+                    go_on = self.shard_failed(stage, upstreams[k], shard, fp, report)
+                else:
+                    report.finished(marker)
+                    go_on = True
+                bars[k].update(1)
+                last[k] = time.perf_counter()
+                if go_on:
+                    advance(k + 1, shard)
+        finally:
+            for bar in bars:
+                bar.close()
+        for k, (stage, report) in enumerate(zip(stages, reports, strict=True)):
+            if k and reports[k - 1].fatal:
+                report.fatal = True  # its shards did not all get their input: it stopped with the stage before
+            elif not report.fatal and (report.done or not stage.is_finished(self.run)):
+                stage.finish(self.run, num_shards)
+            # each stage's wall time runs from the chain's start to its last shard
+            report.wall_s = (last[k] if report.done or report.failures else time.perf_counter()) - started
+            self.record(report)
+        return reports
 
     def _run_layout(self, stage: ShardStage) -> StageReport:
         """A stage that lays out the shards (ingest) is one step over all its inputs: it runs whole, when any

@@ -77,7 +77,7 @@ REASONS: dict[str, frozenset[str]] = {
     "dedup": frozenset({OK, "exact_duplicate", "near_duplicate", "semantic_duplicate", "reference_duplicate"}),
     "review": frozenset({"not_reviewed", "kept", "removed", "unsure"}),
     # Applied at release from the stored scores (curate.detect.decide).
-    "decision": frozenset({OK, "face", "person", "hand", "clip_human", "uncertain"}),
+    "decision": frozenset({OK, "face", "person", "hand", "clip_human", "uncertain", "tiles_skipped"}),
     # Applied at release over every shard, after the decision: cap per owner, seeded sample, takedowns.
     "select": frozenset({OK, "owner_cap", "sampled_out", "takedown"}),
 }

@@ -30,11 +30,25 @@ def test_every_image_has_every_detectors_scores_and_a_decision(detected: Path) -
     manifest = pd.read_parquet(detected / "release" / "v1" / "manifest.parquet")
     scored = manifest[manifest["fetch_status"] == "ok"]
     assert len(scored) == 31 and (scored["detect_status"] == "ok").all()
-    columns = ("face_retinaface_mnet025_max", "person_yolox_nano_max", "person_yolox_nano_tiles_max")
+    columns = ("face_retinaface_mnet025_max", "person_yolox_nano_max", "person_yolox_nano_tiles_looked")
     for column in (*columns, "face_retinaface_mnet025_boxes"):
         assert scored[column].notna().all(), column
+    # tile_policy=auto: a tiles score wherever a tile was looked at, none where none was
+    looked = scored["person_yolox_nano_tiles_looked"] > 0
+    assert (scored["person_yolox_nano_tiles_max"].notna() == looked).all()
+    assert (
+        scored.loc[scored["person_yolox_nano_tiles_decided_by"].notna(), "person_yolox_nano_tiles_looked"] == 0
+    ).all()
     assert scored["decision"].isin(["keep", "reject", "review"]).all()
-    assert set(scored["decision_reason"]) <= {"ok", "face", "person", "clip_human", "uncertain"}
+    assert set(scored["decision_reason"]) <= {
+        "ok",
+        "face",
+        "person",
+        "hand",
+        "clip_human",
+        "uncertain",
+        "tiles_skipped",
+    }
     # Nothing flagged is released.
     assert (manifest.loc[manifest["status"] == "kept", "decision"] == "keep").all()
 
@@ -84,15 +98,17 @@ def test_evaluate_on_the_dev_set(tmp_path: Path) -> None:
     assert evaluate([f"images={dev}", f"labels={dev / 'labels.csv'}", f"out={out}", f"models.dir={MODELS}"]) == 0
     result = json.loads(out.read_text())
     assert set(result) >= {"recall", "false_removal_rate", "per_category", "per_detector", "missed"}
-    # The default stack and the strict preset, calibrated on this set (so optimistic): evaluate's figures are the
-    # ones `curate calibrate` recorded in the preset, in-sample (humans sent to review count as caught; others
-    # sent to review are not false removals).
+    # The default stack and the strict preset, calibrated on this set (so optimistic) with every tile looked at
+    # (tile_policy=always): evaluate's figures, with the default tile_policy=auto, are within one image of those
+    # `curate calibrate` recorded in the preset, in-sample (humans sent to review count as caught; others sent to
+    # review are not false removals).
     measured = load_preset("strict").provenance["measured"]
     band = measured["with_review"]["in_sample"]
-    assert result["recall"] == pytest.approx(band["recall_with_review"], abs=1e-4)  # 113 of 114
-    assert result["recall_without_review"] == pytest.approx(measured["in_sample"]["recall"], abs=1e-4)
-    assert result["false_removal_rate"] == pytest.approx(measured["in_sample"]["false_removal"], abs=1e-4)
-    assert result["review"]["images"] == band["review_images"]
+    humans, others = 114, 105
+    assert abs(result["recall"] - band["recall_with_review"]) * humans <= 1 + 1e-6  # 113 of 114 with always
+    assert abs(result["recall_without_review"] - measured["in_sample"]["recall"]) * humans <= 1 + 1e-6
+    assert abs(result["false_removal_rate"] - measured["in_sample"]["false_removal"]) * others <= 1 + 1e-6
+    assert abs(result["review"]["images"] - band["review_images"]) <= 3
     assert result["per_category"]["human/full_body"]["recall"] == 1.0
     assert result["per_detector"]["person_yolox_nano"]["recall"] >= 0.85
     # tiles alone catch people the full view misses, and they have a bar of their own

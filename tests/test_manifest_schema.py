@@ -66,10 +66,11 @@ def test_detector_columns_follow_the_recipe_exactly() -> None:
 
     assert names(face=["retinaface_mnet025"], person=["yolox_nano"], person_tiles=3) == [
         *("face_retinaface_mnet025_max", "face_retinaface_mnet025_count", "face_retinaface_mnet025_boxes"),
-        *("person_yolox_nano_max", "person_yolox_nano_tiles_max", "person_yolox_nano_count"),
-        "person_yolox_nano_boxes",
+        *("person_yolox_nano_max", "person_yolox_nano_tiles_max", "person_yolox_nano_tiles_looked"),
+        *("person_yolox_nano_tiles_decided_by", "person_yolox_nano_count", "person_yolox_nano_boxes"),
     ]
     assert "person_yolox_nano_tiles_max" not in names(person=["yolox_nano"], person_tiles=1)
+    assert not [n for n in names(person=["yolox_nano"], tile_policy="off") if "_tiles_" in n]
     # detectors that cannot tile have no tiles column (registry: tiles=False); a face detector never gets them
     assert names(face=[], person=["fasterrcnn_resnet50_fpn_v2"], person_tiles=3) == [
         *("person_fasterrcnn_resnet50_fpn_v2_max", "person_fasterrcnn_resnet50_fpn_v2_count"),

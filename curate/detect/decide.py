@@ -118,8 +118,9 @@ def run_rule(cfg: CurateConfig) -> Rule:
 
 
 def decide(rows: pd.DataFrame, cfg: DecideConfig | Rule) -> tuple[np.ndarray, np.ndarray]:
-    """(decision, reason) per row: keep/ok, reject/face|person|hand|clip_human, review/uncertain. A column that
-    is null on a row (that model did not run, or saw no tiles) is no evidence either way."""
+    """(decision, reason) per row: keep/ok, reject/face|person|hand|clip_human, review/uncertain|tiles_skipped. A
+    column that is null on a row (that model did not run, or saw no tiles) is no evidence either way; tiles skipped
+    as decided by a column this rule does not reject on are (`tiles_unlooked`)."""
     active = cfg if isinstance(cfg, Rule) else rule(cfg, list(rows.columns))
     n = len(rows)
     decision = np.full(n, "keep", dtype=object)
@@ -131,10 +132,32 @@ def decide(rows: pd.DataFrame, cfg: DecideConfig | Rule) -> tuple[np.ndarray, np
         rejected[str(family_of(column))] |= values > bar.reject
         uncertain |= values > bar.review
     decision[uncertain], reason[uncertain] = "review", "uncertain"
+    unlooked = tiles_unlooked(rows, active) & ~uncertain
+    decision[unlooked], reason[unlooked] = "review", TILES_SKIPPED
     for family in reversed(FAMILIES):  # the strongest evidence is written last, so it names the reason
         hit = rejected[family]
         decision[hit], reason[hit] = "reject", REASON[family]
     return decision, reason
+
+
+TILES_SKIPPED = "tiles_skipped"
+
+
+def tiles_unlooked(rows: pd.DataFrame, active: Rule) -> np.ndarray:
+    """Rows whose tiles detect.tile_policy=auto skipped because a full-view column reached detect.tile_decisive
+    (`*_tiles_decided_by` names it), where this rule does not reject on that column: the tiles might have
+    changed the decision, so a person looks (a rule that rejects there never needs them)."""
+    unlooked = np.zeros(len(rows), dtype=bool)
+    for by in (c for c in rows.columns if c.endswith("_tiles_decided_by")):
+        named = rows[by].astype("string").fillna("").to_numpy(dtype=object)
+        for column in {str(c) for c in named if c}:
+            bar = active.bars.get(column)
+            values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype="float64") if column in rows else None
+            rejects = (
+                (np.nan_to_num(values, nan=-1.0) > bar.reject) if bar is not None and values is not None else False
+            )
+            unlooked |= (named == column) & ~rejects
+    return unlooked
 
 
 def family_scores(rows: pd.DataFrame) -> pd.DataFrame:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -21,13 +21,16 @@ class Detections:
 
     ``best``: the image's highest score, when a detector returns only its boxes above a reporting floor
     (None: the best of ``scores``). ``tiles_best``: for a person detector that also looked at tiles of the
-    image, the best score found on the tiles alone (``best`` then covers the full view only)."""
+    image, the best score found on the tiles alone (``best`` then covers the full view only), and
+    ``tiles_looked`` how many of its tiles it looked at."""
 
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     landmarks: np.ndarray | None = None
     best: float | None = None
     tiles_best: float | None = None
+    # how many tiles were looked at (detect.tile_policy=auto looks at some only); None: not a tiling detector
+    tiles_looked: int | None = None
 
     @property
     def max_score(self) -> float:
@@ -58,4 +61,22 @@ class Detector(Protocol):
 
     def identity(self) -> dict[str, Any]:
         """Everything that shapes its outputs: class, version, effective arguments, constants, weights' sha256."""
+        ...
+
+
+@runtime_checkable
+class LooksAtTilesLater(Protocol):
+    """A tiling detector that can look at its full views first and at its tiles afterwards (detect.tile_policy=auto):
+    `curate.stages.detect.Scorer` then skips the tiles of images another model's full view already decides."""
+
+    tile_policy: str
+
+    def submit_views(self, images: Sequence[Any]) -> Callable[[], Any]:
+        """Queue the full views; the function returned waits for them and gives what `submit_tiles` takes, whose
+        ``best`` holds each image's full-view score."""
+        ...
+
+    def submit_tiles(self, views: Any, decided: Sequence[bool]) -> Callable[[], list[Detections]]:
+        """Queue the tiles worth looking at of the images not ``decided``; the function returned finishes every
+        image's detections."""
         ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,22 @@ def decode_boxes(raw: torch.Tensor, size: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
+Window = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class FullViews:
+    """A batch's full views, looked at: what tile_policy=auto decides from which tiles to look at."""
+
+    images: Sequence[Image]
+    raw: torch.Tensor  # (N, A, 85) raw head outputs of the full views, on the device
+    ratios: list[float]  # each image's letterbox ratio
+    sizes: list[tuple[int, int]]  # each image's (h, w)
+    best: list[float]  # each image's best full-view score (as `Detections.best`)
+    windows: list[list[Window]]  # each image's tile windows (none: too small for tiles)
+    peaks: list[list[float]]  # per window, the full view's best raw person score of an anchor centred in it
+
+
 class YoloxDetector(Identified):
     """Person boxes and scores (objectness x person probability) from YOLOX, in original pixel coordinates.
 
@@ -126,6 +143,8 @@ class YoloxDetector(Identified):
         tile_min_side: int | None = None,
         tile_drop_cut: bool = True,
         report_floor: float = 0.0,
+        tile_policy: str = "always",
+        tile_gate: float = 0.0,
     ) -> None:
         self._identify(locals())
         self.variant = canonical_variant(variant)
@@ -143,6 +162,10 @@ class YoloxDetector(Identified):
         self.tile_min_side = input_size if tile_min_side is None else tile_min_side
         self.tile_drop_cut = tile_drop_cut
         self.report_floor = report_floor
+        if tile_policy not in ("always", "auto"):  # "off" never reaches a detector: it is tiles=1 (DetectConfig)
+            raise ValueError(f"tile_policy must be always or auto, got {tile_policy!r}")
+        self.tile_policy = tile_policy
+        self.tile_gate = tile_gate
         self.half = half and self.device.type == "cuda"
         model = load_yolox(Path(weights), self.variant).fuse()
         # channels-last: about 2x faster on CPU for this network (depthwise and 1x1 convs)
@@ -155,35 +178,125 @@ class YoloxDetector(Identified):
         dtype = torch.float16 if self.half else torch.float32
         return self.model(batch.to(self.device, dtype).contiguous(memory_format=torch.channels_last)).float()
 
+    def windows(self, image: Image) -> list[tuple[int, int, int, int]]:
+        """The tile windows of one image (none below ``tile_min_side``, or without tiles)."""
+        h, w = image_hw(image)
+        return tile_windows(h, w, self.tiles, self.tile_overlap) if max(h, w) > self.tile_min_side else []
+
     def preprocess(
         self, images: Sequence[Image]
     ) -> tuple[torch.Tensor, list[tuple[int, float, tuple[int, int, int, int] | None]]]:
         """All letterboxed inputs (each image, then its tiles) of ``images`` and, per input, (image index,
         ratio r, crop window (x0, y0, x1, y1) in the image, or None for the full image)."""
+        return self._inputs(images, [self.windows(image) for image in images], full=True)
+
+    def _inputs(
+        self, images: Sequence[Image], windows: Sequence[Sequence[tuple[int, int, int, int]]], full: bool
+    ) -> tuple[torch.Tensor, list[tuple[int, float, tuple[int, int, int, int] | None]]]:
+        """Letterboxed inputs: per image its full view (when ``full``), then its crops ``windows[i]``; and per
+        input (image index, ratio r, window or None for the full view)."""
         s = self.input_size
-        views: list[tuple[int, torch.Tensor, list[tuple[int, int, int, int]]]] = []
-        for i, image in enumerate(images):
-            h, w = image_hw(image)
-            windows = tile_windows(h, w, self.tiles, self.tile_overlap) if max(h, w) > self.tile_min_side else []
-            views.append((i, to_chw(image, self.device), windows))
-        batch = torch.full((sum(1 + len(w) for _, _, w in views), 3, s, s), PAD_VALUE, device=self.device)
+        views = [(i, to_chw(image, self.device), list(windows[i])) for i, image in enumerate(images)
+                 if full or windows[i]]  # fmt: skip
+        batch = torch.full((sum(int(full) + len(w) for _, _, w in views), 3, s, s), PAD_VALUE, device=self.device)
         meta: list[tuple[int, float, tuple[int, int, int, int] | None]] = []
-        for i, rgb, windows in views:
-            meta.append((i, letterbox(rgb, s, batch[len(meta)]), None))
-            ratios = letterbox_crops(rgb, windows, s, batch[len(meta) : len(meta) + len(windows)])
-            meta.extend((i, r, window) for r, window in zip(ratios, windows, strict=True))
+        for i, rgb, crops in views:
+            if full:
+                meta.append((i, letterbox(rgb, s, batch[len(meta)]), None))
+            ratios = letterbox_crops(rgb, crops, s, batch[len(meta) : len(meta) + len(crops)])
+            meta.extend((i, r, window) for r, window in zip(ratios, crops, strict=True))
         return batch.round_().clamp_(0, 255).flip(1), meta
 
-    def _forward(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
-        """Queue one batch's network work; returns the post-processing that finishes it."""
-        batch, meta = self.preprocess(images)
+    def _network(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw outputs of a batch of inputs, queued (on CUDA nothing waits for them yet)."""
         count = len(batch)
         if self.device.type == "cuda" and next_power_of_two(count) != count:
             # a new batch count costs cuDNN a plan search on CUDA: pad to a power of two so that few counts recur
             batch = pad_to_count(batch, next_power_of_two(count), PAD_VALUE)
-        raw = self.raw_outputs(batch)[:count]
+        return self.raw_outputs(batch)[:count]
+
+    def _forward(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
+        """Queue one batch's network work; returns the post-processing that finishes it."""
+        batch, meta = self.preprocess(images)
+        raw = self._network(batch)
         sizes = [image_hw(image) for image in images]
         return lambda: self._postprocess(raw, meta, sizes)
+
+    # -- tile_policy=auto: the full views first, then only the tiles that can matter -----------------------------
+
+    def submit_views(self, images: Sequence[Image]) -> Callable[[], FullViews]:
+        """Queue the full views of ``images``; the returned function waits for them and gives what decides which
+        tiles to look at (`submit_tiles`)."""
+        with torch.inference_mode():
+            pending = [(group, *self._inputs([images[i] for i in group], [[]] * len(group), full=True))
+                       for group in chunks(range(len(images)), self.batch_size)]  # fmt: skip
+            raws = [(self._network(batch), meta) for _, batch, meta in pending]
+
+        def finish() -> FullViews:
+            with torch.inference_mode():
+                return self._full_views(images, raws)
+
+        return finish
+
+    def _full_views(
+        self,
+        images: Sequence[Image],
+        raws: Sequence[tuple[torch.Tensor, list[tuple[int, float, tuple[int, int, int, int] | None]]]],
+    ) -> FullViews:
+        raw = torch.cat([r for r, _ in raws]) if raws else torch.zeros((0, 0, 85), device=self.device)
+        ratio = [r for _, meta in raws for _, r, _ in meta]
+        scores = raw[..., 4] * raw[..., 5 + PERSON]
+        best = torch.where(scores > self.score_floor, scores, 0.0).amax(dim=1) if len(raw) else scores[:, 0]
+        windows = [self.windows(image) for image in images]
+        peaks: list[list[float]] = []
+        if len(raw):
+            boxes = decode_boxes(raw, self.input_size) / torch.tensor(ratio, device=self.device)[:, None, None]
+            centre_x, centre_y = (boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2
+        for i, crops in enumerate(windows):
+            if not crops:
+                peaks.append([])
+                continue
+            w = torch.tensor(crops, device=self.device, dtype=torch.float32)[:, :, None]  # (K, 4, 1)
+            inside = (
+                (centre_x[i] >= w[:, 0]) & (centre_x[i] < w[:, 2]) & (centre_y[i] >= w[:, 1]) & (centre_y[i] < w[:, 3])
+            )
+            peaks.append(torch.where(inside, scores[i], 0.0).amax(dim=1).tolist())
+        return FullViews(images, raw, ratio, [image_hw(image) for image in images], best.tolist(), windows, peaks)
+
+    def submit_tiles(self, views: FullViews, decided: Sequence[bool]) -> Callable[[], list[Detections]]:
+        """Queue the tiles worth looking at (none of an image ``decided`` already; of the others, those where
+        the full view's person score reaches ``tile_gate``) and return what finishes every image's detections:
+        the full views' and those tiles' boxes through one NMS, as `_postprocess` does for every tile."""
+        chosen = [
+            [] if decided[i] else [w for w, peak in zip(crops, views.peaks[i], strict=True) if peak >= self.tile_gate]
+            for i, crops in enumerate(views.windows)
+        ]
+        budget = self.batch_size if self.device.type == "cpu" else self.batch_size * (1 + self.tiles**2)
+        groups: list[list[int]] = []
+        group: list[int] = []
+        count = 0
+        for i, crops in enumerate(chosen):
+            if not crops:
+                continue
+            if group and count + len(crops) > budget:
+                groups.append(group)
+                group, count = [], 0
+            group.append(i)
+            count += len(crops)
+        groups += [group] if group else []
+        metas: list[tuple[int, float, Window | None]] = [(i, r, None) for i, r in enumerate(views.ratios)]
+        raws = [views.raw]
+        with torch.inference_mode():
+            for group in groups:
+                batch, meta = self._inputs([views.images[i] for i in group], [chosen[i] for i in group], full=False)
+                raws.append(self._network(batch))
+                metas.extend((group[j], r, w) for j, r, w in meta)
+
+        def finish() -> list[Detections]:
+            with torch.inference_mode():
+                return self._postprocess(torch.cat(raws), metas, views.sizes)
+
+        return finish
 
     def _postprocess(
         self,
@@ -229,15 +342,26 @@ class YoloxDetector(Identified):
         image, boxes, score = image[order], boxes[order], score[order]
         kept = grouped_nms(boxes, image, self.nms_iou)
         per_image, tops = split_to_host(image[kept], n, (boxes[kept], score[kept]), best.T)
-        tiled = {i for i, _, window in meta if window is not None}  # images that got tiles (see tile_min_side)
+        looked = [0] * n  # tiles per image (see tile_min_side, and tile_policy=auto)
+        for i, _, window in meta:
+            looked[i] += window is not None
         return [
-            Detections(boxes=b, scores=f, best=float(full), tiles_best=float(tile) if i in tiled else None)
+            Detections(
+                boxes=b,
+                scores=f,
+                best=float(full),
+                tiles_best=float(tile) if looked[i] else None,
+                tiles_looked=looked[i] if self.tiles > 1 else None,
+            )
             for i, ((b, f), (full, tile)) in enumerate(zip(per_image, tops.reshape(n, 2), strict=True))
         ]
 
     def submit(self, images: Sequence[Image]) -> Callable[[], list[Detections]]:
         """Queue the network's work on ``images`` and return the function that finishes it (post-processing,
         which waits for the device); see `curate.detect.batching.submit_batches`."""
+        if self.tiles > 1 and self.tile_policy == "auto":  # no other model's scores: no image is decided yet
+            views = self.submit_views(images)
+            return lambda: self.submit_tiles(views(), [False] * len(images))()
         step = self.batch_size
         if self.device.type == "cpu" and self.tiles > 1:
             # With tiles an image makes up to 1 + tiles² inputs. On the CPU a batch of 16 images (160 inputs, 330 MB
@@ -258,6 +382,8 @@ def options(detect: DetectConfig) -> dict[str, Any]:
         "tiles": detect.person_tiles,
         "tile_min_side": detect.person_tile_min_side,
         "report_floor": report_floor(detect),
+        "tile_policy": "auto" if detect.tile_policy == "auto" else "always",
+        "tile_gate": detect.tile_gate if detect.tile_policy == "auto" else 0.0,
     }
 
 

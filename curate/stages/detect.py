@@ -35,7 +35,7 @@ import pandas as pd
 from curate.config import DETECTOR_FAMILIES, CurateConfig
 from curate.detect.decoding import DECODE_ERRORS, decode, decode_batch, header_size
 from curate.detect.images import Image
-from curate.detect.types import COUNT_ABOVE, MAX_BOXES, Detections, Detector
+from curate.detect.types import COUNT_ABOVE, MAX_BOXES, Detections, Detector, LooksAtTilesLater
 from curate.faults import INTERNAL_ERROR, describe
 from curate.io.atomic import read_json
 from curate.io.tars import TarMembers
@@ -97,22 +97,40 @@ class Scorer:
         ok = [i for i, image in enumerate(images) if image is not None]
         batch = [image for image in images if image is not None]
         n = len(images)
+        detectors = [(f"{family}_{name}", detector) for family, names, found in self.families
+                     for name, detector in zip(names, found, strict=True)]  # fmt: skip
+        later: dict[str, LooksAtTilesLater] = {
+            prefix: detector for prefix, detector in detectors if isinstance(detector, LooksAtTilesLater)
+            and detector.tile_policy == "auto" and detector.tiles > 1 and batch
+        }  # fmt: skip
         # Every model's work is queued before any result is awaited: while the device runs one model, the host
-        # prepares the next one's inputs, instead of the two taking turns.
+        # prepares the next one's inputs, instead of the two taking turns. A detector that looks at its tiles
+        # later (tile_policy=auto) queues its full views now.
         pending = [
-            (f"{family}_{name}", queue(detector, batch))
-            for family, names, detectors in self.families
-            for name, detector in zip(names, detectors, strict=True)
+            (prefix, later[prefix].submit_views(batch) if prefix in later else queue(detector, batch))
+            for prefix, detector in detectors
         ]
         clip_pending = self.clip.submit(batch) if self.clip is not None and batch else None
+        found: dict[str, Any] = {prefix: finish() for prefix, finish in pending}
+        decided_by: list[str | None] = [None] * len(batch)
+        if later:
+            decided_by = self.decided_by(
+                {p: v.best if p in later else [d.max_score for d in v] for p, v in found.items()}
+            )
+            decided = [column is not None for column in decided_by]
+            tiles = {prefix: detector.submit_tiles(found[prefix], decided) for prefix, detector in later.items()}
+            found.update({prefix: finish() for prefix, finish in tiles.items()})
         results: dict[str, list[Any]] = {}
-        for prefix, finish in pending:
-            found = finish()
-            results[f"{prefix}_max"] = spread(ok, n, [d.max_score for d in found])
-            if self.tiled[prefix]:  # a score of its own for what only the tiles saw
-                results[f"{prefix}_tiles_max"] = spread(ok, n, [d.tiles_best for d in found])
-            results[f"{prefix}_count"] = spread(ok, n, [d.count_above(COUNT_ABOVE) for d in found])
-            results[f"{prefix}_boxes"] = spread(ok, n, [flatten(d, self.cfg.box_floor) for d in found])
+        for prefix, _ in detectors:
+            detections: list[Detections] = found[prefix]
+            results[f"{prefix}_max"] = spread(ok, n, [d.max_score for d in detections])
+            if self.tiled[prefix]:  # a score of its own for what only the tiles saw, and how it was looked at
+                results[f"{prefix}_tiles_max"] = spread(ok, n, [d.tiles_best for d in detections])
+                results[f"{prefix}_tiles_looked"] = spread(ok, n, [d.tiles_looked for d in detections])
+                by = decided_by if prefix in later else [None] * len(batch)
+                results[f"{prefix}_tiles_decided_by"] = spread(ok, n, by)
+            results[f"{prefix}_count"] = spread(ok, n, [d.count_above(COUNT_ABOVE) for d in detections])
+            results[f"{prefix}_boxes"] = spread(ok, n, [flatten(d, self.cfg.box_floor) for d in detections])
         if self.clip is not None:
             scored = clip_pending() if clip_pending is not None else None
             results["clip_human_prob"] = spread(ok, n, [float(p) for p in scored.human_prob] if scored else [])
@@ -120,6 +138,18 @@ class Scorer:
             embeddings = [e.astype(np.float32).tolist() for e in scored.embeddings] if scored else []
             results["clip_embedding"] = spread(ok, n, embeddings)
         return results
+
+    def decided_by(self, best: dict[str, list[float]]) -> list[str | None]:
+        """Per image, the first score column (face, then person full views, then hands) whose score reaches
+        detect.tile_decisive: the full view decides that image, its tiles cannot change the decision under a
+        preset that rejects there (decide sends it to review under one that does not). None: not decided."""
+        count = len(next(iter(best.values()), []))
+        decided: list[str | None] = [None] * count
+        for prefix, scores in best.items():
+            for i, score in enumerate(scores):
+                if decided[i] is None and score >= self.cfg.tile_decisive:
+                    decided[i] = f"{prefix}_max"
+        return decided
 
 
 def queue(detector: Detector, images: Sequence[Image]) -> Callable[[], list[Detections]]:
