@@ -112,6 +112,7 @@ class Scorer:
         ]
         clip_pending = self.clip.submit(batch) if self.clip is not None and batch else None
         found: dict[str, Any] = {prefix: finish() for prefix, finish in pending}
+        found_views = {prefix: found[prefix] for prefix in later}
         decided_by: list[str | None] = [None] * len(batch)
         if later:
             decided_by = self.decided_by(
@@ -127,7 +128,9 @@ class Scorer:
             if self.tiled[prefix]:  # a score of its own for what only the tiles saw, and how it was looked at
                 results[f"{prefix}_tiles_max"] = spread(ok, n, [d.tiles_best for d in detections])
                 results[f"{prefix}_tiles_looked"] = spread(ok, n, [d.tiles_looked for d in detections])
-                by = decided_by if prefix in later else [None] * len(batch)
+                # only an image that has tiles had them skipped (see detect.person_tile_min_side)
+                views = found_views.get(prefix)
+                by = [b if views is not None and views.windows[i] else None for i, b in enumerate(decided_by)]
                 results[f"{prefix}_tiles_decided_by"] = spread(ok, n, by)
             results[f"{prefix}_count"] = spread(ok, n, [d.count_above(COUNT_ABOVE) for d in detections])
             results[f"{prefix}_boxes"] = spread(ok, n, [flatten(d, self.cfg.box_floor) for d in detections])
