@@ -91,7 +91,7 @@ class Result:
     usage: Usage
     released: int
     stage_wall_s: dict[str, float]
-    # overlapped detect with fetch: some detect shard finished before the last fetch shard did
+    # detect overlapped fetch: some detect shard started before the last fetch shard finished
     detect_before_last_fetch: bool
 
 
@@ -116,8 +116,13 @@ def released_count(run_dir: Path) -> int:
     return int((pd.read_parquet(release / "manifest.parquet", columns=["status"])["status"] == "kept").sum())
 
 
-def marker_mtimes(run_dir: Path, stage: str) -> list[int]:
-    return [p.stat().st_mtime_ns for p in (run_dir / "stats" / stage).glob("part-*.json")]
+def shard_times(run_dir: Path, stage: str) -> list[tuple[float, float]]:
+    """(started, finished) of each shard: its marker's mtime (written last) and that less the marker's wall_s."""
+    times = []
+    for path in (run_dir / "stats" / stage).glob("part-*.json"):
+        finished = path.stat().st_mtime_ns / 1e9
+        times.append((finished - json.loads(path.read_text())["wall_s"], finished))
+    return times
 
 
 def run_mode(args: argparse.Namespace, work: Path, urls: Path, mode: str, run: int) -> Result:
@@ -127,8 +132,8 @@ def run_mode(args: argparse.Namespace, work: Path, urls: Path, mode: str, run: i
     for stage in ("license", "fetch", "detect", "dedup", "review", "release"):
         stats = run_dir / "stats" / f"{stage}.json"
         walls[stage] = json.loads(stats.read_text())["wall_s"] if stats.exists() else float("nan")
-    fetched, detected = marker_mtimes(run_dir, "fetch"), marker_mtimes(run_dir, "detect")
-    overlapped = bool(fetched and detected) and min(detected) < max(fetched)
+    fetched, detected = shard_times(run_dir, "fetch"), shard_times(run_dir, "detect")
+    overlapped = bool(fetched and detected) and min(s for s, _ in detected) < max(f for _, f in fetched)
     return Result(mode, run, run_dir, usage, released_count(run_dir), walls, overlapped)
 
 
@@ -163,15 +168,16 @@ def differences(results: list[Result]) -> list[str]:
 def table(results: list[Result]) -> str:
     head = (
         f"{'mode':<15} {'run':>3} {'seconds':>8} {'cpu s':>7} {'peak RSS MB':>11} {'max proc MB':>11} "
-        f"{'released':>8} {'fetch s':>8} {'detect s':>8} {'detect<last fetch':>17}"
+        f"{'released':>8} {'fetch s':>8} {'detect s':>8} {'overlap seen':>12} {'busy before %':>13}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         tree = "-" if r.usage.tree_rss_mb is None else f"{r.usage.tree_rss_mb:.0f}"
+        busy = "-" if r.usage.busy_before is None else f"{r.usage.busy_before:.0f}"
         lines.append(
             f"{r.mode:<15} {r.run:>3} {r.usage.seconds:>8.2f} {r.usage.cpu_s:>7.1f} {tree:>11} "
             f"{r.usage.max_proc_rss_mb:>11.0f} {r.released:>8} {r.stage_wall_s['fetch']:>8.2f} "
-            f"{r.stage_wall_s['detect']:>8.2f} {'yes' if r.detect_before_last_fetch else 'no':>17}"
+            f"{r.stage_wall_s['detect']:>8.2f} {'yes' if r.detect_before_last_fetch else 'no':>12} {busy:>13}"
         )
     return "\n".join(lines)
 
@@ -237,7 +243,8 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
         "(seconds: wall clock of `python -m curate.run stage=all`, start-up included; cpu s: user+sys of its process "
         "tree; peak RSS: summed over the tree, sampled every 0.1 s; max proc: largest single process; fetch s and "
         "detect s: the stage's wall_s in stats/ (overlapped: from the chain's start to the stage's last shard); "
-        "detect<last fetch: a detect shard finished before the last fetch shard did)"
+        "overlap seen: a detect shard started before the last fetch shard finished; busy before: CPU use of other "
+        "work in the second before the start)"
     )
     problems = [f"{r.mode} run {r.run} released nothing ({r.run_dir})" for r in results if r.released == 0]
     problems += differences(results)

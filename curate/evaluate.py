@@ -141,7 +141,24 @@ def summarise(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
         "false_removals": [{"file": r.file, "category": r.category, "reason": r.reason} for r in wrongly.itertuples()],
         "decide": active.as_json(),
         "detectors": {**{f: getattr(cfg.detect, f) for f in DETECTOR_FAMILIES}, "clip": cfg.detect.clip_model},
+        "tiles": tiles_looked(scored, cfg),
     }
+
+
+def tiles_looked(scored: pd.DataFrame, cfg: CurateConfig) -> dict[str, Any]:
+    """How each tiling detector looked at its tiles (detect.tile_policy): under `auto` its tiles' figures above
+    count only the images whose tiles it looked at."""
+    found: dict[str, Any] = {"policy": cfg.detect.tile_policy}
+    for column in (c for c in scored.columns if c.endswith("_tiles_looked")):
+        prefix = column.removesuffix("_tiles_looked")
+        looked = pd.to_numeric(scored[column], errors="coerce")
+        by = scored.get(f"{prefix}_tiles_decided_by")
+        found[prefix] = {
+            "tiles_per_image": _rounded(float(looked.mean())) if looked.notna().any() else None,
+            "decided_without_tiles": int(by.notna().sum()) if by is not None else 0,
+            "no_tile_looked": int((looked == 0).sum()),
+        }
+    return found
 
 
 def provenance(cfg: CurateConfig, images: Path, labels: pd.DataFrame) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from curate.configload import config_text, load_config, pipelines_dir, without_p
 from curate.io.atomic import write_text
 from curate.runconfig import SAMPLE_DIR
 from curate.rundir import RunDir
-from curate.runner import Runner, StageReport, chains
+from curate.runner import COMPUTE_SLOT, Runner, StageReport, chains
 from curate.stages.base import ShardStage
 
 # SAMPLE_DIR: where the bundled sample lives, for the tests and benchmarks that name it
@@ -60,7 +60,9 @@ def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
         return Client(gpu_cluster(cfg.dask.gpus), set_as_default=False)
     cluster = LocalCluster(
         n_workers=cfg.dask.n_workers or os.cpu_count() or 1,
-        threads_per_worker=1,
+        # one compute task per worker (each asks for the COMPUTE_SLOT), and beside it one that waits on the network
+        threads_per_worker=2,
+        resources={COMPUTE_SLOT: 1},
         processes=cfg.dask.processes,
         dashboard_address=":0",  # never clash with a user's own dashboard
         silence_logs=logging.ERROR,
@@ -130,7 +132,10 @@ def run_locked(cfg: CurateConfig) -> list[StageReport]:
             from curate.models.registry import check_available
 
             check_available(cfg)  # a missing weight file fails here, before any work
-        for group in stage_groups(cfg):
+        groups = stage_groups(cfg)
+        for stage in (stage for group in groups if len(group) > 1 for stage in group):
+            runner.warm(stage)  # while the stages before the chain run (ingest)
+        for group in groups:
             done = runner.run_overlapped(group) if len(group) > 1 else [runner.run_stage(group[0])]
             reports += done
             if any(report.fatal for report in done):

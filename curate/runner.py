@@ -13,6 +13,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,10 @@ from curate.schema import FAILED, OK, check_reasons
 from curate.stages.base import ShardStage
 
 SHARD_FAILED = "shard_failed"
+# The LocalCluster's workers (curate.run.open_client) each offer one of these and run two threads: every task asks
+# for it but those that mostly wait on the network (fetch), which so run beside a compute task, e.g. the next
+# shard's downloads beside detect, instead of waiting for its slot.
+COMPUTE_SLOT = "compute"
 
 
 class StageRefused(RuntimeError):
@@ -310,6 +315,8 @@ class Runner:
         self.run = RunDir(Path(cfg.run.dir))
         self._client_factory = client_factory
         self._client: Client | None = None
+        self._warming = ThreadPoolExecutor(max_workers=1, thread_name_prefix="curate-warm")
+        self._warm: dict[str, Future[Any]] = {}
 
     @property
     def client(self) -> Client:
@@ -318,6 +325,7 @@ class Runner:
         return self._client
 
     def close(self) -> None:
+        self._warming.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             # A client made from a cluster object does not own it: closing the client alone left the cluster's
             # scheduler, workers and threads running, one set per invocation in a long-lived process (the tests).
@@ -338,11 +346,20 @@ class Runner:
         resources: dict[str, int] | None = None,
         retries: int | None = None,
         priority: int = 0,
+        waits_on_network: bool = False,
     ) -> Any:
         """One task on the cluster; Dask runs it again (`retries`, default dask.retries, times) when it raises or
-        its worker dies. Of the tasks that can run, Dask starts those of higher `priority` first."""
+        its worker dies. Of the tasks that can run, Dask starts those of higher `priority` first. On curate's
+        LocalCluster a task takes its worker's COMPUTE_SLOT unless it `waits_on_network`."""
         retries = self.cfg.dask.retries if retries is None else retries
+        if resources is None and self.local_slots and not waits_on_network:
+            resources = {COMPUTE_SLOT: 1}
         return self.client.submit(func, *args, key=key, resources=resources, retries=retries, priority=priority)
+
+    @property
+    def local_slots(self) -> bool:
+        """Whether the cluster is curate's own LocalCluster of CPU workers, whose workers offer COMPUTE_SLOT."""
+        return not self.cfg.dask.address and not self.cfg.dask.gpus
 
     def gather(
         self,
@@ -442,7 +459,14 @@ class Runner:
             resources = {"GPU": 1} if stage.uses_gpu and self.cfg.dask.gpus else None
             futures = {
                 shard: self.submit(
-                    run_shard, stage, upstream, shard, fp, key=f"{stage.name}-{shard}-{fp[:12]}", resources=resources
+                    run_shard,
+                    stage,
+                    upstream,
+                    shard,
+                    fp,
+                    key=f"{stage.name}-{shard}-{fp[:12]}",
+                    resources=resources,
+                    waits_on_network=stage.waits_on_network,
                 )
                 for shard, fp in todo.items()
             }
@@ -489,6 +513,14 @@ class Runner:
             return False
         return True
 
+    def warm(self, stage: ShardStage) -> Future[Any]:
+        """The stage's fingerprint config, computed in a thread from the first call on. It can take seconds in
+        this process (detect's identities import torch and the detectors): started early (while ingest runs), the
+        overlapped chain does not stall on it when the first shard reaches that stage."""
+        if stage.name not in self._warm:
+            self._warm[stage.name] = self._warming.submit(stage.fingerprint_config)
+        return self._warm[stage.name]
+
     def run_overlapped(self, stages: list[ShardStage]) -> list[StageReport]:
         """Consecutive per-shard stages (`overlaps`) as one chain of tasks per shard: a shard's next stage is
         submitted as soon as its stage before is done, so that detect of shard N runs while other shards still
@@ -500,37 +532,47 @@ class Runner:
         num_shards = self.run.num_shards()
         reports = [StageReport(stage.name, num_shards) for stage in stages]
         upstreams = [pipeline.upstream(stage.name) for stage in stages]
-        for stage in stages:
+        warm = [self.warm(stage) for stage in stages]
+        prepared: set[int] = set()
+        for k, stage in enumerate(stages):
             if self.has_work(stage):
                 stage.before_work()  # e.g. detect's weight check: before any shard is submitted
+                prepared.add(k)
         pending: dict[Any, tuple[int, int, str]] = {}
-        finished = as_completed([], loop=self.client.loop) if num_shards else None
+        finished: as_completed | None = None  # opened with the first task: no work, no client
         bars = [self.progress(num_shards, stage.name) for stage in stages]
         last = [started] * len(stages)
 
         def advance(k: int, shard: int) -> None:
             # the shard's first stage from k that has work is submitted; the current ones before it are skipped
+            nonlocal finished
             for j in range(k, len(stages)):
-                if reports[j].fatal:
-                    return
+                if any(report.fatal for report in reports[: j + 1]):
+                    return  # a stage could not record a failure: no chain goes past it
+                warm[j].result()
                 fp = self.shard_todo(stages[j], upstreams[j], shard, reports[j])
                 if fp is None:
                     bars[j].update(1)
                     continue
+                if j not in prepared:  # work that appeared only now (an earlier stage re-ran this shard)
+                    stages[j].before_work()
+                    prepared.add(j)
                 gpu = stages[j].uses_gpu and self.cfg.dask.gpus
                 future = self.submit(
                     run_shard, stages[j], upstreams[j], shard, fp, key=f"{stages[j].name}-{shard}-{fp[:12]}",
-                    resources={"GPU": 1} if gpu else None, priority=j,
+                    resources={"GPU": 1} if gpu else None, priority=j, waits_on_network=stages[j].waits_on_network,
                 )  # fmt: skip
                 pending[future] = (j, shard, fp)
-                assert finished is not None
-                finished.add(future)
+                if finished is None:
+                    finished = as_completed([future], loop=self.client.loop)
+                else:
+                    finished.add(future)
                 return
 
         try:
             for shard in range(num_shards):
                 advance(0, shard)
-            for future in finished or []:
+            for future in finished if finished is not None else []:
                 k, shard, fp = pending.pop(future)
                 stage, report = stages[k], reports[k]
                 try:
@@ -549,7 +591,7 @@ class Runner:
             for bar in bars:
                 bar.close()
         for k, (stage, report) in enumerate(zip(stages, reports, strict=True)):
-            if k and reports[k - 1].fatal:
+            if any(r.fatal for r in reports[:k]):
                 report.fatal = True  # its shards did not all get their input: it stopped with the stage before
             elif not report.fatal and (report.done or not stage.is_finished(self.run)):
                 stage.finish(self.run, num_shards)

@@ -114,7 +114,11 @@ def test_evaluate_on_the_dev_set(tmp_path: Path) -> None:
     # tiles alone catch people the full view misses, and they have a bar of their own
     tiles = result["per_detector"]["person_yolox_nano_tiles"]
     assert tiles["threshold"] == load_preset("strict").bars["person_yolox_nano_tiles_max"].reject
-    assert tiles["recall"] >= 0.6
+    # tile_policy=auto: the tiles' own figures count only the images whose tiles it looked at (most human images
+    # are decided by a full view first), so their recall alone is no measure here; how it looked is
+    looked = result["tiles"]["person_yolox_nano"]
+    assert result["tiles"]["policy"] == "auto"
+    assert 0 < looked["tiles_per_image"] < 3 and looked["decided_without_tiles"] >= 100
     # without tiles strict's bars would not hold its recall: refused before any model runs
     no_tiles = tmp_path / "no_tiles.json"
     assert evaluate([f"images={dev}", f"labels={dev / 'labels.csv'}", f"out={no_tiles}", f"models.dir={MODELS}",

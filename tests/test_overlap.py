@@ -25,7 +25,9 @@ from faultserver import FaultServer, fault_server
 
 N_IMAGES = 24
 SHARDS = 6
-DELAY_S = 0.2  # per request: fetch takes a while, so the chain has something to overlap (and to kill in)
+# per request, one at a time per shard (fetch.concurrency=1): fetch takes a while, so the chain has something to
+# overlap (and to kill in)
+DELAY_S = 0.5
 CHAINED = ("license", "fetch", "detect")
 STAGES = ("ingest", *CHAINED, "dedup", "review", "release")
 # Marker and stats fields that time a run or name its process: the only ones allowed to differ between runs.
@@ -37,7 +39,7 @@ def command(urls: Path, run_dir: Path, *extra: str, workers: int = 2) -> list[st
         sys.executable, "-m", "curate.run",
         "pipeline=sample", "stage=all", "ingest.source=urls", "ingest.assume_license=cc-by", f"ingest.path={urls}",
         f"ingest.num_shards={SHARDS}", f"run.dir={run_dir}", "run.progress=false",
-        "dask.processes=false", f"dask.n_workers={workers}", "fetch.concurrency=2", f"models.dir={MODELS}",
+        "dask.processes=false", f"dask.n_workers={workers}", "fetch.concurrency=1", f"models.dir={MODELS}",
         # Torch's thread count moves some scores in their last bits (BlazeFace, ~1e-7), and curate picks it from
         # dask.n_workers (1 thread per worker unless there is one worker): fixed, so worker counts may differ.
         "detect.torch_threads=1", *NO_SELECT, *extra,

@@ -28,6 +28,7 @@ COLUMNS = [column.name for column in FETCH]  # declared, with their types, in cu
 class FetchStage(ShardStage):
     name = "fetch"
     version = "2"  # 2: only the primary image is released (no trailer, MPO frame, JFIF thumbnail); internal_error
+    waits_on_network = True
 
     def output_columns(self) -> dict[str, str]:
         return dtypes(FETCH)
