@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +95,13 @@ class Server:
             self.process.kill()
 
 
-def start_server(folder: Path) -> Server:
+def start_server(folder: Path, delay_ms: float = 0.0) -> Server:
+    """bench/imageserver.py over `folder` in its own process, waiting `delay_ms` before each answer."""
     process = subprocess.Popen(
-        [sys.executable, str(SERVER), str(folder)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [sys.executable, str(SERVER), str(folder), str(delay_ms)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert process.stdout is not None
     line = process.stdout.readline().strip()  # the server prints its port once it listens
@@ -420,14 +424,14 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
     return 1 if problems else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="curate-fetch-bench-"))
+def in_work_folder(name: str, benchmark: Callable[[argparse.Namespace, Path], int], args: argparse.Namespace) -> int:
+    """`benchmark(args, folder)` in a fresh temporary folder, removed afterwards unless --keep or it failed."""
+    work = Path(tempfile.mkdtemp(prefix=f"curate-{name}-bench-"))
     code = 1
     try:
         code = benchmark(args, work)
     except BenchError as err:
-        print(f"bench/fetch.py: {err}", file=sys.stderr)
+        print(f"bench/{name}.py: {err}", file=sys.stderr)
     finally:
         # A failed run keeps its folder: the logs in it say what went wrong.
         if args.keep or code != 0:
@@ -435,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    return in_work_folder("fetch", benchmark, parse_args(argv))
 
 
 if __name__ == "__main__":

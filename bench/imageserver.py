@@ -1,9 +1,11 @@
 """A small threaded HTTP/1.1 file server for the fetch benchmark.
 
-    python bench/imageserver.py FOLDER
+    python bench/imageserver.py FOLDER [DELAY_MS]
 
 Serves the files directly inside FOLDER on 127.0.0.1 at a free port and prints that port as its first line of
-stdout. It runs as its own process so that its CPU use never shares a GIL with the tool being measured.
+stdout. With DELAY_MS it waits that long before each answer, like a distant host (bench/overlap.py); a thread per
+connection, so the waits of parallel requests overlap. It runs as its own process so that its CPU use never shares
+a GIL with the tool being measured.
 
 Why not `python -m http.server`: by default that one speaks HTTP/1.0 (a new connection per image, whatever the client
 asks for), logs every request to stderr, and listens with a backlog of 5, so a burst of 64 simultaneous
@@ -14,6 +16,7 @@ alive and accept bursts; this server does both, so each client gets whatever its
 from __future__ import annotations
 
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -25,9 +28,10 @@ class BenchServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # listen() backlog: absorb connect bursts from many client threads
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, delay_s: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), ImageHandler)
         self.root = root
+        self.delay_s = delay_s
 
 
 class ImageHandler(BaseHTTPRequestHandler):
@@ -35,6 +39,8 @@ class ImageHandler(BaseHTTPRequestHandler):
     server: BenchServer
 
     def do_GET(self) -> None:
+        if self.server.delay_s:
+            time.sleep(self.server.delay_s)
         # Only plain names inside the folder: no sub-paths, so nothing outside it can be asked for.
         name = unquote(urlsplit(self.path).path).lstrip("/")
         path = self.server.root / name
@@ -55,10 +61,10 @@ class ImageHandler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: imageserver.py FOLDER", file=sys.stderr)
+    if len(argv) not in (1, 2) or not Path(argv[0]).is_dir():
+        print("usage: imageserver.py FOLDER [DELAY_MS]", file=sys.stderr)
         return 2
-    server = BenchServer(Path(argv[0]).resolve())
+    server = BenchServer(Path(argv[0]).resolve(), float(argv[1]) / 1000 if len(argv) == 2 else 0.0)
     print(server.server_address[1], flush=True)
     try:
         server.serve_forever()

@@ -3,7 +3,7 @@
     .venv/bin/python bench/overlap.py [--n 96] [--shards 8] [--delay-ms 50] [--repeat 1] [--keep]
 
 Generates N distinct 500x375 JPEGs (bench/fetch.py's generator), serves them from a local HTTP server in its own
-process that waits --delay-ms before each answer (bench/imageserver.py's server, with that wait added here), and
+process that waits --delay-ms before each answer (bench/imageserver.py), and
 runs the whole pipeline (`python -m curate.run pipeline=sample stage=all`, real detectors from --models-dir) once
 per mode and repeat, in a fresh run directory each time; alternate repeats swap which mode goes first. Prints the
 wall clock, CPU and peak memory of each run, and the ratio stage-by-stage / overlapped (medians over repeats).
@@ -16,68 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 # bench/ is this script's folder, so it is first on sys.path: the fetch benchmark's parts are reused as they are.
-from fetch import BenchError, Server, Usage, make_images, run_measured, write_url_list
-from imageserver import BenchServer, ImageHandler
+from fetch import Usage, in_work_folder, make_images, run_measured, start_server, write_url_list
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"overlapped": "true", "stage-by-stage": "false"}
-
-
-# ------------------------------------------------------------------------------------- a slow image host
-
-
-class SlowHandler(ImageHandler):
-    server: SlowServer
-
-    def do_GET(self) -> None:
-        time.sleep(self.server.delay_s)  # a thread per connection: the waits of parallel requests overlap
-        super().do_GET()
-
-
-class SlowServer(BenchServer):
-    def __init__(self, root: Path, delay_s: float) -> None:
-        ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), SlowHandler)
-        self.root = root
-        self.delay_s = delay_s
-
-
-def serve(folder: Path, delay_ms: float) -> int:
-    """The server process (`overlap.py --serve FOLDER DELAY_MS`): prints its port, then serves until stopped."""
-    server = SlowServer(folder.resolve(), delay_ms / 1000)
-    print(server.server_address[1], flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-def start_server(folder: Path, delay_ms: float) -> Server:
-    process = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(folder), str(delay_ms)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if not line.isdigit():
-        process.kill()
-        raise BenchError(f"image server did not start (said {line!r})")
-    return Server(process, int(line))
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -256,23 +204,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--serve"]:
-        return serve(Path(argv[1]), float(argv[2]))
-    args = parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="curate-overlap-bench-"))
-    code = 1
-    try:
-        code = benchmark(args, work)
-    except BenchError as err:
-        print(f"bench/overlap.py: {err}", file=sys.stderr)
-    finally:
-        # A failed run keeps its folder: the logs in it say what went wrong.
-        if args.keep or code != 0:
-            print(f"kept {work}", file=sys.stderr if code else sys.stdout)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    return code
+    return in_work_folder("overlap", benchmark, parse_args(argv))
 
 
 if __name__ == "__main__":
