@@ -315,10 +315,11 @@ class DetectConfig:
     # When the tiles are looked at. always: every tile of every image. off: never (as person_tiles=1; strict,
     # calibrated with tiles, then refuses). auto: only where they can change the decision. An image whose full
     # view some face, person or hand score already puts at or above detect.tile_decisive gets no tiles (stored:
-    # person_<name>_tiles_decided_by names that column; a preset that does not reject it there sends the image to
-    # review, `tiles_skipped`); and of the others' tiles, only those where the full view's person score reaches
-    # detect.tile_gate somewhere inside the tile. On the dev set at the strict preset (curate.evaluate) auto
-    # matched always within one image (recall and false removals) with 1.95 tiles per image instead of 9 (README).
+    # person_<name>_tiles_decided_by names that column; under a preset that acts on tiles and rejects it on no
+    # column, the image goes to review, `tiles_skipped`); and of the others' tiles, only those where the full
+    # view's person score reaches detect.tile_gate somewhere inside the tile. On the dev set at the strict preset
+    # (curate.evaluate) auto matched always within one image (recall and false removals) with 1.95 tiles per
+    # image instead of 9 (README).
     tile_policy: str = "auto"
     # auto: a face, person (full view) or hand score at or above this decides the image without its tiles. Where
     # the preset's reject bar on that column is higher (strict: the hands' 0.859, RetinaFace MobileNet-0.25's 1.0),

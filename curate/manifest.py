@@ -220,8 +220,8 @@ def detector_columns(family: str, name: str, tiled: bool) -> list[Column]:
                 f"{prefix}_tiles_decided_by",
                 STRING,
                 "`detect.tile_policy=auto`: the score column whose full-view score (at or above "
-                "`detect.tile_decisive`) decided the image without its tiles; a preset that does not reject there "
-                "sends it to review (`tiles_skipped`). null: not skipped so",
+                "`detect.tile_decisive`) decided the image without its tiles; under a preset that acts on tiles and "
+                "rejects it on no column, it goes to review (`tiles_skipped`). null: not skipped so",
             )
         )
     columns += [

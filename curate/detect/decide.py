@@ -145,22 +145,14 @@ TILES_SKIPPED = "tiles_skipped"
 
 def tiles_unlooked(rows: pd.DataFrame, active: Rule) -> np.ndarray:
     """Rows whose tiles detect.tile_policy=auto skipped because a full-view column reached detect.tile_decisive
-    (`*_tiles_decided_by` names it), where this rule does not reject on that column (or has no bar for it) but
-    could act on the tiles: they might have changed the decision, so a person looks. A rule that rejects on the
-    deciding column, or that never acts on those tiles (pass_v1, a tiles bar of 1.0), never needs them."""
+    (`*_tiles_decided_by` names it), under a rule that could act on those tiles: unless some column rejects the
+    row (`decide` writes rejections last), the tiles might have changed the decision, so a person looks. A rule
+    that never acts on the tiles (pass_v1, a tiles bar of 1.0) never needs them."""
     unlooked = np.zeros(len(rows), dtype=bool)
     for by in (c for c in rows.columns if c.endswith("_tiles_decided_by")):
         tiles = active.bars.get(by.removesuffix("_decided_by") + "_max")
-        if tiles is None or min(tiles.reject, tiles.review) >= NEVER:
-            continue
-        named = rows[by].astype("string").fillna("").to_numpy(dtype=object)
-        for column in {str(c) for c in named if c}:
-            bar = active.bars.get(column)
-            rejects = np.zeros(len(rows), dtype=bool)
-            if bar is not None and column in rows:
-                values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype="float64")
-                rejects = np.nan_to_num(values, nan=-1.0) > bar.reject
-            unlooked |= (named == column) & ~rejects
+        if tiles is not None and min(tiles.reject, tiles.review) < NEVER:
+            unlooked |= rows[by].notna().to_numpy(dtype=bool)
     return unlooked
 
 
