@@ -27,7 +27,7 @@ N_IMAGES = 24
 SHARDS = 6
 # per request, one at a time per shard (fetch.concurrency=1): fetch takes a while, so the chain has something to
 # overlap (and to kill in)
-DELAY_S = 0.5
+DELAY_S = 1.0
 CHAINED = ("license", "fetch", "detect")
 STAGES = ("ingest", *CHAINED, "dedup", "review", "release")
 # Marker and stats fields that time a run or name its process: the only ones allowed to differ between runs.
