@@ -128,7 +128,11 @@ DEDUP = [
     Column("dedup_group", STRING, "image_id of the group's representative; null for an image with no duplicate"),
     Column("dedup_of", STRING, "image_id of the representative this row duplicates; null for a representative"),
     Column("dedup_match", STRING, "`<reference set>:sha256`, `:phash` or `:embedding`: the reference set it matches"),
-    *outcome("dedup", "the shard task's failure (set only for a shard whose task failed)"),
+    *outcome(
+        "dedup",
+        "free text: the exception that failed this row (`internal_error`), or its shard task's failure; null "
+        "when nothing went wrong",
+    ),
 ]
 
 # Written by curate/stages/review.py (from the ledger review/decisions.parquet); declared here as it writes them.

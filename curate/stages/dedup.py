@@ -8,6 +8,11 @@ Groups must be formed over the whole run, not per shard, so the stage has three 
    matches -> work/dedup/assignments/part-N.parquet (+ work/dedup/assignments.json marker: every shard's
    features and the config);
 3. per shard (the usual ShardStage step): each row gets dedup_group, dedup_of, dedup_status, dedup_reason.
+
+Faults. An image Pillow cannot decode has no pHash and stays ok (exact and semantic duplicates still find it).
+Anything else that raises while making one row's features (reading its member, hashing, checking its embedding)
+makes that row `failed` / `internal_error`, with `curate.faults.describe` in `dedup_error`: it takes part in no
+group, and the shard and the other rows go on.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,18 +32,20 @@ from curate.dedup import hamming_index
 from curate.dedup.groups import components, representatives
 from curate.dedup.phash import hashes, low_frequencies, mirrored, thumbnail
 from curate.dedup.references import load as load_reference
+from curate.detect.decoding import DECODE_ERRORS
+from curate.faults import INTERNAL_ERROR, describe
 from curate.io.atomic import read_parquet, write_parquet
 from curate.io.tars import TarMembers
 from curate.manifest import DEDUP, dtypes, frame_of
 from curate.rundir import RunDir
-from curate.schema import OK, REJECTED
+from curate.schema import FAILED, OK, REJECTED
 from curate.stages.base import ShardStage
 
 if TYPE_CHECKING:
     from curate.runner import StageContext
 
 UPSTREAM = pipeline.upstream("dedup")
-FEATURES_VERSION = "1"
+FEATURES_VERSION = "2"  # 2: dedup_error, one row's fault
 # Strongest evidence first: a group's reason is the strongest link that put a row in it.
 METHODS = ("exact_duplicate", "near_duplicate", "semantic_duplicate")
 
@@ -55,6 +62,16 @@ def assignments_path(run: RunDir, shard: int) -> Path:
     return work_dir(run) / "assignments" / f"part-{shard:05d}.parquet"
 
 
+class Features(NamedTuple):
+    """One live row's features. `error` (set only on a fault) makes the row `failed` / `internal_error`."""
+
+    phash: int = 0  # the 64 bits, unsigned
+    phash_mirror: int = 0
+    phash_ok: bool = False  # False: no pHash (the image could not be decoded, or the row failed)
+    embedding: np.ndarray | None = None
+    error: str | None = None
+
+
 def shard_features(cfg: CurateConfig, shard: int) -> None:
     """Step 1 for one shard (a Dask task): the features of its rows that passed every earlier stage."""
     run = RunDir(Path(cfg.run.dir))
@@ -63,43 +80,69 @@ def shard_features(cfg: CurateConfig, shard: int) -> None:
     for stage in UPSTREAM:
         live &= rows[f"{stage}_status"].eq(OK).fillna(False).to_numpy(dtype=bool)
     rows = rows[live].reset_index(drop=True)
-    thumbs, ok = [], []
-    members = list(rows["tar_member"])
+    embeddings = rows["clip_embedding"] if "clip_embedding" in rows else pd.Series([None] * len(rows), dtype=object)
     # One member's bytes at a time (a 10k-image shard is GBs); a shard with nothing live (one an earlier stage
     # failed) never opens its tar, which may be what failed.
     with TarMembers(run.images(shard)) as tar:
-        for member in members:
-            try:
-                data = tar.get(member) if isinstance(member, str) else None
-                if data is None:
-                    raise KeyError(f"{member!r} missing from the shard's tar")
-                thumbs.append(thumbnail(data))
-                ok.append(True)
-            except Exception:  # noqa: BLE001 - one undecodable image gets no pHash (phash_ok=False); the shard goes on
-                thumbs.append(np.zeros((32, 32)))
-                ok.append(False)
-    coefficients = low_frequencies(np.stack(thumbs)) if thumbs else np.zeros((0, 8, 8))
+        found = [
+            image_features(tar, member, embedding)
+            for member, embedding in zip(rows["tar_member"], embeddings, strict=True)
+        ]
     frame = pd.DataFrame(
         {
             "image_id": rows["image_id"].astype("string"),
             "shard": np.full(len(rows), shard, dtype=np.int64),
             "sha256": rows["sha256"].astype("string"),
-            "phash": hashes(coefficients).view(np.int64),
-            "phash_mirror": hashes(mirrored(coefficients)).view(np.int64),
-            "phash_ok": ok,
+            "phash": np.array([f.phash for f in found], dtype=np.uint64).view(np.int64),
+            "phash_mirror": np.array([f.phash_mirror for f in found], dtype=np.uint64).view(np.int64),
+            "phash_ok": np.array([f.phash_ok for f in found], dtype=bool),
             "width": rows["width"].astype("Int64"),
             "height": rows["height"].astype("Int64"),
             "date_taken": rows["date_taken"].astype("string"),
+            "dedup_error": pd.Series([f.error for f in found], dtype="string"),
         }
     )
     if "clip_embedding" in rows:
-        frame["embedding"] = rows["clip_embedding"]
+        frame["embedding"] = pd.Series([f.embedding for f in found], dtype=object)
     write_parquet(features_path(run, shard), frame)
+
+
+def image_features(tar: TarMembers, member: object, embedding: Any) -> Features:
+    """One live row's pHash (and its mirror's) and embedding. An image Pillow cannot decode gets no pHash and stays
+    ok (it can still be an exact or a semantic duplicate); anything else that raises is this row's internal_error,
+    never the shard's end."""
+    # Outside the try, as in detect: an OSError reading the tar is the disk's or the tar's fault, the shard's,
+    # which a retry of its task may mend.
+    data = tar.get(member) if isinstance(member, str) else None
+    try:
+        if data is None:  # fetch wrote it and detect read it: its absence is a fault, not an undecodable image
+            raise KeyError(f"{member!r} missing from the shard's tar")
+        vector = _checked_embedding(embedding)
+        try:
+            thumb = thumbnail(data)
+        except DECODE_ERRORS:  # what a broken file raises (curate.detect.decoding)
+            return Features(embedding=vector)
+        coefficients = low_frequencies(thumb[None])
+        return Features(int(hashes(coefficients)[0]), int(hashes(mirrored(coefficients))[0]), True, vector)
+    except Exception as err:  # noqa: BLE001 - one row's surprise is that row's outcome, never the shard's
+        return Features(error=describe(err))
+
+
+def _checked_embedding(value: Any) -> np.ndarray | None:
+    """detect's CLIP embedding as a finite 1-D float32 vector (None: the row has none). A malformed one raises
+    here, failing its own row, instead of in the run-wide grouping (np.stack, faiss) where it would stop every
+    shard, or silently (NaN) in the faiss index the other rows are searched in."""
+    if pd.api.types.is_scalar(value) and pd.isna(value):  # None, NaN or NA: no embedding
+        return None
+    vector = np.asarray(value, dtype=np.float32)
+    if vector.ndim != 1 or not len(vector) or not np.isfinite(vector).all():
+        raise ValueError(f"clip_embedding is not a finite 1-D vector (shape {vector.shape})")
+    return vector
 
 
 class DedupStage(ShardStage):
     name = "dedup"
-    version = "1"
+    version = "2"  # 2: a row whose features raised is failed / internal_error, with dedup_error
 
     # -- steps 1 and 2 -----------------------------------------------------------------------------------------
 
@@ -148,8 +191,14 @@ def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
     """Step 2: every row's group, representative, status and reason."""
     d = cfg.dedup
     n = len(features)
-    # shards without a live row have typeless columns: after the concat a bool column may come back as float
-    features = features.assign(phash_ok=features["phash_ok"].fillna(False).astype(bool))
+    failed = features["dedup_error"].notna().to_numpy(dtype=bool)
+    # A row whose features raised links to nothing and matches no reference: grouped by what it has (its sha256)
+    # it could be the representative, and its copies rejected for a row that is not released either.
+    features = features.assign(
+        # shards without a live row have typeless columns: after the concat a bool column may come back as float
+        phash_ok=features["phash_ok"].fillna(False).astype(bool) & ~failed,
+        sha256=features["sha256"].mask(failed),
+    )
     links: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if d.exact and n:
         codes = pd.factorize(features["sha256"].fillna(features["image_id"]))[0]
@@ -206,6 +255,9 @@ def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
     _mark_reference_duplicates(out, features, values, hashed, vectors, embedded, label, cfg)
     out["phash"] = pd.array(out["phash"].to_numpy(), dtype="Int64")
     out.loc[~features["phash_ok"].to_numpy(), "phash"] = pd.NA
+    out["dedup_error"] = features["dedup_error"].astype("string").to_numpy()
+    out.loc[failed, "dedup_status"] = FAILED
+    out.loc[failed, "dedup_reason"] = INTERNAL_ERROR
     return out
 
 
