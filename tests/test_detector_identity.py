@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import MODELS, REPO, run_curate
+from conftest import FAST, MODELS, REPO, run_curate
 from PIL import Image
 
 from curate.config import DETECTOR_FAMILIES, ConfigError, DetectConfig
@@ -33,6 +34,7 @@ from curate.detect.types import COUNT_ABOVE
 from curate.io.atomic import sha256_file
 from curate.models import registry
 from curate.models.registry import REGISTRY, check_detectors
+from curate.run import main
 from curate.stages import detect as detect_stage
 from curate.stages.detect import DetectStage
 
@@ -156,6 +158,31 @@ def with_params(name: str, **params: Any) -> registry.ModelSpec:
     return dataclasses.replace(REGISTRY[name], params=params)
 
 
+def copied_models(tmp_path: Path) -> Path:
+    """A models dir holding copies of the default stack's files, for a test to change (copyfile: the originals
+    may be read-only, and their mode would come along)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in registry.needed(load_config([])):
+        for file in registry.files(REGISTRY[name]):
+            shutil.copyfile(MODELS / file.filename, models / file.filename)
+    return models
+
+
+def flip_a_byte(weights: Path) -> Path:
+    """One bit of one byte in the middle of the file: one weight of the checkpoint, which still loads."""
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1
+    weights.write_bytes(data)
+    return weights
+
+
+def detect_markers(run_dir: Path) -> dict[str, str]:
+    """Each shard's detect marker by file name: rewritten (its fingerprint, its wall time) when the shard re-runs
+    and only then, so two reads that differ in a shard mean that shard ran detect again."""
+    return {p.name: p.read_text() for p in sorted((run_dir / "stats" / "detect").glob("part-*.json"))}
+
+
 @needs_models
 def test_code_constants_are_in_the_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import curate.detect.retinaface as retinaface
@@ -201,16 +228,9 @@ def test_speed_only_settings_are_not(tmp_path: Path) -> None:
 def test_the_weights_file_as_it_is_on_disk_is_in_the_fingerprint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    models = tmp_path / "models"
-    models.mkdir()
-    for name in registry.needed(load_config([])):  # the default stack's files
-        for file in registry.files(REGISTRY[name]):
-            shutil.copy(MODELS / file.filename, models)
+    models = copied_models(tmp_path)
     assert fingerprint(tmp_path, models=models) == fingerprint(tmp_path)  # a copy is the same weights
-    weights = models / REGISTRY["retinaface_mnet025"].filename
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 1  # one byte of one weight of the checkpoint
-    weights.write_bytes(data)
+    weights = flip_a_byte(models / REGISTRY["retinaface_mnet025"].filename)
     changed = fingerprint(tmp_path, models=models)
     assert changed != fingerprint(tmp_path)
     digest = changed["detectors"]["face"]["retinaface_mnet025"]["weights"]
@@ -278,9 +298,6 @@ def test_resume_re_detects_when_a_constant_changes_and_only_then(
     run_dir = tmp_path / "run"
     flags = [f"run.dir={run_dir}", "detect.person_tiles=1", "decide.preset=custom", "ingest.num_shards=2"]
 
-    def markers() -> dict[str, str]:
-        return {p.name: p.read_text() for p in sorted((run_dir / "stats" / "detect").glob("part-*.json"))}
-
     def stored_boxes() -> list[list[float]]:
         parts = sorted((run_dir / "manifest" / "detect").glob("part-*.parquet"))
         import pandas as pd
@@ -289,17 +306,61 @@ def test_resume_re_detects_when_a_constant_changes_and_only_then(
         return [list(b) for b in frame["face_retinaface_mnet025_boxes"].dropna()]
 
     assert run_curate(*flags) == 0
-    before = markers()
+    before = detect_markers(run_dir)
     assert len(before) == 2 and max(len(b) for b in stored_boxes()) > 5  # some image has more than one face
     assert run_curate(*flags, "stage=detect") == 0
-    assert markers() == before  # nothing changed: every shard kept
+    assert detect_markers(run_dir) == before  # nothing changed: every shard kept
     monkeypatch.setattr(detect_stage, "MAX_BOXES", 1)  # the workers are threads of this process: it applies
     assert run_curate(*flags, "stage=detect") == 0
-    after = markers()
+    after = detect_markers(run_dir)
     assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)  # every shard re-ran
     assert max(len(b) for b in stored_boxes()) == 5  # and stored one box per detector and image
     assert run_curate(*flags, "stage=detect") == 0
-    assert markers() == after  # and is kept from then on
+    assert detect_markers(run_dir) == after  # and is kept from then on
+
+
+def changed_weights(models: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A models dir whose RetinaFace checkpoint differs, and the registry pinned to it (else the pin refuses it
+    before any work: test_the_weights_file_as_it_is_on_disk_is_in_the_fingerprint). Another dir, so the run's own
+    stays as it was (a file replaced in place: test_a_weights_file_replaced_in_place_builds_a_new_detector)."""
+    changed = shutil.copytree(models, models.with_name("models-changed"))
+    weights = flip_a_byte(changed / REGISTRY["retinaface_mnet025"].filename)
+    spec = dataclasses.replace(REGISTRY["retinaface_mnet025"], sha256=sha256_file(weights))
+    monkeypatch.setitem(REGISTRY, "retinaface_mnet025", spec)
+    return changed
+
+
+def bumped_version(models: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """YOLOX's detector says its outputs changed, as a bump of its `version` does; the same weights."""
+    from curate.detect.yolox import YoloxDetector
+
+    monkeypatch.setattr(YoloxDetector, "version", f"{YoloxDetector.version}+1")
+    return models
+
+
+@needs_models
+@pytest.mark.parametrize("change", [changed_weights, bumped_version], ids=["weights", "version"])
+def test_resume_re_detects_when_the_weights_or_a_version_change_and_only_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Callable[[Path, pytest.MonkeyPatch], Path]
+) -> None:
+    run_dir = tmp_path / "run"
+    models = copied_models(tmp_path)
+    flags = [f"run.dir={run_dir}", "detect.person_tiles=1", "decide.preset=custom", "ingest.num_shards=2"]
+
+    def run(*more: str) -> int:
+        return main([*flags, *more, *FAST, f"models.dir={models}"])  # after FAST, whose models.dir it replaces
+
+    assert run() == 0
+    before = detect_markers(run_dir)
+    assert len(before) == 2
+    assert run("stage=detect") == 0
+    assert detect_markers(run_dir) == before  # nothing changed: every shard kept
+    models = change(models, monkeypatch)  # the workers are threads of this process: it applies
+    assert run("stage=detect") == 0
+    after = detect_markers(run_dir)
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)  # every shard re-ran
+    assert run("stage=detect") == 0
+    assert detect_markers(run_dir) == after  # and is kept from then on
 
 
 # ------------------------------------------------------------------------------------ the registry factory
@@ -484,3 +545,19 @@ if __name__ == "__main__":
         print(f"usage: {REGENERATE} [NAME ...]", file=sys.stderr)
         sys.exit(2)
     regenerate(sys.argv[2:])
+
+
+@needs_models
+def test_a_weights_file_replaced_in_place_builds_a_new_detector(tmp_path: Path) -> None:
+    # a process that runs curate twice (a notebook, a test session) must not keep the detector of a file since
+    # replaced: the fingerprint sees the new bytes, so the detector built must be of them too
+    from curate.detect.loaders import build
+
+    weights = tmp_path / REGISTRY["retinaface_mnet025"].filename
+    shutil.copyfile(MODELS / weights.name, weights)
+    first = build("retinaface_mnet025", weights, "cpu", DetectConfig())
+    assert build("retinaface_mnet025", weights, "cpu", DetectConfig()) is first  # built once per process
+    flip_a_byte(weights)
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # mtime resolution can be coarse
+    assert build("retinaface_mnet025", weights, "cpu", DetectConfig()) is not first

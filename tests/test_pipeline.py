@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 from conftest import run_curate
 
-from curate import pipeline, schema
+from curate import datacard, pipeline, schema
 from curate.config import Stage
+from curate.configload import load_config
 from curate.funnel import STEPS
 from curate.manifest import STAGES as MANIFEST_STAGES
+from curate.manifest import manifest_schema
 from curate.runconfig import load_run_config
 from curate.rundir import RunDir
 from curate.stages.base import ShardStage
@@ -30,6 +32,12 @@ def test_every_fact_about_the_stages_agrees_with_the_pipeline() -> None:
     for name in names:
         assert pipeline.stage_class(name).name == name
         assert pipeline.upstream(name) == list(names[: names.index(name)])
+    # The data card tallies the outcome of each stage whose `<s>_status`/`<s>_reason` pair the manifest declares
+    # (release's own pair is internal; its selection's is select_*): the same stages, in the manifest's order. A
+    # pair, because some other columns end in _status (fetch's http_status).
+    columns = manifest_schema(load_config([])).names
+    paired = [c.removesuffix("_status") for c in columns if c.endswith("_status")]
+    assert [s for s in paired if f"{s}_reason" in columns] == list(datacard.STAGES)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import pandas as pd
 from curate.config import ConfigError, CurateConfig, DecideConfig
 from curate.detect.bars import FAMILIES, NEVER, REASON, Bar, family_of, score_columns
 from curate.detect.presets import load_preset
+from curate.schema import OK
 
 # The rules by family; any other decide.preset is a preset: shipped (curate/presets/<name>.yaml) or a path.
 FAMILY_RULES = ("pass_v1", "custom")
@@ -105,7 +106,11 @@ def run_rule(cfg: CurateConfig) -> Rule:
     active = rule(cfg.decide, [column.name for column in detect_columns(cfg.detect)])
     recorded = active.provenance.get("detect")
     if isinstance(recorded, dict):
-        changed = {k: (v, getattr(cfg.detect, k)) for k, v in recorded.items() if getattr(cfg.detect, k, v) != v}
+        changed = {
+            k: (v, getattr(cfg.detect, k))
+            for k, v in recorded.items()
+            if _differs(k, v, getattr(cfg.detect, k, v), active)
+        }
         if changed:
             told = ", ".join(f"detect.{k}={now} (calibrated with {then})" for k, (then, now) in sorted(changed.items()))
             raise ConfigError(
@@ -117,6 +122,18 @@ def run_rule(cfg: CurateConfig) -> Rule:
     return active
 
 
+def _differs(key: str, then: object, now: object, active: Rule) -> bool:
+    """Whether a recorded detect setting differs in a way that changes a calibrated bar's scores. The tiles' skip
+    list matters only for the detectors with a calibrated column: skipping the tiles of one that has none, or
+    cannot tile at all (pipeline=pass with Faster R-CNN beside YOLOX-L), leaves every calibrated score as it was."""
+    if key != "person_tiles_skip" or not all(isinstance(v, Sequence) and not isinstance(v, str) for v in (then, now)):
+        return bool(then != now)
+    assert isinstance(then, Sequence) and isinstance(now, Sequence)
+    calibrated = [column for column, bar in active.bars.items() if bar.calibrated]
+    names = {str(name) for name in (*then, *now) if any(f"_{name}_" in column for column in calibrated)}
+    return {str(n) for n in then} & names != {str(n) for n in now} & names
+
+
 def decide(rows: pd.DataFrame, cfg: DecideConfig | Rule) -> tuple[np.ndarray, np.ndarray]:
     """(decision, reason) per row: keep/ok, reject/face|person|hand|clip_human, review/uncertain|tiles_skipped. A
     column that is null on a row (that model did not run, or saw no tiles) is no evidence either way; tiles skipped
@@ -124,7 +141,7 @@ def decide(rows: pd.DataFrame, cfg: DecideConfig | Rule) -> tuple[np.ndarray, np
     active = cfg if isinstance(cfg, Rule) else rule(cfg, list(rows.columns))
     n = len(rows)
     decision = np.full(n, "keep", dtype=object)
-    reason = np.full(n, "ok", dtype=object)
+    reason = np.full(n, OK, dtype=object)
     rejected = {family: np.zeros(n, dtype=bool) for family in FAMILIES}
     uncertain = np.zeros(n, dtype=bool)
     for column, bar in active.bars.items():

@@ -50,8 +50,9 @@ def builder_of(spec: ModelSpec) -> Callable[..., Any]:
 
 
 @functools.lru_cache(maxsize=16)
-def _build(name: str, spec: str, weights: str, device: str, detect: str) -> Any:
-    # keyed by the entry, the weights, the device and the detect config, all as text (hashable)
+def _build(name: str, spec: str, weights: str, files: str, device: str, detect: str) -> Any:
+    # keyed by the entry, the weights (path, and each file's size and mtime: a file replaced in place is a new
+    # detector, as it is a new fingerprint), the device and the detect config, all as text (hashable)
     entry = REGISTRY[name]
     return builder_of(entry)(Path(weights), device, DetectConfig(**json.loads(detect)), **entry.params)
 
@@ -60,7 +61,23 @@ def build(name: str, weights: Path, device: str, detect: DetectConfig) -> Any:
     """The registry entry `name`'s detector with these weights, built once per process for the same arguments."""
     spec = REGISTRY[name]
     key = json.dumps({"builder": str(spec.builder), "params": dict(spec.params)}, sort_keys=True, default=str)
-    return _build(name, key, str(weights), device, json.dumps(asdict(detect), sort_keys=True))
+    return _build(
+        name, key, str(weights), _file_states(spec, weights), device, json.dumps(asdict(detect), sort_keys=True)
+    )
+
+
+def _file_states(spec: ModelSpec, weights: Path) -> str:
+    """(size, mtime) of the weights file and of the entry's extra files beside it (the hand landmark model)."""
+    paths = [weights, *(weights.with_name(extra.filename) for extra in spec.extra)] if weights.is_file() else []
+    return json.dumps([(str(p), *_state(p)) for p in paths])
+
+
+def _state(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)
 
 
 def family_detectors(family: str, detect: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
