@@ -344,7 +344,8 @@ def _human_filter(cfg: CurateConfig, tally: Tally) -> list[str]:
         "Detectors store raw scores (`face_*`, `person_*`, `hand_*`, `clip_*` columns of the manifest); these bars "
         f"(`decide.preset={rule.preset}`) were then applied to them: an image is rejected when any score is above "
         "its column's bar, and sent to review (never released unseen) when it is above a review band only. Each "
-        "bar says where it comes from: calibrated on a labelled set, or a published operating point.",
+        "bar says where it comes from: calibrated on a labelled set, a published operating point, or neither (a first "
+        "guess, a user's choice), as its row says.",
         "",
         markdown_table(
             ("score column", "family", "rejected above", "sent to review above", "where the bar comes from"), rows
