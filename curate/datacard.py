@@ -296,6 +296,21 @@ def _provenance_lines(rule: Rule) -> list[str]:
     return ["", *lines]
 
 
+def _tile_policy_lines(cfg: CurateConfig, rule: Rule) -> list[str]:
+    """A preset's figures were measured looking at every tile (curate calibrate always does); a run under
+    detect.tile_policy=auto did not, and the card must not let the reader take one for the other."""
+    calibrated_tiles = any(bar.calibrated and column.endswith("_tiles_max") for column, bar in rule.bars.items())
+    if cfg.detect.tile_policy != "auto" or not calibrated_tiles or not rule.provenance:
+        return []
+    return [
+        "These figures were measured with every tile looked at (`detect.tile_policy=always`). This run used "
+        f"`auto`: images a full view already scores at {cfg.detect.tile_decisive} or more get no tiles, and of the "
+        f"others only tiles where the full view's person score reaches {cfg.detect.tile_gate} are looked at "
+        "(`*_tiles_looked`, `*_tiles_decided_by` in the manifest). Its own recall is not the figure above; measure "
+        "it with `curate evaluate` and pass the result as `release.evaluation`."
+    ]
+
+
 def _described(value: Any) -> str:
     """A calibration set as a reader wants it (name, images, labels' digest); anything else as it is."""
     if isinstance(value, dict) and "name" in value:
@@ -351,6 +366,7 @@ def _human_filter(cfg: CurateConfig, tally: Tally) -> list[str]:
             ("score column", "family", "rejected above", "sent to review above", "where the bar comes from"), rows
         ),
         *_provenance_lines(rule),
+        *_tile_policy_lines(cfg, rule),
         "",
         "The filter's verdicts on every scored image, before any reviewer's decision (`decision`, `decision_reason`):",
         "",
