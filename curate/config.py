@@ -97,11 +97,13 @@ class RunConfig:
 class DaskConfig:
     # tcp://HOST:PORT of a running `dask scheduler`; empty means start a LocalCluster.
     address: str = ""
-    # LocalCluster size; 0 means one worker process per core.
+    # LocalCluster size; 0 means one worker process per core. With dask.gpus: the CPU workers beside the GPU ones
+    # (every stage but detect, above all the downloads); 0 means one per core left over, at least one.
     n_workers: int = 0
     # False runs the LocalCluster's workers as threads of this process (quick for small runs and tests).
     processes: bool = True
-    # Start one worker per GPU, each pinned with CUDA_VISIBLE_DEVICES and a GPU=1 resource (0 = no GPU workers).
+    # Start one worker per GPU, each pinned with CUDA_VISIBLE_DEVICES and a GPU=1 resource, for detect alone, and
+    # CPU workers beside them (dask.n_workers) for the other stages (0 = no GPU workers).
     gpus: int = 0
     # How many times Dask re-runs a shard task that raised (or whose worker died) before the shard counts as failed.
     retries: int = 2

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from omegaconf import OmegaConf
 
@@ -22,7 +22,7 @@ from curate.configload import config_text, load_config, pipelines_dir, without_p
 from curate.io.atomic import write_text
 from curate.runconfig import SAMPLE_DIR
 from curate.rundir import RunDir
-from curate.runner import COMPUTE_SLOT, Runner, StageReport, chains
+from curate.runner import COMPUTE_SLOT, CPU_WORKER, Runner, StageReport, chains
 from curate.stages.base import ShardStage
 
 # SAMPLE_DIR: where the bundled sample lives, for the tests and benchmarks that name it
@@ -57,7 +57,7 @@ def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
     if cfg.dask.address:
         return Client(cfg.dask.address, timeout="30s", set_as_default=False)
     if cfg.dask.gpus:
-        return Client(gpu_cluster(cfg.dask.gpus), set_as_default=False)
+        return Client(gpu_cluster(cfg), set_as_default=False)
     cluster = LocalCluster(
         n_workers=cfg.dask.n_workers or os.cpu_count() or 1,
         # one compute task per worker (each asks for the COMPUTE_SLOT), and beside it one that waits on the network
@@ -70,26 +70,29 @@ def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
     return Client(cluster, set_as_default=False)
 
 
-def gpu_cluster(gpus: int):  # type: ignore[no-untyped-def]
-    """One worker per GPU: dask-cuda's LocalCUDACluster when installed, else plain workers each pinned to one
-    GPU through CUDA_VISIBLE_DEVICES. Either way every worker offers the resource GPU=1, which detect asks for."""
-    try:
-        from dask_cuda import LocalCUDACluster
-    except ImportError:
-        from distributed import Nanny, Scheduler, SpecCluster
+def gpu_cluster(cfg: CurateConfig):  # type: ignore[no-untyped-def]
+    """One worker per GPU, pinned to it through CUDA_VISIBLE_DEVICES and offering GPU=1 (detect asks for it; one
+    thread each), and beside them CPU workers for every other stage, above all the downloads: the GPUs detect
+    while other shards download (`Runner.placement`). CPU workers: dask.n_workers, or one per core left over,
+    each with two threads (a compute task and one that waits on the network) and no GPU in sight."""
+    from distributed import Nanny, Scheduler, SpecCluster, Worker
 
-        workers = {
-            f"gpu-{index}": {
-                "cls": Nanny,
-                "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(index)}, "resources": {"GPU": 1}},
-            }
-            for index in range(gpus)
+    gpus = cfg.dask.gpus
+    cpus = cfg.dask.n_workers or max(1, (os.cpu_count() or 1) - gpus)
+    workers: dict[str, dict[str, Any]] = {
+        f"gpu-{index}": {
+            "cls": Nanny,
+            "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(index)}, "resources": {"GPU": 1}},
         }
-        scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
-        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
-    return LocalCUDACluster(
-        CUDA_VISIBLE_DEVICES=list(range(gpus)), threads_per_worker=1, resources={"GPU": 1}, dashboard_address=":0"
-    )
+        for index in range(gpus)
+    }
+    for index in range(cpus):
+        options: dict[str, Any] = {"nthreads": 2, "resources": {COMPUTE_SLOT: 1, CPU_WORKER: 2}}
+        if cfg.dask.processes:
+            options["env"] = {"CUDA_VISIBLE_DEVICES": ""}
+        workers[f"cpu-{index}"] = {"cls": Nanny if cfg.dask.processes else Worker, "options": options}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
 def stages_for(stage: Stage) -> list[str]:

@@ -33,10 +33,13 @@ from curate.schema import FAILED, OK, check_reasons
 from curate.stages.base import ShardStage
 
 SHARD_FAILED = "shard_failed"
-# The LocalCluster's workers (curate.run.open_client) each offer one of these and run two threads: every task asks
-# for it but those that mostly wait on the network (fetch), which so run beside a compute task, e.g. the next
-# shard's downloads beside detect, instead of waiting for its slot.
+# The CPU workers of curate's own clusters (curate.run.open_client) each offer one of these and run two threads:
+# every task asks for it but those that mostly wait on the network (fetch), which so run beside a compute task,
+# e.g. the next shard's downloads beside detect, instead of waiting for its slot.
 COMPUTE_SLOT = "compute"
+# Beside its GPU workers (GPU=1, one thread each: detect), curate's GPU cluster runs CPU workers offering this, as
+# many as their threads: every task that is not a GPU stage's asks for it, so downloads never hold a GPU worker.
+CPU_WORKER = "cpu"
 
 
 class StageRefused(RuntimeError):
@@ -347,19 +350,27 @@ class Runner:
         retries: int | None = None,
         priority: int = 0,
         waits_on_network: bool = False,
+        uses_gpu: bool = False,
     ) -> Any:
         """One task on the cluster; Dask runs it again (`retries`, default dask.retries, times) when it raises or
-        its worker dies. Of the tasks that can run, Dask starts those of higher `priority` first. On curate's
-        LocalCluster a task takes its worker's COMPUTE_SLOT unless it `waits_on_network`."""
+        its worker dies. Of the tasks that can run, Dask starts those of higher `priority` first. Where it runs
+        is `placement`'s."""
         retries = self.cfg.dask.retries if retries is None else retries
-        if resources is None and self.local_slots and not waits_on_network:
-            resources = {COMPUTE_SLOT: 1}
+        if resources is None:
+            resources = self.placement(uses_gpu, waits_on_network)
         return self.client.submit(func, *args, key=key, resources=resources, retries=retries, priority=priority)
 
-    @property
-    def local_slots(self) -> bool:
-        """Whether the cluster is curate's own LocalCluster of CPU workers, whose workers offer COMPUTE_SLOT."""
-        return not self.cfg.dask.address and not self.cfg.dask.gpus
+    def placement(self, uses_gpu: bool, waits_on_network: bool) -> dict[str, int] | None:
+        """The resources a task asks for. A GPU stage's: a GPU worker, when the run has GPUs (dask.gpus). On
+        curate's own clusters every other task goes to a CPU worker and takes its COMPUTE_SLOT unless it waits
+        on the network. On a cluster given by dask.address only the GPU rule holds (its workers offer no slots)."""
+        gpus = bool(self.cfg.dask.gpus)
+        if uses_gpu and gpus:
+            return {"GPU": 1}
+        if self.cfg.dask.address:
+            return None
+        slot = {} if waits_on_network else {COMPUTE_SLOT: 1}
+        return {**slot, CPU_WORKER: 1} if gpus else slot or None
 
     def gather(
         self,
@@ -455,8 +466,6 @@ class Runner:
             return report
         if todo:
             stage.before_work()  # e.g. detect's weight check: only when a shard will run
-            # GPU stages go to workers that offer a GPU (one per GPU), when the run has any.
-            resources = {"GPU": 1} if stage.uses_gpu and self.cfg.dask.gpus else None
             futures = {
                 shard: self.submit(
                     run_shard,
@@ -465,8 +474,8 @@ class Runner:
                     shard,
                     fp,
                     key=f"{stage.name}-{shard}-{fp[:12]}",
-                    resources=resources,
                     waits_on_network=stage.waits_on_network,
+                    uses_gpu=stage.uses_gpu,
                 )
                 for shard, fp in todo.items()
             }
@@ -557,10 +566,9 @@ class Runner:
                 if j not in prepared:  # work that appeared only now (an earlier stage re-ran this shard)
                     stages[j].before_work()
                     prepared.add(j)
-                gpu = stages[j].uses_gpu and self.cfg.dask.gpus
                 future = self.submit(
                     run_shard, stages[j], upstreams[j], shard, fp, key=f"{stages[j].name}-{shard}-{fp[:12]}",
-                    resources={"GPU": 1} if gpu else None, priority=j, waits_on_network=stages[j].waits_on_network,
+                    priority=j, waits_on_network=stages[j].waits_on_network, uses_gpu=stages[j].uses_gpu,
                 )  # fmt: skip
                 pending[future] = (j, shard, fp)
                 if finished is None:

@@ -99,7 +99,7 @@ def test_sample_on_a_real_scheduler_and_two_workers(cluster: str, tmp_path: Path
 
 
 def test_one_pinned_worker_per_gpu(tmp_path: Path) -> None:
-    """The plain path (no dask-cuda): workers pinned with CUDA_VISIBLE_DEVICES and a GPU=1 resource.
+    """Workers pinned with CUDA_VISIBLE_DEVICES and a GPU=1 resource for detect, CPU workers for the rest.
 
     This machine has no GPU, so detect falls back to the CPU inside those workers; what is checked is the
     placement: every detect shard ran on a GPU worker, and both workers were used.
@@ -111,3 +111,8 @@ def test_one_pinned_worker_per_gpu(tmp_path: Path) -> None:
     assert code == 0
     pinned = {json.loads(m.read_text())["cuda_visible_devices"] for m in (run_dir / "stats" / "detect").glob("*.json")}
     assert pinned == {"0", "1"}
+    # every other stage ran on the CPU workers beside them (no GPU visible there): downloads never hold a GPU
+    for stage in ("license", "fetch", "dedup", "review", "release"):
+        markers = list((run_dir / "stats" / stage).glob("part-*.json"))
+        assert markers, stage
+        assert {json.loads(m.read_text())["cuda_visible_devices"] for m in markers} == {""}, stage
