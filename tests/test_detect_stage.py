@@ -138,7 +138,7 @@ FEW_DEV = ("mmp_freihand_00032915.jpg", "df_couple.jpg", "caffe_cat.jpg", "dn_ho
 @needs_mediapipe
 def test_blazeface_and_hands_through_the_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The MediaPipe detectors as a user configures them: BlazeFace beside RetinaFace under detect.face, the hand
-    detector under detect.hand, decided by decide.hand (custom: the strict preset has no bars for them yet)."""
+    detector under detect.hand, decided by decide.hand (custom: the family bars, so the test sets its own)."""
     from curate.models.__main__ import main as models
 
     run_dir = tmp_path / "run"
