@@ -33,13 +33,13 @@ from curate.schema import FAILED, OK, check_reasons
 from curate.stages.base import ShardStage
 
 SHARD_FAILED = "shard_failed"
-# The CPU workers of curate's own clusters (curate.run.open_client) each offer one of these and run two threads:
-# every task asks for it but those that mostly wait on the network (fetch), which so run beside a compute task,
-# e.g. the next shard's downloads beside detect, instead of waiting for its slot.
+# The CPU workers of curate's own clusters (curate.run.open_client) run two threads and offer one of each slot:
+# a task that mostly waits on the network (fetch) takes the NETWORK_SLOT, every other task the COMPUTE_SLOT. So a
+# worker runs one download task beside one compute task, e.g. the next shard's downloads beside detect, and two
+# download tasks never take both threads while a fetched shard waits for detect. GPU workers offer neither
+# (only GPU=1, for detect), so nothing else ever holds a GPU worker.
 COMPUTE_SLOT = "compute"
-# Beside its GPU workers (GPU=1, one thread each: detect), curate's GPU cluster runs CPU workers offering this, as
-# many as their threads: every task that is not a GPU stage's asks for it, so downloads never hold a GPU worker.
-CPU_WORKER = "cpu"
+NETWORK_SLOT = "network"
 
 
 class StageRefused(RuntimeError):
@@ -362,15 +362,14 @@ class Runner:
 
     def placement(self, uses_gpu: bool, waits_on_network: bool) -> dict[str, int] | None:
         """The resources a task asks for. A GPU stage's: a GPU worker, when the run has GPUs (dask.gpus). On
-        curate's own clusters every other task goes to a CPU worker and takes its COMPUTE_SLOT unless it waits
-        on the network. On a cluster given by dask.address only the GPU rule holds (its workers offer no slots)."""
-        gpus = bool(self.cfg.dask.gpus)
-        if uses_gpu and gpus:
+        curate's own clusters every other task takes a CPU worker's NETWORK_SLOT if it waits on the network, else
+        its COMPUTE_SLOT. On a cluster given by dask.address only the GPU rule holds (its workers offer no
+        slots)."""
+        if uses_gpu and self.cfg.dask.gpus:
             return {"GPU": 1}
         if self.cfg.dask.address:
             return None
-        slot = {} if waits_on_network else {COMPUTE_SLOT: 1}
-        return {**slot, CPU_WORKER: 1} if gpus else slot or None
+        return {NETWORK_SLOT: 1} if waits_on_network else {COMPUTE_SLOT: 1}
 
     def gather(
         self,

@@ -116,3 +116,29 @@ def test_one_pinned_worker_per_gpu(tmp_path: Path) -> None:
         markers = list((run_dir / "stats" / stage).glob("part-*.json"))
         assert markers, stage
         assert {json.loads(m.read_text())["cuda_visible_devices"] for m in markers} == {""}, stage
+
+
+@pytest.mark.parametrize(
+    ("overrides", "detect", "fetch", "other"),
+    [
+        # curate's LocalCluster: one download task and one compute task per worker, never two downloads
+        ([], {"compute": 1}, {"network": 1}, {"compute": 1}),
+        # curate's GPU cluster: detect on a GPU worker, which offers no slot, so nothing else lands there
+        (["dask.gpus=1"], {"GPU": 1}, {"network": 1}, {"compute": 1}),
+        # a cluster of the user's: its workers offer no slots; only the GPU rule holds
+        (["dask.address=tcp://127.0.0.1:1", "dask.gpus=1"], {"GPU": 1}, None, None),
+        (["dask.address=tcp://127.0.0.1:1"], None, None, None),
+    ],
+)
+def test_where_each_kind_of_task_runs(
+    overrides: list[str], detect: dict | None, fetch: dict | None, other: dict | None
+) -> None:
+    from types import SimpleNamespace
+
+    from curate.configload import load_config
+    from curate.runner import Runner
+
+    runner = SimpleNamespace(cfg=load_config(overrides))
+    assert Runner.placement(runner, uses_gpu=True, waits_on_network=False) == detect  # type: ignore[arg-type]
+    assert Runner.placement(runner, uses_gpu=False, waits_on_network=True) == fetch  # type: ignore[arg-type]
+    assert Runner.placement(runner, uses_gpu=False, waits_on_network=False) == other  # type: ignore[arg-type]

@@ -34,8 +34,8 @@ class ShardStage(ABC):
     sees_all_rows: ClassVar[bool] = False
     # Whether shards need a GPU worker when the run has GPU workers (dask.gpus > 0).
     uses_gpu: ClassVar[bool] = False
-    # Whether a shard mostly waits on the network (fetch): on the LocalCluster it then runs beside a worker's
-    # compute task instead of taking its compute slot (curate.runner.COMPUTE_SLOT).
+    # Whether a shard mostly waits on the network (fetch): on curate's own clusters it then takes a worker's
+    # NETWORK_SLOT, beside its compute task, instead of the COMPUTE_SLOT (curate.runner.Runner.placement).
     waits_on_network: ClassVar[bool] = False
     # Whether the stage lays out the shards (ingest): then it is one step over all its inputs (`lay_out`), not a
     # task per existing shard (`process`).
