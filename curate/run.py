@@ -22,7 +22,7 @@ from curate.configload import config_text, load_config, pipelines_dir, without_p
 from curate.io.atomic import write_text
 from curate.runconfig import SAMPLE_DIR
 from curate.rundir import RunDir
-from curate.runner import COMPUTE_SLOT, NETWORK_SLOT, Runner, StageReport, chains
+from curate.runner import CPU_WORKER_RESOURCES, Runner, StageReport, chains
 from curate.stages.base import ShardStage
 
 # SAMPLE_DIR: where the bundled sample lives, for the tests and benchmarks that name it
@@ -60,9 +60,9 @@ def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
         return Client(gpu_cluster(cfg), set_as_default=False)
     cluster = LocalCluster(
         n_workers=cfg.dask.n_workers or os.cpu_count() or 1,
-        # one compute task per worker and beside it one that waits on the network (Runner.placement)
+        # one compute task per worker, and downloads beside it (Runner.placement)
         threads_per_worker=2,
-        resources={COMPUTE_SLOT: 1, NETWORK_SLOT: 1},
+        resources=CPU_WORKER_RESOURCES,
         processes=cfg.dask.processes,
         dashboard_address=":0",  # never clash with a user's own dashboard
         silence_logs=logging.ERROR,
@@ -87,7 +87,7 @@ def gpu_cluster(cfg: CurateConfig):  # type: ignore[no-untyped-def]
         for index in range(gpus)
     }
     for index in range(cpus):
-        options: dict[str, Any] = {"nthreads": 2, "resources": {COMPUTE_SLOT: 1, NETWORK_SLOT: 1}}
+        options: dict[str, Any] = {"nthreads": 2, "resources": dict(CPU_WORKER_RESOURCES)}
         if cfg.dask.processes:
             options["env"] = {"CUDA_VISIBLE_DEVICES": ""}
         workers[f"cpu-{index}"] = {"cls": Nanny if cfg.dask.processes else Worker, "options": options}

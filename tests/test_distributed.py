@@ -121,7 +121,7 @@ def test_one_pinned_worker_per_gpu(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "detect", "fetch", "other"),
     [
-        # curate's LocalCluster: one download task and one compute task per worker, never two downloads
+        # curate's LocalCluster: one compute task per worker, downloads beside it (two slots: both threads when idle)
         ([], {"compute": 1}, {"network": 1}, {"compute": 1}),
         # curate's GPU cluster: detect on a GPU worker, which offers no slot, so nothing else lands there
         (["dask.gpus=1"], {"GPU": 1}, {"network": 1}, {"compute": 1}),
