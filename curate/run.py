@@ -22,7 +22,7 @@ from curate.configload import config_text, load_config, pipelines_dir, without_p
 from curate.io.atomic import write_text
 from curate.runconfig import SAMPLE_DIR
 from curate.rundir import RunDir
-from curate.runner import CPU_WORKER_RESOURCES, Runner, StageReport, chains
+from curate.runner import CPU_WORKER_RESOURCES, CPU_WORKER_THREADS, Runner, StageReport, chains
 from curate.stages.base import ShardStage
 
 # SAMPLE_DIR: where the bundled sample lives, for the tests and benchmarks that name it
@@ -61,7 +61,7 @@ def open_client(cfg: CurateConfig):  # type: ignore[no-untyped-def]
     cluster = LocalCluster(
         n_workers=cfg.dask.n_workers or os.cpu_count() or 1,
         # one compute task per worker, and downloads beside it (Runner.placement)
-        threads_per_worker=2,
+        threads_per_worker=CPU_WORKER_THREADS,
         resources=CPU_WORKER_RESOURCES,
         processes=cfg.dask.processes,
         dashboard_address=":0",  # never clash with a user's own dashboard
@@ -74,7 +74,7 @@ def gpu_cluster(cfg: CurateConfig):  # type: ignore[no-untyped-def]
     """One worker per GPU, pinned to it through CUDA_VISIBLE_DEVICES and offering GPU=1 (detect asks for it; one
     thread each), and beside them CPU workers for every other stage, above all the downloads: the GPUs detect
     while other shards download (`Runner.placement`). CPU workers: dask.n_workers, or one per core left over,
-    each with two threads (a compute task and one that waits on the network) and no GPU in sight."""
+    each with a compute thread and two download threads, and no GPU in sight."""
     from distributed import Nanny, Scheduler, SpecCluster, Worker
 
     gpus = cfg.dask.gpus
@@ -87,7 +87,7 @@ def gpu_cluster(cfg: CurateConfig):  # type: ignore[no-untyped-def]
         for index in range(gpus)
     }
     for index in range(cpus):
-        options: dict[str, Any] = {"nthreads": 2, "resources": dict(CPU_WORKER_RESOURCES)}
+        options: dict[str, Any] = {"nthreads": CPU_WORKER_THREADS, "resources": dict(CPU_WORKER_RESOURCES)}
         if cfg.dask.processes:
             options["env"] = {"CUDA_VISIBLE_DEVICES": ""}
         workers[f"cpu-{index}"] = {"cls": Nanny if cfg.dask.processes else Worker, "options": options}

@@ -33,16 +33,17 @@ from curate.schema import FAILED, OK, check_reasons
 from curate.stages.base import ShardStage
 
 SHARD_FAILED = "shard_failed"
-# The CPU workers of curate's own clusters (curate.run.open_client) run two threads and offer one COMPUTE_SLOT and
-# two NETWORK_SLOTs: a task that mostly waits on the network (fetch) takes a NETWORK_SLOT, every other task the
-# COMPUTE_SLOT. So a worker runs at most one compute task, and beside it downloads (two at once when it has
-# nothing to compute: a third slot-less design, one download per worker, made stage-by-stage downloads 1.7x
-# slower in bench/overlap.py at 1 s per request and overlapped ones no faster). GPU workers offer no slot (only
-# GPU=1, for detect), so nothing else ever holds a GPU worker.
+# The CPU workers of curate's own clusters (curate.run.open_client) offer one COMPUTE_SLOT and two NETWORK_SLOTs,
+# and run a thread for each: a task that mostly waits on the network (fetch) takes a NETWORK_SLOT, every other
+# task the COMPUTE_SLOT. So a worker computes one shard (detect) while it downloads two, and the downloads keep
+# their threads while it computes (with two threads, overlapped downloads lost one of them to detect and ran
+# slower than stage by stage: bench/README.md). GPU workers offer no slot (only GPU=1, for detect), so nothing
+# else ever holds a GPU worker.
 COMPUTE_SLOT = "compute"
 NETWORK_SLOT = "network"
-# What each CPU worker offers (its two threads).
+# What each CPU worker offers, one thread per slot.
 CPU_WORKER_RESOURCES = {COMPUTE_SLOT: 1, NETWORK_SLOT: 2}
+CPU_WORKER_THREADS = sum(CPU_WORKER_RESOURCES.values())
 
 
 class StageRefused(RuntimeError):
