@@ -350,7 +350,6 @@ class Runner:
         func: Callable[..., Any],
         *args: Any,
         key: str,
-        resources: dict[str, int] | None = None,
         retries: int | None = None,
         priority: int = 0,
         waits_on_network: bool = False,
@@ -360,8 +359,7 @@ class Runner:
         its worker dies. Of the tasks that can run, Dask starts those of higher `priority` first. Where it runs
         is `placement`'s."""
         retries = self.cfg.dask.retries if retries is None else retries
-        if resources is None:
-            resources = self.placement(uses_gpu, waits_on_network)
+        resources = self.placement(uses_gpu, waits_on_network)
         return self.client.submit(func, *args, key=key, resources=resources, retries=retries, priority=priority)
 
     def placement(self, uses_gpu: bool, waits_on_network: bool) -> dict[str, int] | None:

@@ -55,6 +55,11 @@ def run_curate(*overrides: str) -> int:
     return main([*overrides, *FAST])
 
 
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file's bytes under root, by its path there: two reads equal means nothing under root changed."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def read_parts(run_dir: Path, stage: str) -> pd.DataFrame:
     parts = sorted((run_dir / "manifest" / stage).glob("part-*.parquet"))
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-from conftest import NO_SELECT, REPO, run_curate
+from conftest import NO_SELECT, REPO, run_curate, tree_bytes
 from PIL import Image
 
 from curate.review import ledger
@@ -68,10 +68,6 @@ def test_notebooks_run_headless_and_draw_their_grids(sample_run: Path, tmp_path:
         assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
 
 
-def release_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_scripted_decisions_change_the_next_release_exactly(sample_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(sample_run, run_dir)
@@ -86,10 +82,10 @@ def test_scripted_decisions_change_the_next_release_exactly(sample_run: Path, tm
     browser.decide([kept[1]], "remove")
     browser.decide([kept[1]], "keep", note="changed my mind")  # the latest decision wins
     assert len(ledger.read(run_dir)) == 5  # append-only: nothing rewritten away
-    published = release_bytes(run_dir / "release" / "v1")
+    published = tree_bytes(run_dir / "release" / "v1")
     assert run_curate(f"run.dir={run_dir}", *NO_SELECT) == 1  # refused: v1 is published
     assert run_curate(*next_version(run_dir), *NO_SELECT) == 0
-    assert release_bytes(run_dir / "release" / "v1") == published  # every file of v1, byte for byte
+    assert tree_bytes(run_dir / "release" / "v1") == published  # every file of v1, byte for byte
     assert manifest(run_dir).loc[kept[0], "status"] == "kept"  # v1 as it was
 
     after = manifest(run_dir, "v2")
@@ -115,7 +111,7 @@ def test_wilson_interval_matches_the_reference_values() -> None:
 def test_audit_sample_and_residual_rate_in_the_data_card(sample_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(sample_run, run_dir)
-    published = release_bytes(run_dir / "release" / "v1")
+    published = tree_bytes(run_dir / "release" / "v1")
     assert run_curate(f"run.dir={run_dir}", "stage=audit", "audit.size=6", "audit.seed=3") == 0
     sample = pd.read_parquet(run_dir / "audit" / "v1" / "sample.parquet")
     assert len(sample) == 6 and (manifest(run_dir).loc[sample["image_id"], "status"] == "kept").all()
@@ -132,7 +128,7 @@ def test_audit_sample_and_residual_rate_in_the_data_card(sample_run: Path, tmp_p
     assert f"{low:.2%} – {high:.2%}" in card and "1 marked unsure" in card
     assert manifest(run_dir, "v2").loc[ids[0], "reason"] == "review:removed"
     assert manifest(run_dir, "v2").loc[ids[5], "reason"] == "review:unsure"  # unsure is never released
-    assert release_bytes(run_dir / "release" / "v1") == published  # the audit and v2 left v1 as it was
+    assert tree_bytes(run_dir / "release" / "v1") == published  # the audit and v2 left v1 as it was
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CURATE_REQUIRE_CHROMIUM"), reason="no chromium")

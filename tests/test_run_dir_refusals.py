@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import FAST, MODELS, NO_FILTER, run_curate
+from conftest import FAST, MODELS, NO_FILTER, run_curate, tree_bytes
 
 from curate import evaluate
 from curate.configload import load_config
@@ -32,11 +32,6 @@ SAMPLE_ROWS = (SAMPLE_DIR / "yfcc_sample.tsv").read_text().splitlines(keepends=T
 # Rows 0-7: six CC BY photos, one CC BY-NC (row 3) and one CC BY-SA (row 6), which the licence filter drops.
 FIRST_ROWS = 8
 HINT = "(with this command's overrides), run:"
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file's bytes, by its path under root."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +110,7 @@ def test_a_changed_release_input_is_refused_and_the_hinted_next_version_works(
     change: Change, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     v1 = run / "release" / "v1"
-    published = snapshot(v1)
+    published = tree_bytes(v1)
     card = (run / "data_cards" / "v1.md").read_bytes()
     config = (run / "config.yaml").read_bytes()
     capsys.readouterr()
@@ -128,7 +123,7 @@ def test_a_changed_release_input_is_refused_and_the_hinted_next_version_works(
         out = capsys.readouterr().out
         assert "release v1 is published" in out, stage
         assert f"release.version=v2 release.previous={v1}" in out, stage
-        assert snapshot(v1) == published, stage
+        assert tree_bytes(v1) == published, stage
         assert (run / "data_cards" / "v1.md").read_bytes() == card, stage
         assert (run / "config.yaml").read_bytes() == config, stage  # a refused invocation is not remembered
         assert not (run / "release" / "v2").exists(), stage
@@ -137,21 +132,21 @@ def test_a_changed_release_input_is_refused_and_the_hinted_next_version_works(
     command = shlex.split(out.split(HINT)[1].strip().splitlines()[0])
     assert command[:2] == ["curate", "run"]
     assert main(command[2:]) == 0
-    assert snapshot(v1) == published
+    assert tree_bytes(v1) == published
     assert (run / "data_cards" / "v1.md").read_bytes() == card
     changes = pd.read_parquet(run / "release" / "v2" / "diff.parquet").set_index("image_id")["change"]
     change.check_v2(released(run, "v1"), released(run, "v2"), changes)
     # v2 is published now: the same command again changes neither version
-    made = snapshot(run / "release" / "v2")
+    made = tree_bytes(run / "release" / "v2")
     assert main(command[2:]) == 0
-    assert snapshot(v1) == published and snapshot(run / "release" / "v2") == made
+    assert tree_bytes(v1) == published and tree_bytes(run / "release" / "v2") == made
 
 
 def test_an_unchanged_re_run_of_a_published_version_is_a_no_op(run: Path) -> None:
-    before = snapshot(run / "release")
+    before = tree_bytes(run / "release")
     assert main([f"run.dir={run}", "stage=release", *FAST]) == 0
     assert main([f"run.dir={run}", *FAST]) == 0
-    assert snapshot(run / "release") == before
+    assert tree_bytes(run / "release") == before
 
 
 # --- curate evaluate run.dir=RUN -------------------------------------------------------------------------------
@@ -193,7 +188,7 @@ def test_evaluate_with_a_run_dir_uses_the_runs_detectors_and_thresholds(labelled
     # stage=ingest is enough to make a run directory that remembers its config (no detect work)
     assert run_curate(f"run.dir={root}", "stage=ingest", *RUN_DETECTORS) == 0
     assert load_config([f"run.dir={root}"]).detect.face == ["retinaface_mnet025"]
-    before = snapshot(root)
+    before = tree_bytes(root)
 
     out = tmp_path / "eval.json"
     assert evaluate.main([f"images={labelled}", f"out={out}", f"run.dir={root}"]) == 0
@@ -204,7 +199,7 @@ def test_evaluate_with_a_run_dir_uses_the_runs_detectors_and_thresholds(labelled
     assert list(result["decide"]["bars"]) == ["face_retinaface_mnet025_max"]
     assert result["detect"]["face_max_side"] == 1024
     assert result["evaluation_set"] == {"name": "labelled", "size": len(LABELLED)}
-    assert snapshot(root) == before  # nothing is written to the run
+    assert tree_bytes(root) == before  # nothing is written to the run
 
 
 class Terminal(io.StringIO):

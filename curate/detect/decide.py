@@ -126,12 +126,16 @@ def _differs(key: str, then: object, now: object, active: Rule) -> bool:
     """Whether a recorded detect setting differs in a way that changes a calibrated bar's scores. The tiles' skip
     list matters only for the detectors with a calibrated column: skipping the tiles of one that has none, or
     cannot tile at all (pipeline=pass with Faster R-CNN beside YOLOX-L), leaves every calibrated score as it was."""
-    if key != "person_tiles_skip" or not all(isinstance(v, Sequence) and not isinstance(v, str) for v in (then, now)):
+    if key != "person_tiles_skip" or isinstance(then, str) or isinstance(now, str):
         return bool(then != now)
-    assert isinstance(then, Sequence) and isinstance(now, Sequence)
+    if not isinstance(then, Sequence) or not isinstance(now, Sequence):
+        return bool(then != now)
     calibrated = [column for column, bar in active.bars.items() if bar.calibrated]
-    names = {str(name) for name in (*then, *now) if any(f"_{name}_" in column for column in calibrated)}
-    return {str(n) for n in then} & names != {str(n) for n in now} & names
+
+    def skipped(names: Sequence[object]) -> set[str]:
+        return {str(name) for name in names if any(f"_{name}_" in column for column in calibrated)}
+
+    return skipped(then) != skipped(now)
 
 
 def decide(rows: pd.DataFrame, cfg: DecideConfig | Rule) -> tuple[np.ndarray, np.ndarray]:

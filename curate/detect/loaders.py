@@ -51,8 +51,8 @@ def builder_of(spec: ModelSpec) -> Callable[..., Any]:
 
 @functools.lru_cache(maxsize=16)
 def _build(name: str, spec: str, weights: str, files: str, device: str, detect: str) -> Any:
-    # keyed by the entry, the weights (path, and each file's size and mtime: a file replaced in place is a new
-    # detector, as it is a new fingerprint), the device and the detect config, all as text (hashable)
+    # keyed by the entry, the weights (path, and each file's digest: a file replaced in place is a new detector,
+    # as it is a new fingerprint), the device and the detect config, all as text (hashable)
     entry = REGISTRY[name]
     return builder_of(entry)(Path(weights), device, DetectConfig(**json.loads(detect)), **entry.params)
 
@@ -67,17 +67,10 @@ def build(name: str, weights: Path, device: str, detect: DetectConfig) -> Any:
 
 
 def _file_states(spec: ModelSpec, weights: Path) -> str:
-    """(size, mtime) of the weights file and of the entry's extra files beside it (the hand landmark model)."""
-    paths = [weights, *(weights.with_name(extra.filename) for extra in spec.extra)] if weights.is_file() else []
-    return json.dumps([(str(p), *_state(p)) for p in paths])
-
-
-def _state(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-    except OSError:
-        return (-1, -1)
-    return (stat.st_size, stat.st_mtime_ns)
+    """The sha256 of the weights file and of the entry's extra files beside it (the hand landmark model), as
+    detect's fingerprint sees them (`registry.file_digest`, hashed once per version of a file)."""
+    paths = [weights, *(weights.with_name(extra.filename) for extra in spec.extra)]
+    return json.dumps([file_digest(p) for p in paths if p.is_file()])
 
 
 def family_detectors(family: str, detect: DetectConfig, models: ModelsConfig, device: str) -> list[Detector]:
