@@ -18,12 +18,15 @@ group, and the shard and the other rows go on.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from curate import pipeline
 from curate.config import CurateConfig
@@ -88,6 +91,11 @@ def shard_features(cfg: CurateConfig, shard: int) -> None:
             image_features(tar, member, embedding)
             for member, embedding in zip(rows["tar_member"], embeddings, strict=True)
         ]
+    frame = _features_table(rows, shard, found, with_embeddings="clip_embedding" in rows)
+    write_parquet(features_path(run, shard), frame)
+
+
+def _features_table(rows: pd.DataFrame, shard: int, found: list[Features], *, with_embeddings: bool) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
             "image_id": rows["image_id"].astype("string"),
@@ -102,12 +110,48 @@ def shard_features(cfg: CurateConfig, shard: int) -> None:
             "dedup_error": pd.Series([f.error for f in found], dtype="string"),
         }
     )
-    if "clip_embedding" in rows:
+    if with_embeddings:
         frame["embedding"] = pd.Series([f.embedding for f in found], dtype=object)
-    write_parquet(features_path(run, shard), frame)
+    return frame
 
 
-def image_features(tar: TarMembers, member: object, embedding: Any) -> Features:
+class Members(Protocol):
+    """Where a shard's image bytes come from: its tar, or (benchmarks) a dict of bytes."""
+
+    def get(self, name: str) -> bytes | None: ...
+
+
+def features_of_images(ids: list[str], blobs: list[bytes], cfg: CurateConfig) -> pd.DataFrame:
+    """The grouping's input for images held in memory (one shard, no dates, no embeddings): what the near-duplicate
+    benchmark feeds `assign_groups`, through the same per-image code as the stage."""
+    members = {image_id: data for image_id, data in zip(ids, blobs, strict=True)}
+    found = [image_features(members, image_id, None) for image_id in ids]
+    sizes = [_size(data) for data in blobs]
+    return _features_table(
+        pd.DataFrame(
+            {
+                "image_id": ids,
+                "sha256": [hashlib.sha256(data).hexdigest() for data in blobs],
+                "width": pd.array([w for w, _ in sizes], dtype="Int64"),
+                "height": pd.array([h for _, h in sizes], dtype="Int64"),
+                "date_taken": pd.array([None] * len(ids), dtype="string"),
+            }
+        ),
+        0,
+        found,
+        with_embeddings=False,
+    )
+
+
+def _size(data: bytes) -> tuple[int | None, int | None]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except DECODE_ERRORS:
+        return None, None
+
+
+def image_features(tar: Members, member: object, embedding: Any) -> Features:
     """One live row's pHash (and its mirror's) and embedding. An image Pillow cannot decode gets no pHash and stays
     ok (it can still be an exact or a semantic duplicate); anything else that raises is this row's internal_error,
     never the shard's end."""
