@@ -437,8 +437,13 @@ class DedupConfig:
     # Exact duplicates: same sha256 of the bytes.
     exact: bool = True
     # Near duplicates: 64-bit DCT pHash within this Hamming distance (-1 = off). Re-encoding and halving the
-    # size move it by 0-4; crops of a few percent by 4-20 (CLIP embeddings catch those better).
+    # size move it by 0-4; crops of a few percent and borders by 2-32 (dedup.crop_distance catches those).
     phash_distance: int = 5
+    # Cropped and bordered copies: each image is also hashed on crop views of itself (two insets, five positions;
+    # and the same views without uniform borders), and a full view within this distance of another image's view makes
+    # it a near duplicate (-1 = off). 6, from bench/neardup.py on the dev photos (bench/README.md): crops of 2-10 % per
+    # side caught 0.99-1.00 at 6, 0.91-0.97 at 4, with no two distinct photos merged (their closest pair was 10 apart).
+    crop_distance: int = 6
     # Also match left-right mirror images.
     flip: bool = False
     # Semantic duplicates: cosine of detect's CLIP embeddings at or above this (0 = off; needs detect.clip_model).
@@ -455,6 +460,7 @@ class DedupConfig:
         return [
             *failed(
                 (-1 <= self.phash_distance <= 16, "dedup.phash_distance must be within -1..16 (-1 = off)"),
+                (-1 <= self.crop_distance <= 16, "dedup.crop_distance must be within -1..16 (-1 = off)"),
                 (0.0 <= self.embedding_cosine <= 1.0, "dedup.embedding_cosine must be within 0..1 (0 = off)"),
             ),
             *(problem for ref in self.references for problem in ref.problems()),

@@ -17,9 +17,9 @@ COLUMNS = ["image_id", "dedup_group", "dedup_of", "dedup_status", "dedup_reason"
 
 def settings(reference: Path) -> dict[str, DedupConfig]:
     return {
-        "default": DedupConfig(references=[ReferenceSet(name="eval", hashes=str(reference))]),
-        "flip_d8": DedupConfig(flip=True, phash_distance=8, embedding_cosine=0.9),
-        "no_semantic": DedupConfig(embedding_cosine=0),
+        "default": DedupConfig(crop_distance=-1, references=[ReferenceSet(name="eval", hashes=str(reference))]),
+        "flip_d8": DedupConfig(crop_distance=-1, flip=True, phash_distance=8, embedding_cosine=0.9),
+        "no_semantic": DedupConfig(crop_distance=-1, embedding_cosine=0),
     }
 
 
@@ -28,7 +28,7 @@ def test_the_same_groups_as_the_in_client_grouping(name: str, tmp_path: Path) ->
     frame = features()
     reference = tmp_path / "ref.csv"
     reference_hashes(frame).to_csv(reference, index=False)
-    # the crop hashes came after the golden file: without them the links are the ones it was made from
+    # the crop views came after the golden file (crop_distance=-1): the links are the ones it was made from
     got = assign_groups(frame, CurateConfig(dedup=settings(reference)[name]))[COLUMNS].astype("string")
     expected = pd.read_csv(GOLDEN, dtype="string").query("setting == @name")[COLUMNS]
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False)

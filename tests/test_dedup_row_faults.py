@@ -33,16 +33,16 @@ def _jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def faulty_thumbnail(data: bytes) -> np.ndarray:
+def faulty_grey_picture(data: bytes) -> Image.Image:
     size = Image.open(io.BytesIO(data)).size
     if size == BAD:
         raise RuntimeError("planted fault")
     if size == UNDECODABLE:
         raise UnidentifiedImageError("planted: cannot identify image file")
-    return REAL_THUMBNAIL(data)
+    return REAL_GREY_PICTURE(data)
 
 
-REAL_THUMBNAIL = dedup.thumbnail
+REAL_GREY_PICTURE = dedup.grey_picture
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
     (photos / "a_copy.jpg").write_bytes((photos / "a.jpg").read_bytes())
     run_dir = root / "run"
     with pytest.MonkeyPatch.context() as patch:  # dask.processes=false: the workers are threads of this process
-        patch.setattr(dedup, "thumbnail", faulty_thumbnail)
+        patch.setattr(dedup, "grey_picture", faulty_grey_picture)
         code = run_curate(
             "pipeline=folder",
             f"ingest.path={photos}",
@@ -86,7 +86,7 @@ def test_the_row_whose_hashing_raises_is_failed_with_the_exception(faulty_run: t
     bad = rows.loc["bad"]
     assert (bad["dedup_status"], bad["dedup_reason"]) == ("failed", "internal_error")
     assert bad["dedup_error"].startswith("RuntimeError: planted fault [at ")
-    assert "faulty_thumbnail" in bad["dedup_error"] and "image_features" in bad["dedup_error"]
+    assert "faulty_grey_picture" in bad["dedup_error"] and "image_features" in bad["dedup_error"]
     assert pd.isna(bad["phash"]) and pd.isna(bad["dedup_group"]) and pd.isna(bad["dedup_of"])
 
 

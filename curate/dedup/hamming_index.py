@@ -50,18 +50,28 @@ def _chunk(hashes: np.ndarray, index: int, bits: int) -> np.ndarray:
     return ((hashes >> np.uint64(index * bits)) & np.uint64((1 << bits) - 1)).astype(np.int64)
 
 
+def chunks(n_index: int, n_query: int, k: int) -> int:
+    """How many chunk tables `plan` chooses for a search of this size: the units it can be split into, one task each
+    (`near_pairs(..., chunk=c, m=chunks(...))`). Any m finds every pair: the size only changes the speed."""
+    return plan(n_index, n_query, k)[0]
+
+
+def _layout(n_index: int, n_query: int, k: int, m: int | None) -> tuple[int, int]:
+    return plan(n_index, n_query, k) if m is None else (m, min(64 // m, MAX_TABLE_BITS))
+
+
 def _pairs_per_chunk(
-    index_hashes: np.ndarray, query_hashes: np.ndarray, k: int, m: int, b: int
+    index_hashes: np.ndarray, query_hashes: np.ndarray, k: int, m: int, b: int, only: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Candidate (query, index) position pairs within distance k, chunk table by chunk table (with repeats).
 
     Both sides are visited in the order of their chunk value: flipping a few bits of sorted keys gives runs of
     nearby table slots, so the lookups and the full-hash comparisons read memory almost sequentially (at 4M
-    random order made the search cache-bound)."""
+    random order made the search cache-bound). `only`: that chunk's table alone (one task of a split search)."""
     radius = k // m
     masks = flip_masks(b, radius)
     same = index_hashes is query_hashes
-    for c in range(m):
+    for c in range(m) if only is None else [only]:
         keys = _chunk(index_hashes, c, b)
         order = np.argsort(keys, kind="stable")
         sorted_hashes = index_hashes[order]
@@ -89,28 +99,35 @@ def _pairs_per_chunk(
                 yield query_order[queries[close]], order[found[close]]
 
 
-def near_pairs(hashes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) with i < j for every pair of positions in `hashes` (uint64) within Hamming distance k, each once."""
+def near_pairs(
+    hashes: np.ndarray, k: int, chunk: int | None = None, m: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with i < j for every pair of positions in `hashes` (uint64) within Hamming distance k, each once.
+    With `chunk` (0 .. m - 1, m as given or planned) only the pairs that chunk's table finds: the union over every
+    chunk is the whole answer, so a search can run as one task per chunk, each given the same m."""
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
     if k < 0 or len(hashes) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    m, b = plan(len(hashes), len(hashes), k)
+    m, b = _layout(len(hashes), len(hashes), k, m)
     keys = []
-    for q, f in _pairs_per_chunk(hashes, hashes, k, m, b):
+    for q, f in _pairs_per_chunk(hashes, hashes, k, m, b, chunk):
         keep = q < f
         keys.append(q[keep] * len(hashes) + f[keep])
     unique = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
     return unique // len(hashes), unique % len(hashes)
 
 
-def matches(index_hashes: np.ndarray, query_hashes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(query position, index position) for every query within distance k of an index hash, each pair once."""
+def matches(
+    index_hashes: np.ndarray, query_hashes: np.ndarray, k: int, chunk: int | None = None, m: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(query position, index position) for every query within distance k of an index hash, each pair once (with
+    `chunk`, that chunk table's share, as in `near_pairs`)."""
     index_hashes = np.ascontiguousarray(index_hashes, dtype=np.uint64)
     query_hashes = np.ascontiguousarray(query_hashes, dtype=np.uint64)
     if k < 0 or len(index_hashes) == 0 or len(query_hashes) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    m, b = plan(len(index_hashes), len(query_hashes), k)
-    keys = [q * len(index_hashes) + f for q, f in _pairs_per_chunk(index_hashes, query_hashes, k, m, b)]
+    m, b = _layout(len(index_hashes), len(query_hashes), k, m)
+    keys = [q * len(index_hashes) + f for q, f in _pairs_per_chunk(index_hashes, query_hashes, k, m, b, chunk)]
     unique = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
     return unique // len(index_hashes), unique % len(index_hashes)
 

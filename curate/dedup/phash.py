@@ -1,6 +1,11 @@
 """64-bit DCT perceptual hash (pHash): grey, 32 x 32, 2-D DCT-II, the 8 x 8 lowest frequencies against their
 median. Re-encoding and resizing leave it nearly unchanged; a mirror image has a hash of its own, computed from
-the same coefficients (horizontal frequencies of odd order change sign)."""
+the same coefficients (horizontal frequencies of odd order change sign).
+
+Crops and borders move a pHash far (bench/neardup.py: a 5-10 % crop per side by 16 bits at the median), so each
+image is also hashed on VIEWS, insets of its picture at two scales and five positions, and, where it has uniform
+borders (letterbox bars, frames), on the same views of the picture without them (`trim_borders`). A re-upload cropped
+by a few percent per side, or given bars, has a full view close to one of its original's views."""
 
 from __future__ import annotations
 
@@ -24,13 +29,68 @@ def dct_matrix(n: int = SIDE) -> np.ndarray:
     return matrix
 
 
-def thumbnail(data: bytes) -> np.ndarray:
-    """The image as a (32, 32) float grey array, upright. JPEGs decode at a reduced scale first (draft), which
-    is what makes hashing cheap; the hash is of the 8 x 8 lowest frequencies, which that does not disturb."""
+# (inset per side, shift right, shift down) as fractions of the picture. The full view first. Chosen with
+# bench/neardup.py on the dev photos (bench/README.md): insets of 3.5 and 7.5 % cover crops of 2-10 % per side, and
+# shifts of 2 % the asymmetry of such crops; a 3 x 3 grid of shifts caught no more at distance 6.
+SHIFTS = ((0.0, 0.0), (-0.02, 0.0), (0.02, 0.0), (0.0, -0.02), (0.0, 0.02))
+VIEWS = ((0.0, 0.0, 0.0), *((inset, dx, dy) for inset in (0.035, 0.075) for dx, dy in SHIFTS))
+BORDER_TOLERANCE = 10  # grey levels: a border line is within this of the edge's colour (JPEG rings by a few)
+BORDER_MAX = 0.3  # at most this fraction of a side is taken for border
+
+
+def grey_picture(data: bytes) -> Image.Image:
+    """The image in grey, upright, at least 128 px a side where it has them. JPEGs decode at a reduced scale first
+    (draft), which is what makes hashing cheap; the hashes are of the 8 x 8 lowest frequencies of 32 x 32, which that
+    does not disturb."""
     with Image.open(io.BytesIO(data)) as image:
         image.draft("L", (SIDE * 4, SIDE * 4))
-        grey = ImageOps.exif_transpose(image).convert("L")
-        return np.asarray(grey.resize((SIDE, SIDE), Image.Resampling.LANCZOS), dtype=np.float64)
+        return ImageOps.exif_transpose(image).convert("L")
+
+
+def thumbnail(data: bytes) -> np.ndarray:
+    """The image as a (32, 32) float grey array, upright: what its pHash is made from."""
+    return _small(grey_picture(data))
+
+
+def _small(grey: Image.Image) -> np.ndarray:
+    return np.asarray(grey.resize((SIDE, SIDE), Image.Resampling.LANCZOS), dtype=np.float64)
+
+
+def trim_borders(grey: Image.Image) -> Image.Image:
+    """The picture without uniform borders: from each side, the lines (rows or columns) whose pixels are, all but a
+    tenth, within BORDER_TOLERANCE of the edge line's median, up to BORDER_MAX of the side. A picture that would be
+    left with almost nothing (a blank image) is returned whole."""
+    pixels = np.asarray(grey, dtype=np.float64)
+    height, width = pixels.shape
+
+    def border(lines: np.ndarray) -> int:
+        edge = np.median(lines[0])
+        depth = 0
+        while (
+            depth < int(BORDER_MAX * len(lines)) and np.percentile(np.abs(lines[depth] - edge), 90) <= BORDER_TOLERANCE
+        ):
+            depth += 1
+        return depth
+
+    top, bottom, left, right = border(pixels), border(pixels[::-1]), border(pixels.T), border(pixels.T[::-1])
+    if top + bottom >= height - 4 or left + right >= width - 4:
+        return grey
+    return grey.crop((left, top, width - right, height - bottom))
+
+
+def view_thumbnails(grey: Image.Image) -> np.ndarray:
+    """(len(VIEWS), 32, 32): each view of the picture, as `thumbnail` makes the full one."""
+    width, height = grey.size
+    out = []
+    for inset, dx, dy in VIEWS:
+        box = (
+            round(width * (inset + dx)),
+            round(height * (inset + dy)),
+            width - round(width * (inset - dx)),
+            height - round(height * (inset - dy)),
+        )
+        out.append(_small(grey.crop(box) if inset else grey))
+    return np.stack(out)
 
 
 def low_frequencies(thumbs: np.ndarray) -> np.ndarray:

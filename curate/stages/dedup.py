@@ -2,11 +2,12 @@
 
 Groups must be formed over the whole run, not per shard, so the stage has three steps:
 1. features, a cached step per shard (a Dask task where its inputs changed): sha256 (from fetch), the pHash of
-   the bytes, size, date and detect's CLIP embedding -> work/dedup/features/part-N.parquet (+ .json marker);
-2. grouping, a cached run-wide step in the client: pairs from each method, connected components, one
-   representative per group (highest resolution, then earliest date, then smallest image_id), reference
-   matches -> work/dedup/assignments/part-N.parquet (+ work/dedup/assignments.json marker: every shard's
-   features and the config);
+   the bytes, the hashes of its crop views and of the picture without borders, size, date and detect's CLIP
+   embedding -> work/dedup/features/part-N.parquet (+ .json marker);
+2. grouping, a cached run-wide step (curate.dedup.grouping): pairs from each method as Dask tasks over the
+   features files, then in the client connected components, one representative per group (highest resolution,
+   then earliest date, then smallest image_id) and reference matches -> work/dedup/assignments/part-N.parquet
+   (+ work/dedup/assignments.json marker: every shard's features and the config);
 3. per shard (the usual ShardStage step): each row gets dedup_group, dedup_of, dedup_status, dedup_reason.
 
 Faults. An image Pillow cannot decode has no pHash and stays ok (exact and semantic duplicates still find it).
@@ -20,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import tempfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -29,26 +32,24 @@ import pandas as pd
 from PIL import Image
 
 from curate import pipeline
+from curate.cache import fingerprint
 from curate.config import CurateConfig
-from curate.dedup import embeddings as embedding_search
-from curate.dedup import hamming_index
-from curate.dedup.groups import components, representatives
-from curate.dedup.phash import hashes, low_frequencies, mirrored, thumbnail
-from curate.dedup.references import load as load_reference
+from curate.dedup import grouping
+from curate.dedup.phash import grey_picture, hashes, low_frequencies, mirrored, trim_borders, view_thumbnails
 from curate.detect.decoding import DECODE_ERRORS
-from curate.faults import INTERNAL_ERROR, describe
+from curate.faults import describe
 from curate.io.atomic import read_parquet, write_parquet
 from curate.io.tars import TarMembers
 from curate.manifest import DEDUP, dtypes, frame_of
 from curate.rundir import RunDir
-from curate.schema import FAILED, OK, REJECTED
+from curate.schema import OK
 from curate.stages.base import ShardStage
 
 if TYPE_CHECKING:
     from curate.runner import StageContext
 
 UPSTREAM = pipeline.upstream("dedup")
-FEATURES_VERSION = "2"  # 2: dedup_error, one row's fault
+FEATURES_VERSION = "3"  # 2: dedup_error, one row's fault; 3: crop views, pHash without borders
 # Strongest evidence first: a group's reason is the strongest link that put a row in it.
 METHODS = ("exact_duplicate", "near_duplicate", "semantic_duplicate")
 
@@ -71,6 +72,8 @@ class Features(NamedTuple):
     phash: int = 0  # the 64 bits, unsigned
     phash_mirror: int = 0
     phash_ok: bool = False  # False: no pHash (the image could not be decoded, or the row failed)
+    views: tuple[int, ...] = ()  # the distinct hashes of its crop views (curate.dedup.phash.VIEWS), unsigned
+    trimmed: int = 0  # the pHash of the picture without its uniform borders (= phash when it has none)
     embedding: np.ndarray | None = None
     error: str | None = None
 
@@ -104,6 +107,8 @@ def _features_table(rows: pd.DataFrame, shard: int, found: list[Features], *, wi
             "phash": np.array([f.phash for f in found], dtype=np.uint64).view(np.int64),
             "phash_mirror": np.array([f.phash_mirror for f in found], dtype=np.uint64).view(np.int64),
             "phash_ok": np.array([f.phash_ok for f in found], dtype=bool),
+            "trimmed_phash": np.array([f.trimmed for f in found], dtype=np.uint64).view(np.int64),
+            "view_hashes": pd.Series([np.array(f.views, dtype=np.uint64).view(np.int64) for f in found], dtype=object),
             "width": rows["width"].astype("Int64"),
             "height": rows["height"].astype("Int64"),
             "date_taken": rows["date_taken"].astype("string"),
@@ -163,11 +168,24 @@ def image_features(tar: Members, member: object, embedding: Any) -> Features:
             raise KeyError(f"{member!r} missing from the shard's tar")
         vector = _checked_embedding(embedding)
         try:
-            thumb = thumbnail(data)
+            grey = grey_picture(data)
+            views = view_thumbnails(grey)
+            trimmed = trim_borders(grey)
+            trimmed_views = view_thumbnails(trimmed) if trimmed.size != grey.size else views[:0]
         except DECODE_ERRORS:  # what a broken file raises (curate.detect.decoding)
             return Features(embedding=vector)
-        coefficients = low_frequencies(thumb[None])
-        return Features(int(hashes(coefficients)[0]), int(hashes(mirrored(coefficients))[0]), True, vector)
+        coefficients = low_frequencies(views)
+        view_hashes = hashes(coefficients)
+        trimmed_hashes = hashes(low_frequencies(trimmed_views)) if len(trimmed_views) else view_hashes
+        full = int(view_hashes[0])  # VIEWS[0] is the whole picture: its pHash
+        return Features(
+            phash=full,
+            phash_mirror=int(hashes(mirrored(coefficients[:1]))[0]),
+            phash_ok=True,
+            views=tuple(sorted({int(v) for v in (*view_hashes, *trimmed_hashes)})),
+            trimmed=int(trimmed_hashes[0]),
+            embedding=vector,
+        )
     except Exception as err:  # noqa: BLE001 - one row's surprise is that row's outcome, never the shard's
         return Features(error=describe(err))
 
@@ -186,7 +204,7 @@ def _checked_embedding(value: Any) -> np.ndarray | None:
 
 class DedupStage(ShardStage):
     name = "dedup"
-    version = "2"  # 2: a row whose features raised is failed / internal_error, with dedup_error
+    version = "3"  # 2: a row whose features raised is failed / internal_error; 3: grouped on the workers
 
     # -- steps 1 and 2 -----------------------------------------------------------------------------------------
 
@@ -204,17 +222,20 @@ class DedupStage(ShardStage):
         )
         if ctx.failed:
             return None  # the runner stops this stage: no grouping over missing features
-        parts = [assignments_path(run, shard) for shard in shards]
+        parts = [features_path(run, shard) for shard in shards]
+        outputs = [assignments_path(run, shard) for shard in shards]
 
-        def group() -> None:
-            every = pd.concat([read_parquet(features_path(run, s)) for s in shards], ignore_index=True)
-            assigned = assign_groups(every, self.cfg)
-            for shard, path in enumerate(parts):  # one file per shard: a shard task reads only its own
-                write_parquet(path, assigned[assigned["shard"] == shard].drop(columns="shard").reset_index(drop=True))
+        def run_tasks(func: Callable[..., Any], tasks: dict[Any, tuple[Any, ...]], desc: str) -> dict[Any, Any]:
+            key = f"dedup-{func.__name__}-{fingerprint(features)[:12]}"
+            return ctx.map(func, tasks, desc=desc, key=key)
+
+        def build() -> None:
+            grouping.group(parts, outputs, self.cfg.dedup, run_tasks)
 
         # every shard's result depends on every shard's features, through the groups
         made_from = {"inputs": features, "config": dataclasses.asdict(self.cfg.dedup), "version": self.version}
-        return ctx.step("assignments", made_from, parts, group)
+        digest = ctx.step("assignments", made_from, outputs, build)
+        return None if ctx.failed else digest
 
     # -- step 3 ------------------------------------------------------------------------------------------------
 
@@ -232,120 +253,24 @@ class DedupStage(ShardStage):
 
 
 def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
-    """Step 2: every row's group, representative, status and reason."""
-    d = cfg.dedup
-    n = len(features)
-    failed = features["dedup_error"].notna().to_numpy(dtype=bool)
-    # A row whose features raised links to nothing and matches no reference: grouped by what it has (its sha256)
-    # it could be the representative, and its copies rejected for a row that is not released either.
-    features = features.assign(
-        # shards without a live row have typeless columns: after the concat a bool column may come back as float
-        phash_ok=features["phash_ok"].fillna(False).astype(bool) & ~failed,
-        sha256=features["sha256"].mask(failed),
-    )
-    links: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if d.exact and n:
-        codes = pd.factorize(features["sha256"].fillna(features["image_id"]))[0]
-        first = pd.Series(np.arange(n)).groupby(codes).transform("min").to_numpy()
-        links["exact_duplicate"] = (first[first != np.arange(n)], np.arange(n)[first != np.arange(n)])
-    hashed = np.nonzero(features["phash_ok"].to_numpy())[0]
-    values = features["phash"].to_numpy().view(np.uint64)
-    if d.phash_distance >= 0 and len(hashed):
-        i, j = hamming_index.near_pairs(values[hashed], d.phash_distance)
-        pairs_i, pairs_j = [hashed[i]], [hashed[j]]
-        if d.flip:
-            q, f = hamming_index.matches(values[hashed], features["phash_mirror"].to_numpy().view(np.uint64)[hashed],
-                                         d.phash_distance)  # fmt: skip
-            other = q != f
-            pairs_i.append(hashed[q[other]])
-            pairs_j.append(hashed[f[other]])
-        links["near_duplicate"] = (np.concatenate(pairs_i), np.concatenate(pairs_j))
-    vectors, embedded = _embeddings(features)
-    if d.embedding_cosine > 0 and len(embedded) > 1:
-        i, j = embedding_search.similar_pairs(vectors, d.embedding_cosine, d.flat_max, d.ivf_nprobe)
-        links["semantic_duplicate"] = (embedded[i], embedded[j])
+    """The grouping of features held in memory (tests and benchmarks), by the stage's own code: the frame is
+    written as one file per shard and grouped with its tasks run in this process. Rows in the frame's order, with
+    its `shard` column; `phash` as int64."""
+    with tempfile.TemporaryDirectory(prefix="curate-dedup-") as tmp:
+        shards = sorted(int(s) for s in features["shard"].unique())
+        parts, outputs = [], []
+        for shard in shards:
+            part = Path(tmp, f"features-{shard}.parquet")
+            write_parquet(part, features[features["shard"] == shard].reset_index(drop=True))
+            parts.append(part)
+            outputs.append(Path(tmp, f"assignments-{shard}.parquet"))
 
-    all_i = np.concatenate([p[0] for p in links.values()]) if links else np.zeros(0, np.int64)
-    all_j = np.concatenate([p[1] for p in links.values()]) if links else np.zeros(0, np.int64)
-    label = components(n, all_i.astype(np.int64), all_j.astype(np.int64))
-    rep = representatives(features, label) if n else np.zeros(0, np.int64)
-    size = np.bincount(label, minlength=n)[label] if n else np.zeros(0, np.int64)
-    # A duplicate's reason: the strongest method that links anything in its group.
-    group_reason = np.full(n, "", dtype=object)
-    for method in reversed(METHODS):
-        if method in links and len(links[method][0]):
-            group_reason[np.unique(label[links[method][0]])] = method
-    reason = np.where(rep == np.arange(n), OK, group_reason[label])
-    status = np.where(reason == OK, OK, REJECTED)
-    image_ids = features["image_id"].to_numpy(dtype=object)
-    rep_ids = image_ids[rep] if n else np.zeros(0, dtype=object)
-    group = rep_ids.copy()
-    group[size <= 1] = None
-    dedup_of = rep_ids.copy()
-    dedup_of[rep == np.arange(n)] = None
-    out = pd.DataFrame(
-        {
-            "image_id": features["image_id"].astype("string"),
-            "shard": features["shard"],
-            # the 64 bits as int64 here; each shard task writes them as 16 hex digits (see process)
-            "phash": features["phash"].to_numpy(),
-            "dedup_group": pd.Series(group, dtype="string"),
-            "dedup_of": pd.Series(dedup_of, dtype="string"),
-            "dedup_match": pd.array([None] * n, dtype="string"),
-            "dedup_status": status.astype(object),
-            "dedup_reason": reason.astype(object),
-        }
-    )
-    _mark_reference_duplicates(out, features, values, hashed, vectors, embedded, label, cfg)
-    out["phash"] = pd.array(out["phash"].to_numpy(), dtype="Int64")
-    out.loc[~features["phash_ok"].to_numpy(), "phash"] = pd.NA
-    out["dedup_error"] = features["dedup_error"].astype("string").to_numpy()
-    out.loc[failed, "dedup_status"] = FAILED
-    out.loc[failed, "dedup_reason"] = INTERNAL_ERROR
-    return out
+        def run_here(func: Callable[..., Any], tasks: dict[Any, tuple[Any, ...]], desc: str) -> dict[Any, Any]:
+            return {tag: func(*args) for tag, args in tasks.items()}
 
-
-def _embeddings(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    if "embedding" not in features:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    present = np.nonzero(features["embedding"].notna().to_numpy())[0]
-    if not len(present):
-        return np.zeros((0, 0), np.float32), present
-    vectors = np.stack([np.asarray(v, dtype=np.float32) for v in features["embedding"].iloc[present]])
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    return vectors, present
-
-
-def _mark_reference_duplicates(
-    out: pd.DataFrame,
-    features: pd.DataFrame,
-    values: np.ndarray,
-    hashed: np.ndarray,
-    vectors: np.ndarray,
-    embedded: np.ndarray,
-    label: np.ndarray,
-    cfg: CurateConfig,
-) -> None:
-    """A group with any member matching a reference set is rejected whole: its other members are near copies
-    of a test image too."""
-    d = cfg.dedup
-    match = np.full(len(out), None, dtype=object)
-    for ref_cfg in d.references:
-        ref = load_reference(ref_cfg)
-        hit = features["sha256"].isin(ref.sha256).to_numpy()
-        match[hit & (match == None)] = f"{ref.name}:sha256"  # noqa: E711 - elementwise on an object array
-        if len(ref.phash) and len(hashed) and d.phash_distance >= 0:
-            q, _ = hamming_index.matches(ref.phash, values[hashed], d.phash_distance)
-            rows = hashed[np.unique(q)]
-            match[rows[match[rows] == None]] = f"{ref.name}:phash"  # noqa: E711
-        if ref.embeddings is not None and len(embedded) and d.embedding_cosine > 0:
-            q, _ = embedding_search.matches(ref.embeddings, vectors, d.embedding_cosine)
-            rows = embedded[np.unique(q)]
-            match[rows[match[rows] == None]] = f"{ref.name}:embedding"  # noqa: E711
-    matched = match != None  # noqa: E711
-    if not matched.any():
-        return
-    tainted = np.isin(label, label[matched])
-    out.loc[matched, "dedup_match"] = match[matched]
-    out.loc[tainted, "dedup_status"] = REJECTED
-    out.loc[tainted, "dedup_reason"] = "reference_duplicate"
+        grouping.group(parts, outputs, cfg.dedup, run_here)
+        out = pd.concat(
+            [read_parquet(path).assign(shard=shard) for shard, path in zip(shards, outputs, strict=True)],
+            ignore_index=True,
+        )
+    return out.set_index("image_id", drop=False).loc[features["image_id"].astype("string")].reset_index(drop=True)

@@ -1,0 +1,338 @@
+"""dedup's run-wide grouping, done on the workers: the client holds pairs, never the features.
+
+Input: one features file per shard (Parquet, written by the stage's first step). A row's *position* is its place in
+the run: the shard's offset (the rows of the shards before it) plus its row in the shard's file. The steps:
+
+1. Pair tasks, each reading from every shard's file only the columns it needs, part by part:
+   exact (one task: the sha256 digests, 32 bytes a row), near (one task per chunk table of the multi-index Hamming
+   search, for the pHash, its mirror and the crop views: curate.dedup.hamming_index), semantic (one task over the
+   embeddings) and reference sets (one task: each set is loaded once). Each returns position pairs.
+2. The client: connected components over the positions (an int64 array per row: 32 MB at 4M rows), the strongest
+   method linking each group, and the representative of each group of two or more, from the size, date and id of
+   only the rows in such groups.
+3. The client writes each shard's assignments from that shard's file alone.
+
+The result is the same as grouping every feature at once in one process (tests/test_dedup_golden.py: the groups
+the in-client grouping gave on a fixed set), and does not depend on the order in which tasks finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from curate.config import DedupConfig
+from curate.dedup import embeddings as embedding_search
+from curate.dedup import hamming_index
+from curate.dedup.groups import components, representatives
+from curate.dedup.references import load as load_reference
+from curate.faults import INTERNAL_ERROR
+from curate.io.atomic import write_parquet
+from curate.schema import FAILED, OK, REJECTED
+
+# Strongest evidence first: a group's reason is the strongest link that put a row in it.
+METHODS = ("exact_duplicate", "near_duplicate", "semantic_duplicate")
+Pairs = tuple[np.ndarray, np.ndarray]
+# run_tasks(func, {tag: args}, desc) -> {tag: func(*args)}: the stage runs them as Dask tasks.
+RunTasks = Callable[[Callable[..., Any], dict[Any, tuple[Any, ...]], str], dict[Any, Any]]
+NO_PAIRS: Pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+def offsets(parts: list[Path]) -> np.ndarray:
+    """Each part's first position, and the total at the end (from the files' metadata, not their data)."""
+    counts = [pq.ParquetFile(path).metadata.num_rows for path in parts]
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+
+
+def _columns(parts: list[Path], columns: list[str]) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(offset, those columns of the part) for every part that has rows, one part at a time."""
+    start = 0
+    for path in parts:
+        available = set(pq.ParquetFile(path).schema_arrow.names)
+        frame = pq.read_table(path, columns=[c for c in columns if c in available]).to_pandas()
+        if len(frame):
+            yield start, frame
+        start += len(frame)
+
+
+def _live(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose features did not fail (a failed row links to nothing and matches no reference)."""
+    return frame["dedup_error"].isna().to_numpy(dtype=bool)
+
+
+def _hashed(frame: pd.DataFrame) -> np.ndarray:
+    return frame["phash_ok"].fillna(False).to_numpy(dtype=bool) & _live(frame)
+
+
+# -- step 1: the pair tasks ------------------------------------------------------------------------------------
+
+
+def exact_pairs(parts: list[Path]) -> Pairs:
+    """(first position, later position) for every row whose sha256 an earlier row has."""
+    digests, positions = [], []
+    for start, frame in _columns(parts, ["sha256", "dedup_error"]):
+        keep = _live(frame) & frame["sha256"].notna().to_numpy(dtype=bool)
+        # 64 hex digits as 64 bytes: exact equality, a sixth of the memory of Python strings
+        digests.append(np.array(frame["sha256"][keep].tolist(), dtype="S64"))
+        positions.append(start + np.nonzero(keep)[0])
+    if not digests:
+        return NO_PAIRS
+    every, where = np.concatenate(digests), np.concatenate(positions)
+    _, codes = np.unique(every, return_inverse=True)
+    order = np.lexsort((where, codes))
+    codes, where = codes[order], where[order]
+    first = np.ones(len(codes), dtype=bool)
+    first[1:] = codes[1:] != codes[:-1]
+    heads = where[first][np.cumsum(first) - 1]
+    later = ~first
+    return heads[later], where[later]
+
+
+def _hashes(parts: list[Path], column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 hashes, positions) of the rows with a pHash."""
+    values, positions = [], []
+    for start, frame in _columns(parts, [column, "phash_ok", "dedup_error"]):
+        keep = _hashed(frame)
+        values.append(frame[column].to_numpy()[keep].view(np.uint64))
+        positions.append(start + np.nonzero(keep)[0])
+    if not values:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    return np.concatenate(values), np.concatenate(positions)
+
+
+def _views(parts: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 hashes of every crop view, the position each belongs to)."""
+    values, positions = [], []
+    for start, frame in _columns(parts, ["view_hashes", "phash_ok", "dedup_error"]):
+        if "view_hashes" not in frame:  # features made without crop views (a benchmark's synthetic hashes)
+            continue
+        keep = np.nonzero(_hashed(frame))[0]
+        lists = frame["view_hashes"].to_numpy()[keep]
+        counts = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
+        if counts.sum():
+            values.append(np.concatenate([np.asarray(v, dtype=np.int64) for v in lists]).view(np.uint64))
+            positions.append(np.repeat(start + keep, counts))
+    if not values:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    return np.concatenate(values), np.concatenate(positions)
+
+
+def near_pairs(parts: list[Path], kind: str, distance: int, chunk: int, m: int) -> Pairs:
+    """One chunk table's share of the near-duplicate pairs of one kind:
+    `phash`: two pHashes within `distance`; `mirror`: a mirror hash within `distance` of another row's pHash;
+    `views`: a row's full view (its pHash, or its pHash without borders) within `distance` of a crop view of
+    another row."""
+    if kind == "phash":
+        values, where = _hashes(parts, "phash")
+        i, j = hamming_index.near_pairs(values, distance, chunk, m)
+        return where[i], where[j]
+    if kind == "mirror":
+        values, where = _hashes(parts, "phash")
+        mirrors, _ = _hashes(parts, "phash_mirror")
+        q, f = hamming_index.matches(values, mirrors, distance, chunk, m)
+        other = q != f
+        return where[q[other]], where[f[other]]
+    views, owners = _views(parts)
+    full, full_where = _hashes(parts, "phash")
+    trimmed, trimmed_where = _hashes(parts, "trimmed_phash") if views.size else (full[:0], full_where[:0])
+    differs = trimmed != full[np.searchsorted(full_where, trimmed_where)] if trimmed.size else np.zeros(0, bool)
+    queries = np.concatenate([full, trimmed[differs]])
+    askers = np.concatenate([full_where, trimmed_where[differs]])
+    q, f = hamming_index.matches(views, queries, distance, chunk, m)
+    a, b = askers[q], owners[f]
+    other = a != b
+    return np.minimum(a, b)[other], np.maximum(a, b)[other]
+
+
+def _embeddings(parts: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(L2-normalised float32 vectors, positions) of the rows with an embedding."""
+    vectors, positions = [], []
+    for start, frame in _columns(parts, ["embedding", "dedup_error"]):
+        if "embedding" not in frame:
+            continue
+        keep = np.nonzero(frame["embedding"].notna().to_numpy() & _live(frame))[0]
+        if len(keep):
+            vectors.append(np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"].iloc[keep]]))
+            positions.append(start + keep)
+    if not vectors:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    stacked = np.concatenate(vectors)
+    stacked /= np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)
+    return stacked, np.concatenate(positions)
+
+
+def semantic_pairs(parts: list[Path], settings: DedupConfig) -> Pairs:
+    vectors, where = _embeddings(parts)
+    if len(where) < 2:
+        return NO_PAIRS
+    i, j = embedding_search.similar_pairs(vectors, settings.embedding_cosine, settings.flat_max, settings.ivf_nprobe)
+    return where[i], where[j]
+
+
+def reference_matches(parts: list[Path], settings: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, `<set>:sha256|phash|embedding`) of the rows that match a reference set: the first set listed,
+    then by sha256, pHash, embedding, names a row's match. Each set is loaded once, then the parts go past it."""
+    found: dict[int, str] = {}
+    for ref_cfg in settings.references:
+        ref = load_reference(ref_cfg)
+        for start, frame in _columns(parts, ["sha256", "phash", "phash_ok", "embedding", "dedup_error"]):
+            live = _live(frame)
+            for row in np.nonzero(frame["sha256"].isin(ref.sha256).to_numpy() & live)[0]:
+                found.setdefault(int(start + row), f"{ref.name}:sha256")
+            hashed = np.nonzero(_hashed(frame))[0]
+            if len(ref.phash) and len(hashed) and settings.phash_distance >= 0:
+                values = frame["phash"].to_numpy()[hashed].view(np.uint64)
+                q, _ = hamming_index.matches(ref.phash, values, settings.phash_distance)
+                for row in hashed[np.unique(q)]:
+                    found.setdefault(int(start + row), f"{ref.name}:phash")
+        if ref.embeddings is not None and settings.embedding_cosine > 0:
+            vectors, where = _embeddings(parts)
+            if len(where):
+                q, _ = embedding_search.matches(ref.embeddings, vectors, settings.embedding_cosine)
+                for position in where[np.unique(q)]:
+                    found.setdefault(int(position), f"{ref.name}:embedding")
+    positions = np.array(sorted(found), dtype=np.int64)
+    return positions, np.array([found[int(p)] for p in positions], dtype=object)
+
+
+def pair_tasks(
+    parts: list[Path], settings: DedupConfig, n: int
+) -> dict[Any, tuple[Callable[..., Any], tuple[Any, ...]]]:
+    """Every pair task the settings ask for: tag -> (function, arguments)."""
+    tasks: dict[Any, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+    if settings.exact:
+        tasks[("exact_duplicate", "sha256", 0)] = (exact_pairs, (parts,))
+    if settings.phash_distance >= 0:
+        kinds = ["phash", "mirror"] if settings.flip else ["phash"]
+        for kind in kinds:
+            m = hamming_index.chunks(n, n, settings.phash_distance)
+            for chunk in range(m):
+                tasks[("near_duplicate", kind, chunk)] = (near_pairs, (parts, kind, settings.phash_distance, chunk, m))
+    if settings.crop_distance >= 0:
+        m = hamming_index.chunks(n * 12, n, settings.crop_distance)  # about 12 views a row (curate.dedup.phash)
+        for chunk in range(m):
+            tasks[("near_duplicate", "views", chunk)] = (near_pairs, (parts, "views", settings.crop_distance, chunk, m))
+    if settings.embedding_cosine > 0:
+        tasks[("semantic_duplicate", "embedding", 0)] = (semantic_pairs, (parts, settings))
+    if settings.references:
+        tasks[("reference", "", 0)] = (reference_matches, (parts, settings))
+    return tasks
+
+
+# -- steps 2 and 3: in the client --------------------------------------------------------------------------------
+
+
+def group(parts: list[Path], outputs: list[Path], settings: DedupConfig, run_tasks: RunTasks) -> bool:
+    """Write every shard's assignments (`outputs`, one per part). False when a task failed (its failure is in the
+    stage's report and nothing is written)."""
+    starts = offsets(parts)
+    n = int(starts[-1])
+    tasks = pair_tasks(parts, settings, n)
+    by_tag = {tag: args for tag, (_, args) in tasks.items()}
+    results: dict[Any, Any] = {}
+    for func in dict.fromkeys(func for func, _ in tasks.values()):  # one map per kind of task
+        mine = {tag: by_tag[tag] for tag, (f, _) in tasks.items() if f is func}
+        got = run_tasks(func, mine, f"dedup {func.__name__.replace('_', ' ')}")
+        if len(got) != len(mine):
+            return False
+        results.update(got)
+    links: dict[str, list[Pairs]] = {method: [] for method in METHODS}
+    for (method, _, _), pairs in sorted(results.items(), key=lambda item: item[0]):
+        if method in links:
+            links[method].append(pairs)
+    joined = {method: _unique(pairs, n) for method, pairs in links.items() if pairs}
+    label = components(
+        n,
+        np.concatenate([p[0] for p in joined.values()] or [np.zeros(0, np.int64)]).astype(np.int64),
+        np.concatenate([p[1] for p in joined.values()] or [np.zeros(0, np.int64)]).astype(np.int64),
+    )
+    size = np.bincount(label, minlength=n)[label] if n else np.zeros(0, np.int64)
+    # the strongest method linking anything in a group, by its label (codes: 1 = METHODS[0] ... 0 = none)
+    strength = np.zeros(n, dtype=np.int8)
+    for code, method in reversed(list(enumerate(METHODS, start=1))):
+        if method in joined and len(joined[method][0]):
+            strength[np.unique(label[joined[method][0]])] = code
+    grouped = np.nonzero(size > 1)[0]
+    members = _members(parts, grouped)
+    rep = np.arange(n, dtype=np.int64)
+    rep[grouped] = grouped[representatives(members, np.searchsorted(grouped, label[grouped]))]
+    names = pd.Series(members["image_id"].to_numpy(dtype=object), index=grouped)
+    matched, match_names = results.get(("reference", "", 0), (np.zeros(0, np.int64), np.zeros(0, object)))
+    tainted = np.isin(label, label[matched]) if len(matched) else np.zeros(n, dtype=bool)
+    for shard, (path, output) in enumerate(zip(parts, outputs, strict=True)):
+        rows = slice(int(starts[shard]), int(starts[shard + 1]))
+        write_parquet(
+            output, _assignments(path, rows, label, rep, size, strength, names, matched, match_names, tainted)
+        )
+    return True
+
+
+def _unique(pairs: list[Pairs], n: int) -> Pairs:
+    keys = np.unique(np.concatenate([np.minimum(i, j) * n + np.maximum(i, j) for i, j in pairs]))
+    return keys // max(n, 1), keys % max(n, 1)
+
+
+def _members(parts: list[Path], grouped: np.ndarray) -> pd.DataFrame:
+    """image_id, width, height and date_taken of the rows at `grouped` (sorted positions), in that order."""
+    frames = []
+    for start, frame in _columns(parts, ["image_id", "width", "height", "date_taken"]):
+        inside = grouped[(grouped >= start) & (grouped < start + len(frame))] - start
+        frames.append(frame.iloc[inside])
+    columns = {"image_id": "string", "width": "Int64", "height": "Int64", "date_taken": "string"}
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
+    return pd.concat(frames, ignore_index=True).astype(columns)
+
+
+def _assignments(
+    path: Path,
+    rows: slice,
+    label: np.ndarray,
+    rep: np.ndarray,
+    size: np.ndarray,
+    strength: np.ndarray,
+    names: pd.Series,
+    matched: np.ndarray,
+    match_names: np.ndarray,
+    tainted: np.ndarray,
+) -> pd.DataFrame:
+    """One shard's rows: group, representative, match, status and reason."""
+    frame = pq.read_table(path, columns=["image_id", "phash", "phash_ok", "dedup_error"]).to_pandas()
+    count = len(frame)
+    positions = np.arange(rows.start, rows.stop, dtype=np.int64)
+    mine_rep, mine_size = rep[rows], size[rows]
+    is_rep = mine_rep == positions
+    rep_ids = np.full(count, None, dtype=object)
+    in_group = mine_size > 1
+    rep_ids[in_group] = names.reindex(mine_rep[in_group]).to_numpy(dtype=object)
+    reason = np.array(("ok", *METHODS), dtype=object)[strength[label[rows]]]
+    reason[is_rep] = OK
+    status = np.where(reason == OK, OK, REJECTED).astype(object)
+    match = np.full(count, None, dtype=object)
+    here = (matched >= rows.start) & (matched < rows.stop)
+    match[matched[here] - rows.start] = match_names[here]
+    status[tainted[rows]] = REJECTED
+    reason[tainted[rows]] = "reference_duplicate"
+    failed = frame["dedup_error"].notna().to_numpy(dtype=bool)
+    status[failed], reason[failed] = FAILED, INTERNAL_ERROR
+    hashed = frame["phash_ok"].fillna(False).to_numpy(dtype=bool) & ~failed
+    out = pd.DataFrame(
+        {
+            "image_id": frame["image_id"].astype("string"),
+            # the 64 bits as int64 here; each shard task writes them as 16 hex digits
+            "phash": pd.array(np.where(hashed, frame["phash"].to_numpy(), 0), dtype="Int64"),
+            "dedup_group": pd.Series(np.where(in_group, rep_ids, None), dtype="string"),
+            "dedup_of": pd.Series(np.where(is_rep, None, rep_ids), dtype="string"),
+            "dedup_match": pd.Series(match, dtype="string"),
+            "dedup_status": status,
+            "dedup_reason": reason,
+            "dedup_error": frame["dedup_error"].astype("string"),
+        }
+    )
+    out.loc[~hashed, "phash"] = pd.NA
+    return out
