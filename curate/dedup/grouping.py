@@ -30,6 +30,7 @@ from curate.config import DedupConfig
 from curate.dedup import embeddings as embedding_search
 from curate.dedup import hamming_index
 from curate.dedup.groups import components, representatives
+from curate.dedup.phash import VIEWS
 from curate.dedup.references import load as load_reference
 from curate.faults import INTERNAL_ERROR
 from curate.io.atomic import write_parquet
@@ -41,6 +42,7 @@ Pairs = tuple[np.ndarray, np.ndarray]
 # run_tasks(func, {tag: args}, desc) -> {tag: func(*args)}: the stage runs them as Dask tasks.
 RunTasks = Callable[[Callable[..., Any], dict[Any, tuple[Any, ...]], str], dict[Any, Any]]
 NO_PAIRS: Pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+VIEW_BLOCK = 1_000_000  # rows whose views one task searches (per chunk table)
 
 
 def offsets(parts: list[Path]) -> np.ndarray:
@@ -106,27 +108,35 @@ def _hashes(parts: list[Path], column: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _views(parts: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(uint64 hashes of every crop view, the position each belongs to)."""
+    """(uint64 hashes of every crop view, the position each belongs to). The lists are read as Arrow's flat values
+    and offsets: a Python object per row would cost more than the hashes."""
     values, positions = [], []
-    for start, frame in _columns(parts, ["view_hashes", "phash_ok", "dedup_error"]):
-        if "view_hashes" not in frame:  # features made without crop views (a benchmark's synthetic hashes)
+    start = 0
+    for path in parts:
+        if "view_hashes" not in pq.ParquetFile(path).schema_arrow.names:  # features made without crop views
+            start += pq.ParquetFile(path).metadata.num_rows  # (a benchmark's synthetic hashes)
             continue
-        keep = np.nonzero(_hashed(frame))[0]
-        lists = frame["view_hashes"].to_numpy()[keep]
-        counts = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
-        if counts.sum():
-            values.append(np.concatenate([np.asarray(v, dtype=np.int64) for v in lists]).view(np.uint64))
-            positions.append(np.repeat(start + keep, counts))
+        table = pq.read_table(path, columns=["view_hashes", "phash_ok", "dedup_error"])
+        lists = table.column("view_hashes").combine_chunks()
+        keep = _hashed(table.drop_columns(["view_hashes"]).to_pandas())
+        counts = np.diff(lists.offsets.to_numpy())
+        flat = lists.values.to_numpy()[np.repeat(keep, counts)]
+        values.append(flat.view(np.uint64))
+        positions.append(np.repeat(start + np.nonzero(keep)[0], counts[keep]))
+        start += len(table)
     if not values:
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     return np.concatenate(values), np.concatenate(positions)
 
 
-def near_pairs(parts: list[Path], kind: str, distance: int, chunk: int, m: int) -> Pairs:
+def near_pairs(
+    parts: list[Path], kind: str, distance: int, chunk: int, m: int, askers: tuple[int, int] | None = None
+) -> Pairs:
     """One chunk table's share of the near-duplicate pairs of one kind:
     `phash`: two pHashes within `distance`; `mirror`: a mirror hash within `distance` of another row's pHash;
     `views`: a row's full view (its pHash, or its pHash without borders) within `distance` of a crop view of
-    another row."""
+    another row, for the rows at positions `askers` (lo, hi) only: the search with the most to compare (every row has
+    several views) is split by chunk and by block of rows, so that more workers finish it sooner."""
     if kind == "phash":
         values, where = _hashes(parts, "phash")
         i, j = hamming_index.near_pairs(values, distance, chunk, m)
@@ -142,9 +152,12 @@ def near_pairs(parts: list[Path], kind: str, distance: int, chunk: int, m: int) 
     trimmed, trimmed_where = _hashes(parts, "trimmed_phash") if views.size else (full[:0], full_where[:0])
     differs = trimmed != full[np.searchsorted(full_where, trimmed_where)] if trimmed.size else np.zeros(0, bool)
     queries = np.concatenate([full, trimmed[differs]])
-    askers = np.concatenate([full_where, trimmed_where[differs]])
+    asking = np.concatenate([full_where, trimmed_where[differs]])
+    if askers is not None:
+        mine = (asking >= askers[0]) & (asking < askers[1])
+        queries, asking = queries[mine], asking[mine]
     q, f = hamming_index.matches(views, queries, distance, chunk, m)
-    a, b = askers[q], owners[f]
+    a, b = asking[q], owners[f]
     other = a != b
     return np.minimum(a, b)[other], np.maximum(a, b)[other]
 
@@ -214,9 +227,11 @@ def pair_tasks(
             for chunk in range(m):
                 tasks[("near_duplicate", kind, chunk)] = (near_pairs, (parts, kind, settings.phash_distance, chunk, m))
     if settings.crop_distance >= 0:
-        m = hamming_index.chunks(n * 12, n, settings.crop_distance)  # about 12 views a row (curate.dedup.phash)
+        m = hamming_index.chunks(n * len(VIEWS), n, settings.crop_distance)
         for chunk in range(m):
-            tasks[("near_duplicate", "views", chunk)] = (near_pairs, (parts, "views", settings.crop_distance, chunk, m))
+            for lo in range(0, max(n, 1), VIEW_BLOCK):
+                args = (parts, "views", settings.crop_distance, chunk, m, (lo, lo + VIEW_BLOCK))
+                tasks[("near_duplicate", "views", chunk * n + lo)] = (near_pairs, args)
     if settings.embedding_cosine > 0:
         tasks[("semantic_duplicate", "embedding", 0)] = (semantic_pairs, (parts, settings))
     if settings.references:
