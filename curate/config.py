@@ -439,11 +439,12 @@ class DedupConfig:
     # Near duplicates: 64-bit DCT pHash within this Hamming distance (-1 = off). Re-encoding and halving the
     # size move it by 0-4; crops of a few percent and borders by 2-32 (dedup.crop_distance catches those).
     phash_distance: int = 5
-    # Cropped and bordered copies: each image is also hashed on crop views of itself (two insets, five positions;
-    # and the same views without uniform borders), and a full view within this distance of another image's view makes
-    # it a near duplicate (-1 = off). 6, from bench/neardup.py on the dev photos (bench/README.md): crops of 2-10 % per
-    # side caught 0.99-1.00 at 6, 0.91-0.97 at 4, with no two distinct photos merged (their closest pair was 10 apart).
-    crop_distance: int = 6
+    # Cropped and bordered copies: each image is also hashed on ten crop views of itself (curate.dedup.phash.VIEWS)
+    # and, where it has uniform borders, on its views without them; a full view within this distance of another
+    # image's view makes it a near duplicate (-1 = off). 4, from bench/neardup.py on the 219 dev photos
+    # (bench/README.md; tuned on them, so optimistic): crops of 2-5 % per side caught 1.000, of 5-10 % 0.963, bordered
+    # copies 1.000, no distinct photos merged; 6 caught all the 5-10 % crops but has 120x the random neighbours.
+    crop_distance: int = 4
     # Also match left-right mirror images.
     flip: bool = False
     # Semantic duplicates: cosine of detect's CLIP embeddings at or above this (0 = off; needs detect.clip_model).

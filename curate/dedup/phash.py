@@ -3,7 +3,7 @@ median. Re-encoding and resizing leave it nearly unchanged; a mirror image has a
 the same coefficients (horizontal frequencies of odd order change sign).
 
 Crops and borders move a pHash far (bench/neardup.py: a 5-10 % crop per side by 16 bits at the median), so each
-image is also hashed on VIEWS, insets of its picture at three depths (the middle one off-centre), and, where it has uniform
+image is also hashed on VIEWS, insets of its picture at two depths and five positions, and, where it has uniform
 borders (letterbox bars, frames), on the same views of the picture without them (`trim_borders`). A re-upload cropped
 by a few percent per side, or given bars, has a full view close to one of its original's views."""
 
@@ -29,11 +29,14 @@ def dct_matrix(n: int = SIDE) -> np.ndarray:
     return matrix
 
 
-# (inset per side, shift right, shift down) as fractions of the picture; the full view first. Chosen with
-# bench/neardup.py on the dev photos at dedup.crop_distance=6 (bench/README.md): these five caught crops of 2-5 % per side
-# 1.000, of 5-10 % 0.986 and bordered copies 1.000 with no distinct photos merged; eleven views (two insets at five
-# positions each) caught 1.000 of the 5-10 % crops for twice the hashes to search, three (no shifted view) 0.932.
-VIEWS = ((0.0, 0.0, 0.0), (0.035, 0.0, 0.0), (0.075, 0.0, 0.0), (0.055, -0.02, 0.0), (0.055, 0.02, 0.0))
+# (inset per side, shift right, shift down) as fractions of the picture; the full view first: insets of 3.5 and 7.5 %,
+# each centred and shifted by 2 % each way. Chosen with bench/neardup.py on the dev photos (bench/README.md): at
+# dedup.crop_distance=4 these eleven caught crops of 2-5 % per side 1.000, of 5-10 % 0.963 and bordered copies 1.000
+# with no distinct photos merged. Five views (three depths) needed distance 6 for as much (0.986 of the 5-10 % crops):
+# a radius of 6 has 120 times more random 64-bit neighbours than one of 4, and eleven views took 4.6x as long to
+# search at 6 as at 4 (1M rows).
+SHIFTS = ((0.0, 0.0), (-0.02, 0.0), (0.02, 0.0), (0.0, -0.02), (0.0, 0.02))
+VIEWS = ((0.0, 0.0, 0.0), *((inset, dx, dy) for inset in (0.035, 0.075) for dx, dy in SHIFTS))
 BORDER_TOLERANCE = 10  # grey levels: a border line is within this of the edge's colour (JPEG rings by a few)
 BORDER_MAX = 0.3  # at most this fraction of a side is taken for border
 
