@@ -234,9 +234,21 @@ class FetchConfig:
     user_agent: str = field(default="curate/0.1 (dataset research; +https://github.com/curate)", metadata=RUNTIME)
     # Re-try only the rows of finished shards that failed for a transient reason.
     retry_failed: bool = field(default=False, metadata=RUNTIME)
+    # Honour a site's opt-out from AI training: a 2xx response whose X-Robots-Tag holds one of
+    # fetch.opt_out_directives (unprefixed, or for `*` or fetch.user_agent's product token) is rejected as opt_out,
+    # its body unread.
+    honour_opt_out: bool = True
+    # The X-Robots-Tag directives that opt an image out (lower-case). img2dataset also honours none, noindex
+    # and noimageindex: add them here to do the same (none counts as noindex and nofollow).
+    opt_out_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai"])
+
+    # The X-Robots-Tag directives fetch.opt_out_directives may name (those without a value).
+    X_ROBOTS_DIRECTIVES = ("noai", "noimageai", "none", "noindex", "noimageindex", "nofollow", "noarchive",
+                           "nosnippet", "notranslate", "nocache")  # fmt: skip
 
     def problems(self) -> list[str]:
         bad_formats = [x for x in self.allowed_formats if x not in ("jpeg", "png", "webp")]
+        bad_directives = [x for x in self.opt_out_directives if x not in self.X_ROBOTS_DIRECTIVES]
         timeouts = (self.connect_timeout_s, self.read_timeout_s, self.total_timeout_s)
         return failed(
             (self.concurrency >= 1, "fetch.concurrency must be >= 1"),
@@ -247,6 +259,10 @@ class FetchConfig:
             (all(t > 0 for t in timeouts), "fetch.*_timeout_s must be > 0"),
             (not bad_formats, f"fetch.allowed_formats has {bad_formats}; choose from jpeg, png, webp"),
             (self.max_retry_after_s >= 0, "fetch.max_retry_after_s must be >= 0"),
+            (
+                not bad_directives,
+                f"fetch.opt_out_directives has {bad_directives}; choose from {', '.join(self.X_ROBOTS_DIRECTIVES)}",
+            ),
         )
 
 
@@ -441,9 +457,10 @@ class DedupConfig:
     phash_distance: int = 5
     # Cropped and bordered copies: each image is also hashed on ten crop views of itself (curate.dedup.phash.VIEWS)
     # and, where it has uniform borders, on its views without them; a full view within this distance of another
-    # image's view makes it a near duplicate (-1 = off). 4, from bench/neardup.py on the 219 dev photos
-    # (bench/README.md; tuned on them, so optimistic): crops of 2-5 % per side caught 1.000, of 5-10 % 0.963, bordered
-    # copies 1.000, no distinct photos merged; 6 caught all the 5-10 % crops but has 120x the random neighbours.
+    # image's view makes it a near duplicate (-1 = off; phash_distance=-1 turns it off too). 4, from bench/neardup.py
+    # on the 219 dev photos (bench/README.md; tuned on them, so optimistic): crops of 2-5 % per side caught 1.000, of
+    # 5-10 % 0.963, bordered copies 1.000, no distinct photos merged; 6 caught all the 5-10 % crops but has 120x the
+    # random neighbours.
     crop_distance: int = 4
     # Also match left-right mirror images.
     flip: bool = False

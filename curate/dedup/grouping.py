@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.config import DedupConfig
@@ -118,6 +119,9 @@ def _views(parts: list[Path]) -> tuple[np.ndarray, np.ndarray]:
             continue
         table = pq.read_table(path, columns=["view_hashes", "phash_ok", "dedup_error"])
         lists = table.column("view_hashes").combine_chunks()
+        if not pa.types.is_list(lists.type):  # no row with views: pandas wrote an all-null column
+            start += len(table)
+            continue
         keep = _hashed(table.drop_columns(["view_hashes"]).to_pandas())
         counts = np.diff(lists.offsets.to_numpy())
         flat = lists.values.to_numpy()[np.repeat(keep, counts)]
@@ -226,7 +230,7 @@ def pair_tasks(
             m = hamming_index.chunks(n, n, settings.phash_distance)
             for chunk in range(m):
                 tasks[("near_duplicate", kind, chunk)] = (near_pairs, (parts, kind, settings.phash_distance, chunk, m))
-    if settings.crop_distance >= 0:
+    if settings.crop_distance >= 0 and settings.phash_distance >= 0:  # phash_distance=-1: no near duplicates at all
         m = hamming_index.chunks(n * len(VIEWS), n, settings.crop_distance)
         for chunk in range(m):
             for lo in range(0, max(n, 1), VIEW_BLOCK):
@@ -292,6 +296,13 @@ def _unique(pairs: list[Pairs], n: int) -> Pairs:
     return keys // max(n, 1), keys % max(n, 1)
 
 
+def _where(keep: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """values where keep, None elsewhere (object arrays)."""
+    out = np.full(len(values), None, dtype=object)
+    out[keep] = values[keep]
+    return out
+
+
 def _members(parts: list[Path], grouped: np.ndarray) -> pd.DataFrame:
     """image_id, width, height and date_taken of the rows at `grouped` (sorted positions), in that order."""
     frames = []
@@ -341,8 +352,8 @@ def _assignments(
             "image_id": frame["image_id"].astype("string"),
             # the 64 bits as int64 here; each shard task writes them as 16 hex digits
             "phash": pd.array(np.where(hashed, frame["phash"].to_numpy(), 0), dtype="Int64"),
-            "dedup_group": pd.Series(np.where(in_group, rep_ids, None), dtype="string"),
-            "dedup_of": pd.Series(np.where(is_rep, None, rep_ids), dtype="string"),
+            "dedup_group": pd.Series(_where(in_group, rep_ids), dtype="string"),
+            "dedup_of": pd.Series(_where(~is_rep, rep_ids), dtype="string"),
             "dedup_match": pd.Series(match, dtype="string"),
             "dedup_status": status,
             "dedup_reason": reason,

@@ -273,4 +273,5 @@ def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
             [read_parquet(path).assign(shard=shard) for shard, path in zip(shards, outputs, strict=True)],
             ignore_index=True,
         )
-    return out.set_index("image_id", drop=False).loc[features["image_id"].astype("string")].reset_index(drop=True)
+    wanted = pd.Index(features["image_id"].astype("string"))
+    return out.set_index("image_id", drop=False).loc[wanted].reset_index(drop=True)
