@@ -63,6 +63,7 @@ REASONS: dict[str, frozenset[str]] = {
             "connection_error",
             "redirect_loop",
             "too_large",
+            "opt_out",  # the final response's X-Robots-Tag opts out of AI training (fetch.opt_out_directives)
             "truncated",
             "not_an_image",
             "unsupported_format",
@@ -101,7 +102,7 @@ def check_reasons(stage: str, reasons: pd.Series) -> None:
         raise ValueError(f"stage {stage} wrote reasons outside curate.schema.REASONS: {sorted(unknown)}")
 
 
-# Fetch failures worth another try later (`fetch.retry_failed=true`).
+# Fetch failures worth another try later (`fetch.retry_failed=true`). Not opt_out: that is the site's decision.
 TRANSIENT_FETCH_REASONS = frozenset({"http_server_error", "timeout", "connection_error", "truncated"})
 
 # What every source yields; every later stage adds `<stage>_*` columns beside these.

@@ -1,8 +1,9 @@
 """A real HTTP server on loopback that misbehaves in the ways image hosts do.
 
 Routes are plain functions of the request handler. The builders below cover well-behaved serving, status codes,
-stalls and trickles, redirects, Retry-After, Content-Encoding, and (`script`) raw bytes written straight to the
-socket for responses no HTTP library would produce: bad status lines, HTTP/0.9, lying lengths, resets.
+stalls and trickles, redirects, Retry-After, Content-Encoding, repeated headers (X-Robots-Tag), and (`script`)
+raw bytes written straight to the socket for responses no HTTP library would produce: bad status lines, HTTP/0.9,
+lying lengths, resets.
 `torture_routes` lists them all with the outcome the fetch stage must give.
 """
 
@@ -222,6 +223,28 @@ class FaultServer(ThreadingHTTPServer):
         self, path: str, body: bytes, headers: dict[str, str], content_type: str = "image/jpeg"
     ) -> str:
         self.routes[path] = lambda handler, _: handler.send_body(body, content_type, 200, headers)
+        return self.url(path)
+
+    def serve_header_lines(
+        self,
+        path: str,
+        body: bytes,
+        headers: list[tuple[str, str]],
+        code: int = 200,
+        content_type: str = "image/jpeg",
+    ) -> str:
+        """`code` with `headers` sent in order, a name as often as it is listed (two X-Robots-Tag lines)."""
+
+        def route(handler: Handler, _: int) -> None:
+            handler.send_response(code)
+            handler.send_header("Content-Type", content_type)
+            handler.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(body)
+
+        self.routes[path] = route
         return self.url(path)
 
     def script(self, path: str, *steps: Step) -> str:

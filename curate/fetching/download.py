@@ -23,6 +23,12 @@ How faults map to reasons:
 - not_found: 404, 410. http_client_error: the other 4xx (401, 403, 451, ...), a 3xx that cannot be followed
   (no Location, 300, 304) and a 101 (interim 1xx responses such as 103 Early Hints are skipped).
 - redirect_loop: a redirect back to a URL already visited in this attempt, or more than max_redirects.
+- opt_out: a 2xx final response (after redirects) whose X-Robots-Tag headers opt out of AI training, with
+  fetch.honour_opt_out: a directive of fetch.opt_out_directives (noai, noimageai by default; `none` counts as
+  noindex and nofollow) unprefixed or in a group for `*` or for our product token (fetch.user_agent up to its
+  first '/' or space), case-insensitive. Decided from the headers: the body is never read and nothing is
+  retried; the error text is the header lines that opt out, as served (made printable, at most 200 characters).
+  A non-2xx response keeps its own reason whatever its X-Robots-Tag says.
 - too_large: a Content-Length or a (decoded) body over max_bytes.
 - ok: any 2xx with its body as served (decoded), up to Content-Length when the server sends more; the body may
   be empty (204, an empty 200), which the image check then calls not_an_image.
@@ -79,6 +85,13 @@ MAX_URL_CHARS = 16_384
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f\s]")  # also Unicode spaces: a URL with a raw space is a broken URL
 _HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?\Z", re.IGNORECASE)  # '_' occurs in real CDN names
 _DELTA_SECONDS = re.compile(r"\d{1,9}(\.\d*)?\Z")
+# X-Robots-Tag: a user-agent token before a ':' starts a group of directives for that agent only (RFC 9110 tchar;
+# a date's "15:00" has a space before it, so a piece of unavailable_after's date is never taken for one).
+_AGENT_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
+# The directives that carry a value after their own ':', which is no user-agent group.
+_VALUED_DIRECTIVES = frozenset({"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"})
+_SHORTHANDS = {"none": ("noindex", "nofollow")}  # Google: none = noindex, nofollow
+_OPT_OUT_ERROR_CHARS = 200
 _jitter = random.Random()  # back-off jitter only; no output depends on it
 
 
@@ -394,6 +407,45 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def product_token(user_agent: str) -> str:
+    """The product token of a User-Agent (`curate/0.1 (...)` → `curate`), lower-case: what X-Robots-Tag groups
+    name an agent by."""
+    return re.split(r"[/\s]", user_agent.strip(), maxsplit=1)[0].lower()
+
+
+def robots_directives(value: str, agent: str) -> set[str]:
+    """The directives of one X-Robots-Tag header value that apply to `agent` (a lower-case product token),
+    lower-case, with shorthands (`none`) expanded. Unprefixed directives apply to everyone; `bot: a, b` starts a
+    group for that agent alone, which runs to the next `token:` (or the end of the value); `*:` is everyone's."""
+    applies = True
+    found: set[str] = set()
+    for piece in value.split(","):
+        head, colon, rest = piece.partition(":")
+        name = head.strip().lower()
+        if colon and name not in _VALUED_DIRECTIVES and _AGENT_TOKEN.match(name):
+            applies = name in (agent, "*")
+            name = rest.partition(":")[0].strip().lower()  # the group's first directive (may carry a value)
+        if applies and name:
+            found.add(name)
+            found.update(_SHORTHANDS.get(name, ()))
+    return found
+
+
+def _opt_out(response: urllib3.BaseHTTPResponse, cfg: FetchConfig) -> str | None:
+    """The error text of a response whose X-Robots-Tag opts out (the header lines that do), or None."""
+    if not cfg.honour_opt_out or not cfg.opt_out_directives:
+        return None
+    wanted = {d.lower() for d in cfg.opt_out_directives}
+    agent = product_token(cfg.user_agent)
+    values = response.headers.getlist("X-Robots-Tag")  # each header line on its own: a group ends with its line
+    hits = [v.strip() for v in values if robots_directives(v, agent) & wanted]
+    if not hits:
+        return None
+    text = "; ".join(f"X-Robots-Tag: {v}" for v in hits)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # a header may hold any byte
+    return text[:_OPT_OUT_ERROR_CHARS]
+
+
 # One attempt ----------------------------------------------------------------------------------------------
 
 
@@ -457,6 +509,9 @@ def _read_body(response: urllib3.BaseHTTPResponse, cfg: FetchConfig, attempt: _A
         return Download("not_found", http_status=status, error=f"HTTP {status}")
     if not 200 <= status < 300:  # 4xx, a 3xx left unfollowed (300, 304), 101
         return Download("http_client_error", http_status=status, error=f"HTTP {status}")
+    opted_out = _opt_out(response, cfg)
+    if opted_out:  # the site's decision, from the headers alone: the body is not read, nothing is retried
+        return Download("opt_out", http_status=status, error=opted_out)
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > cfg.max_bytes:  # the encoded size; a decoded one is capped below
         return Download("too_large", http_status=status, error=f"Content-Length {declared}")

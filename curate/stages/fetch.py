@@ -126,9 +126,10 @@ class FetchStage(ShardStage):
         return frame_of(FETCH, frame, len(rows))
 
 
-# Policy refusals; every other non-ok reason means we could not get a valid image ("failed").
+# Policy refusals (ours, or the site's opt-out); every other non-ok reason means we could not get a valid image
+# ("failed").
 POLICY_REASONS = frozenset(
-    {"too_large", "unsupported_format", "single_colour", "too_small", "extreme_aspect", "decompression_bomb"}
+    {"too_large", "opt_out", "unsupported_format", "single_colour", "too_small", "extreme_aspect", "decompression_bomb"}
 )
 
 
