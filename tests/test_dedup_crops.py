@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from curate.config import CurateConfig, DedupConfig
 from curate.dedup import grouping
 from curate.dedup.phash import VIEWS, grey_picture, trim_borders, view_thumbnails
-from curate.io.atomic import read_parquet, write_parquet
+from curate.io.atomic import read_parquet
 from curate.stages import dedup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,6 +138,8 @@ def cropped_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
         "detect.person=[]",
         "detect.hand=[]",
         *NO_FILTER,
+        "dedup.exact=true",  # dedup at its defaults again (NO_FILTER turns it off)
+        "dedup.phash_distance=5",
     )
     assert code == 0
     return run_dir, source
@@ -173,7 +175,7 @@ def test_the_grouping_on_a_cluster_equals_the_grouping_in_one_process(tmp_path: 
     for shard in range(3):
         parts.append(tmp_path / f"features-{shard}.parquet")
         outputs.append(tmp_path / f"assignments-{shard}.parquet")
-        write_parquet(parts[-1], frame[frame["shard"] == shard].reset_index(drop=True))
+        grouping.write_features(parts[-1], frame[frame["shard"] == shard].reset_index(drop=True))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster, Client(cluster) as client:
 
         def backwards(func: Any, tasks: dict[Any, tuple[Any, ...]], desc: str) -> dict[Any, Any]:
@@ -181,7 +183,7 @@ def test_the_grouping_on_a_cluster_equals_the_grouping_in_one_process(tmp_path: 
             futures = {tag: client.submit(func, *args, pure=False) for tag, args in reversed(list(tasks.items()))}
             return {tag: futures[tag].result() for tag in reversed(list(futures))}
 
-        assert grouping.group(parts, outputs, settings, backwards)
+        assert grouping.group(parts, outputs, settings, backwards, tmp_path / "semantic")
     got = pd.concat([read_parquet(path) for path in outputs], ignore_index=True)
     columns = ["image_id", "dedup_group", "dedup_of", "dedup_status", "dedup_reason", "dedup_match", "phash"]
     pd.testing.assert_frame_equal(got[columns], expected[columns], check_dtype=False)

@@ -28,13 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.config import DedupConfig
+from curate.dedup import embedding_store, hamming_index
 from curate.dedup import embeddings as embedding_search
-from curate.dedup import hamming_index
 from curate.dedup.groups import components, representatives
 from curate.dedup.phash import VIEWS
 from curate.dedup.references import load as load_reference
+from curate.dedup.semantic import semantic_pairs
 from curate.faults import INTERNAL_ERROR
-from curate.io.atomic import write_parquet
+from curate.io.atomic import atomic_path, write_parquet
 from curate.schema import FAILED, OK, REJECTED
 
 # Strongest evidence first: a group's reason is the strongest link that put a row in it.
@@ -166,29 +167,68 @@ def near_pairs(
     return np.minimum(a, b)[other], np.maximum(a, b)[other]
 
 
+def write_features(path: Path, frame: pd.DataFrame) -> None:
+    """One shard's features file. The embeddings (a column of vectors or None) are stored as float16 unit vectors
+    (curate.dedup.embedding_store: two bytes a dimension, a null for a row with none)."""
+    if "embedding" not in frame:
+        write_parquet(path, frame)
+        return
+    vectors = frame["embedding"].tolist()
+    present = np.array([v is not None for v in vectors], dtype=bool)
+    dim = next((len(v) for v in vectors if v is not None), 1)
+    stacked = np.ones((len(vectors), dim), dtype=np.float32)  # ones: a direction for the rows encode leaves null
+    if present.any():
+        stacked[present] = np.stack([np.asarray(v, dtype=np.float32) for v in vectors if v is not None])
+    table = pa.Table.from_pandas(frame.drop(columns="embedding"), preserve_index=False)
+    table = table.append_column("embedding", embedding_store.encode(stacked, present))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", **embedding_store.parquet_options(table, ["embedding"]))
+
+
 def _embeddings(parts: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """(L2-normalised float32 vectors, positions) of the rows with an embedding."""
+    """(L2-normalised float32 vectors, positions) of the rows with an embedding (small sets: the exact search and the
+    reference sets)."""
     vectors, positions = [], []
-    for start, frame in _columns(parts, ["embedding", "dedup_error"]):
-        if "embedding" not in frame:
-            continue
-        keep = np.nonzero(frame["embedding"].notna().to_numpy() & _live(frame))[0]
-        if len(keep):
-            vectors.append(np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"].iloc[keep]]))
-            positions.append(start + keep)
-    if not vectors:
+    start = 0
+    for path in parts:
+        rows = pq.ParquetFile(path).metadata.num_rows
+        if "embedding" in pq.ParquetFile(path).schema_arrow.names and rows:
+            table = pq.read_table(path, columns=["embedding", "dedup_error"])
+            found, where = embedding_store.decode(table.column("embedding"))
+            live = _live(table.select(["dedup_error"]).to_pandas())[where]
+            vectors.append(np.asarray(found[live], dtype=np.float32))
+            positions.append(start + where[live])
+        start += rows
+    if not vectors or not sum(len(v) for v in vectors):
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     stacked = np.concatenate(vectors)
     stacked /= np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)
     return stacked, np.concatenate(positions)
 
 
-def semantic_pairs(parts: list[Path], settings: DedupConfig) -> Pairs:
+def exact_semantic_pairs(parts: list[Path], settings: DedupConfig) -> Pairs:
+    """Every pair at or above dedup.embedding_cosine, exactly (one task: sets up to dedup.flat_max rows)."""
     vectors, where = _embeddings(parts)
     if len(where) < 2:
         return NO_PAIRS
     i, j = embedding_search.similar_pairs(vectors, settings.embedding_cosine, settings.flat_max, settings.ivf_nprobe)
     return where[i], where[j]
+
+
+def _embedded_rows(parts: list[Path]) -> int:
+    """Rows with an embedding, from the files' column statistics (null counts) where they have them."""
+    total = 0
+    for path in parts:
+        meta = pq.ParquetFile(path).metadata
+        names = pq.ParquetFile(path).schema_arrow.names
+        if "embedding" not in names:
+            continue
+        column = names.index("embedding")
+        for group in range(meta.num_row_groups):
+            chunk = meta.row_group(group).column(column)
+            nulls = chunk.statistics.null_count if chunk.statistics is not None else 0
+            total += meta.row_group(group).num_rows - (nulls or 0)
+    return total
 
 
 def reference_matches(parts: list[Path], settings: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -236,8 +276,8 @@ def pair_tasks(
             for lo in range(0, max(n, 1), VIEW_BLOCK):
                 args = (parts, "views", settings.crop_distance, chunk, m, (lo, lo + VIEW_BLOCK))
                 tasks[("near_duplicate", "views", chunk * n + lo)] = (near_pairs, args)
-    if settings.embedding_cosine > 0:
-        tasks[("semantic_duplicate", "embedding", 0)] = (semantic_pairs, (parts, settings))
+    if settings.embedding_cosine > 0 and _embedded_rows(parts) <= settings.flat_max:
+        tasks[("semantic_duplicate", "embedding", 0)] = (exact_semantic_pairs, (parts, settings))
     if settings.references:
         tasks[("reference", "", 0)] = (reference_matches, (parts, settings))
     return tasks
@@ -246,12 +286,20 @@ def pair_tasks(
 # -- steps 2 and 3: in the client --------------------------------------------------------------------------------
 
 
-def group(parts: list[Path], outputs: list[Path], settings: DedupConfig, run_tasks: RunTasks) -> bool:
+def group(parts: list[Path], outputs: list[Path], settings: DedupConfig, run_tasks: RunTasks, work: Path) -> bool:
     """Write every shard's assignments (`outputs`, one per part). False when a task failed (its failure is in the
-    stage's report and nothing is written)."""
+    stage's report and nothing is written). `work`: a folder for the clustered semantic search's files."""
     starts = offsets(parts)
     n = int(starts[-1])
     tasks = pair_tasks(parts, settings, n)
+    if settings.embedding_cosine > 0 and ("semantic_duplicate", "embedding", 0) not in tasks:
+        try:  # beyond dedup.flat_max: SemDeDup-style clusters, three rounds of tasks (curate.dedup.semantic)
+            semantic = semantic_pairs(parts, "embedding", settings.embedding_cosine, work, run_tasks)
+        except RuntimeError:  # a task of its rounds failed: recorded in the stage's report
+            return False
+        by_tag_semantic = {("semantic_duplicate", "clusters", 0): semantic}
+    else:
+        by_tag_semantic = {}
     by_tag = {tag: args for tag, (_, args) in tasks.items()}
     results: dict[Any, Any] = {}
     for func in dict.fromkeys(func for func, _ in tasks.values()):  # one map per kind of task
@@ -260,6 +308,7 @@ def group(parts: list[Path], outputs: list[Path], settings: DedupConfig, run_tas
         if len(got) != len(mine):
             return False
         results.update(got)
+    results.update(by_tag_semantic)
     links: dict[str, list[Pairs]] = {method: [] for method in METHODS}
     for (method, _, _), pairs in sorted(results.items(), key=lambda item: item[0]):
         if method in links:

@@ -38,7 +38,7 @@ from curate.dedup import grouping
 from curate.dedup.phash import grey_picture, hashes, low_frequencies, mirrored, trim_borders, view_thumbnails
 from curate.detect.decoding import DECODE_ERRORS
 from curate.faults import describe
-from curate.io.atomic import read_parquet, write_parquet
+from curate.io.atomic import read_parquet
 from curate.io.tars import TarMembers
 from curate.manifest import DEDUP, dtypes, frame_of
 from curate.rundir import RunDir
@@ -94,8 +94,24 @@ def shard_features(cfg: CurateConfig, shard: int) -> None:
             image_features(tar, member, embedding)
             for member, embedding in zip(rows["tar_member"], embeddings, strict=True)
         ]
+    found = _one_length(found)
     frame = _features_table(rows, shard, found, with_embeddings="clip_embedding" in rows)
-    write_parquet(features_path(run, shard), frame)
+    grouping.write_features(features_path(run, shard), frame)
+
+
+def _one_length(found: list[Features]) -> list[Features]:
+    """A shard's embeddings are stored as one fixed-size column: a row whose embedding has another length than
+    the shard's first one fails alone (`internal_error`) instead of the shard."""
+    lengths = [len(f.embedding) for f in found if f.embedding is not None]
+    if len(set(lengths)) <= 1:
+        return found
+    expected = lengths[0]
+    return [
+        Features(error=f"ValueError: clip_embedding has {len(f.embedding)} dimensions, the shard's first {expected}")
+        if f.embedding is not None and len(f.embedding) != expected
+        else f
+        for f in found
+    ]
 
 
 def _features_table(rows: pd.DataFrame, shard: int, found: list[Features], *, with_embeddings: bool) -> pd.DataFrame:
@@ -199,7 +215,13 @@ def _checked_embedding(value: Any) -> np.ndarray | None:
     vector = np.asarray(value, dtype=np.float32)
     if vector.ndim != 1 or not len(vector) or not np.isfinite(vector).all():
         raise ValueError(f"clip_embedding is not a finite 1-D vector (shape {vector.shape})")
+    if not np.any(vector):
+        raise ValueError("clip_embedding is all zeros: it has no direction to compare")
     return vector
+
+
+class _GroupingTaskFailed(Exception):
+    """A task of the grouping failed after its retries (recorded in the stage's report by StageContext.map)."""
 
 
 class DedupStage(ShardStage):
@@ -230,12 +252,15 @@ class DedupStage(ShardStage):
             return ctx.map(func, tasks, desc=desc, key=key)
 
         def build() -> None:
-            grouping.group(parts, outputs, self.cfg.dedup, run_tasks)
+            if not grouping.group(parts, outputs, self.cfg.dedup, run_tasks, work_dir(run) / "semantic"):
+                raise _GroupingTaskFailed  # before the step's marker: a failed grouping is never recorded as done
 
         # every shard's result depends on every shard's features, through the groups
         made_from = {"inputs": features, "config": dataclasses.asdict(self.cfg.dedup), "version": self.version}
-        digest = ctx.step("assignments", made_from, outputs, build)
-        return None if ctx.failed else digest
+        try:
+            return ctx.step("assignments", made_from, outputs, build)
+        except _GroupingTaskFailed:
+            return None  # its task's failure is in the stage's report: the runner stops the stage
 
     # -- step 3 ------------------------------------------------------------------------------------------------
 
@@ -261,14 +286,14 @@ def assign_groups(features: pd.DataFrame, cfg: CurateConfig) -> pd.DataFrame:
         parts, outputs = [], []
         for shard in shards:
             part = Path(tmp, f"features-{shard}.parquet")
-            write_parquet(part, features[features["shard"] == shard].reset_index(drop=True))
+            grouping.write_features(part, features[features["shard"] == shard].reset_index(drop=True))
             parts.append(part)
             outputs.append(Path(tmp, f"assignments-{shard}.parquet"))
 
         def run_here(func: Callable[..., Any], tasks: dict[Any, tuple[Any, ...]], desc: str) -> dict[Any, Any]:
             return {tag: func(*args) for tag, args in tasks.items()}
 
-        grouping.group(parts, outputs, cfg.dedup, run_here)
+        grouping.group(parts, outputs, cfg.dedup, run_here, Path(tmp, "semantic"))
         out = pd.concat(
             [read_parquet(path).assign(shard=shard) for shard, path in zip(shards, outputs, strict=True)],
             ignore_index=True,
