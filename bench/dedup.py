@@ -96,6 +96,7 @@ def synthetic_hashes(n: int, k: int, seed: int = 0) -> pd.DataFrame:
             "width": pd.array(rng.integers(100, 500, size=n), dtype="Int64"),
             "height": pd.array(rng.integers(100, 500, size=n), dtype="Int64"),
             "date_taken": pd.array([None] * n, dtype="string"),
+            "dedup_error": pd.array([None] * n, dtype="string"),
         }
     )
 

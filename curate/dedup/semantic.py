@@ -33,7 +33,14 @@ most in (so across the boundaries k-means draws), recall against brute force at 
     margin 0.5, max_extra 8    1M 0.986 (probes 8, 169 s); leaf_rows 2,000: 0.991 (279 s)
     margin 0.4, max_extra 12   100k 1.000    1M 0.991 (probes 8, 189 s)
     margin 0.5, max_extra 12   100k 1.000    1M 0.992 (probes 8, 222 s)
-so the defaults are margin 0.5, max_extra 12, probes 8, leaf_rows 1,000 (about 11 memberships per row).
+                               1M with 80 coarse clusters (as 4M has): 0.986 (probes 8, 217 s) / 0.995 (24, 237 s)
+and at 4M rows (80 coarse clusters, probes 8) the planted recall was 0.972: the tree's probes miss more of a
+row's near leaves as coarse clusters multiply, and denser data puts more leaf boundaries through its dense
+regions. So the defaults are margin 0.5, max_extra 12, probes 16, leaf_rows 1,000 (about 11 memberships per row).
+With them (bench/dedup.py --semantic-scale, 2 workers x 1 thread): 100k recall 1.000 against brute force (1,008
+pairs), 12.7 s; 1M planted recall 0.997, 133 s; 4M 0.988 (just short of 0.99), 494 s (8.8x per 10x rows); peak
+RSS 0.56 GB in the client, 1.54 GB in a worker. At 4M, probes 24 would be the next lever (+0.009 at 1M rows with
+80 coarse clusters, for 1.7x the assign round).
 
 Pairs come once: each leaf yields a pair once (home-home pairs in the upper triangle, home-query pairs once since a
 row is either home or query in a leaf), as (i, j) with i < j by global position, and the client merges all the
@@ -60,7 +67,7 @@ but `train_centroids` does not rely on it). Same parts and parameters -> byte-id
 pairs, with any number of workers and any completion order (tests/test_semantic_dedup.py).
 
 Memory. A task holds one shard's embeddings (a, b), a share of the sample (a2, a3), or one coarse cluster's rows
-(its homes and the rows that query its leaves) as float16 and as float32 unit vectors (c). The client holds the
+(its homes and the rows that query its leaves) as float16, plus one leaf's rows as float32 (c). The client holds the
 coarse sample (`sample_size` rows), the centroids, the row-group index and the pairs, never the embeddings. Coarse
 clusters are about COARSE_ROWS homes, but k-means does not balance them (a dense region makes a bigger one) and the
 rows that query their leaves come on top (`stats`: largest_cluster).
@@ -88,7 +95,7 @@ COARSE_ROWS = 50_000  # rows per coarse cluster: one search task's worth
 LEAF_ROWS = 1_000  # rows per leaf cluster: one exact search
 MARGIN = 0.5  # a row also queries leaves whose boundary is within this x sqrt(2 - 2 cosine) of it
 MAX_EXTRA = 12  # ... at most this many of them (the nearest boundaries)
-PROBES = 8  # coarse clusters whose leaves a row is compared with
+PROBES = 16  # coarse clusters whose leaves a row is compared with
 SAMPLE_SIZE = 65_536  # rows sampled to train the coarse centroids
 LEAF_SAMPLE_PER_CENTROID = 40  # rows sampled per leaf centroid to train them
 LEAF_SAMPLE_ROWS = 1_000  # ... and at least this many rows in all
@@ -285,19 +292,32 @@ def leaf_pairs(
     home: np.ndarray,
     cosine: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The pairs of one coarse cluster's leaves: `vectors` (float32 unit) at global `positions` (its rows, each
-    once), and memberships (index into vectors, leaf, whether the leaf is the row's home); each leaf searched
-    exactly (`cluster_pairs`). (i, j), i < j, possibly repeated (a pair can be found in both rows' leaves)."""
+    """The pairs of one coarse cluster's leaves: `vectors` (as stored: float16, near unit length) at global
+    `positions` (its rows, each once), and memberships (index into vectors, leaf, whether the leaf is the row's
+    home); each leaf searched exactly (`cluster_pairs`). (i, j), i < j, possibly repeated (a pair can be found in
+    both rows' leaves). Only one leaf's rows are in float32 at a time: a cluster's rows as float32 unit vectors
+    were 2x its float16 ones (2.75 GB workers at 4M rows)."""
+    scale = _inverse_norms(vectors)
     order = np.lexsort((members, leaves))
     members, leaves, home = members[order], leaves[order], home[order]
     out_i, out_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for lo, hi in _runs(leaves):
         h, q = members[lo:hi][home[lo:hi]], members[lo:hi][~home[lo:hi]]
         if len(h):
-            i, j = _exact_pairs(vectors[h], positions[h], vectors[q], positions[q], cosine)
+            unit_h = vectors[h].astype(np.float32) * scale[h, None]
+            unit_q = vectors[q].astype(np.float32) * scale[q, None]
+            i, j = _exact_pairs(unit_h, positions[h], unit_q, positions[q], cosine)
             out_i.append(i)
             out_j.append(j)
     return np.concatenate(out_i), np.concatenate(out_j)
+
+
+def _inverse_norms(vectors: np.ndarray) -> np.ndarray:
+    """1 / |row| in float32, a block at a time (float16 arithmetic would round the norms themselves)."""
+    scale = np.empty(len(vectors), np.float32)
+    for start, block in _blocks(vectors, vectors.shape[1] if vectors.ndim == 2 else 1):
+        scale[start : start + len(block)] = 1 / np.maximum(np.linalg.norm(block.astype(np.float32), axis=1), 1e-12)
+    return scale
 
 
 def semantic_pairs(
@@ -322,11 +342,11 @@ def semantic_pairs(
 
     `run_tasks(func, {tag: args}, desc)` runs func(*args) for every tag as a Dask task and returns {tag: result};
     a missing result raises RuntimeError. `work` takes the intermediate files (samples, centroids, and the rows
-    by coarse cluster: about 1.2x the parts' embeddings). `clusters`: coarse clusters (default: embedded rows /
-    COARSE_ROWS); `sample_size`: rows that train them. `margin`: a row also queries the leaves whose boundary with
-    its home is within margin x sqrt(2 - 2 cosine), the farthest apart a pair can be (1: every pair is found,
-    provably, but for the `max_extra` cap and the tree's probes). `leaf_rows`: rows per leaf cluster. `stats`,
-    when given, receives counts and seconds per round."""
+    by coarse cluster: 1.5x the parts' embeddings at 100k rows, 4x at 4M). `clusters`: coarse clusters (default:
+    embedded rows / COARSE_ROWS); `sample_size`: rows that train them. `margin`: a row also queries the leaves
+    whose boundary with its home is within margin x sqrt(2 - 2 cosine), the farthest apart a pair can be (1: every
+    pair is found, provably, but for the `max_extra` cap and the tree's `probes`). `leaf_rows`: rows per leaf
+    cluster. `stats`, when given, receives counts and seconds per round."""
     info: dict[str, Any] = {} if stats is None else stats
     empty = np.zeros(0, np.int64), np.zeros(0, np.int64)
     rows = [pq.read_metadata(part).num_rows for part in parts]
@@ -511,17 +531,21 @@ def _assign_task(
 
 def _search_task(work: Path, sources: list[tuple[int, int]], cosine: float) -> tuple[np.ndarray, np.ndarray]:
     """Round c, one coarse cluster: its rows and memberships from every shard (in shard order, so rows in global
-    order) -> the pairs of its leaves."""
-    rows = pa.concat_tables([pq.ParquetFile(_sample_path(work, s, "rows")).read_row_group(g) for s, g in sources])
+    order) -> the pairs of its leaves. The rows go straight into one float16 array, a row group at a time."""
+    groups = [(pq.ParquetFile(_sample_path(work, s, "rows")), g) for s, g in sources]
+    total = sum(file.metadata.row_group(g).num_rows for file, g in groups)
+    dim = groups[0][0].schema_arrow.field("embedding").type.byte_width // 2
+    vectors, positions, start = np.empty((total, dim), embedding_store.DTYPE), np.empty(total, np.int64), 0
+    for file, g in groups:
+        table = file.read_row_group(g)
+        part, _ = embedding_store.decode(table.column("embedding"))
+        vectors[start : start + len(part)] = part
+        positions[start : start + len(part)] = table.column("position").to_numpy()
+        start += len(part)
     listed = pa.concat_tables([pq.ParquetFile(_sample_path(work, s, "members")).read_row_group(g) for s, g in sources])
-    positions = rows.column("position").to_numpy()
-    vectors, _ = embedding_store.decode(rows.column("embedding"))
-    del rows
-    unit = _unit(np.asarray(vectors, np.float32))  # once: a row is searched in several leaves
-    del vectors
     members = np.searchsorted(positions, listed.column("position").to_numpy())
     leaves, home = listed.column("leaf").to_numpy(), listed.column("home").to_numpy()
-    return leaf_pairs(unit, positions, members, leaves, home, cosine)
+    return leaf_pairs(vectors, positions, members, leaves, home, cosine)
 
 
 def _writer(path: Path, dim: int) -> pq.ParquetWriter:
