@@ -466,10 +466,11 @@ class DedupConfig:
     flip: bool = False
     # Semantic duplicates: cosine of detect's CLIP embeddings at or above this (0 = off; needs detect.clip_model).
     embedding_cosine: float = 0.95
-    # faiss: exact flat search up to this many images (quadratic: bench/dedup.py took 1.65 s for 20k 64-d ones
-    # on 2 cores), IVF beyond.
+    # Exact search (one task, faiss flat) up to this many embedded images (quadratic: bench/dedup.py took 1.65 s for
+    # 20k 64-d ones on 2 cores); beyond, the clustered search of curate.dedup.semantic (bench/README.md).
     flat_max: int = 20_000
-    # faiss IVF cells searched per query beyond dedup.flat_max (more = slower, fewer misses).
+    # Retired: the search beyond dedup.flat_max is no longer faiss IVF, and this is not read. Kept so that run
+    # directories that recorded it still load.
     ivf_nprobe: int = 16
     # Evaluation sets no released image may duplicate: [{name: ..., folder|hashes|embeddings: ...}].
     references: list[ReferenceSet] = field(default_factory=list)

@@ -211,7 +211,8 @@ def exact_semantic_pairs(parts: list[Path], settings: DedupConfig) -> Pairs:
     vectors, where = _embeddings(parts)
     if len(where) < 2:
         return NO_PAIRS
-    i, j = embedding_search.similar_pairs(vectors, settings.embedding_cosine, settings.flat_max, settings.ivf_nprobe)
+    # flat_max = the set's size: faiss's exact flat index (only sets up to dedup.flat_max come here)
+    i, j = embedding_search.similar_pairs(vectors, settings.embedding_cosine, flat_max=len(vectors), nprobe=1)
     return where[i], where[j]
 
 
