@@ -102,6 +102,8 @@ class Download:
     http_status: int | None = None
     attempts: int = 0
     error: str | None = None
+    # The URL the final response came from, after redirects (None when no response came).
+    final_url: str | None = None
 
 
 class _Transient(Exception):
@@ -143,6 +145,7 @@ class _Attempt:
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.expired = False
+        self.final_url: str | None = None
         self._done = False
         self._conn: Any = None
         self._lock = threading.Lock()
@@ -480,6 +483,7 @@ def _follow(
         response = _request(url, cfg, pool, attempt)
         status = response.status
         if status not in REDIRECT_STATUS:
+            attempt.final_url = url
             return response, None
         location = (response.headers.get("Location") or "").strip()
         _discard(response, attempt)
@@ -548,6 +552,7 @@ def _fetch(url: str, cfg: FetchConfig, pool: urllib3.PoolManager, attempt: _Atte
         result: Download | None = None
         try:
             result = _read_body(response, cfg, attempt)
+            result.final_url = attempt.final_url
             return result
         finally:
             attempt.finish()  # before the connection can go back to the pool
