@@ -119,3 +119,33 @@ def test_the_limiter_spaces_calls_evenly() -> None:
     assert slept[-1] == 1.0 and len(slept) == 4
     with pytest.raises(ValueError):
         RateLimiter(0)
+
+
+class OddClient:
+    """A client whose replies are not of Flickr's shape (the stand-in always answers well-formed JSON)."""
+
+    def __init__(self, reply: object) -> None:
+        self.reply = reply
+        self.people = self
+
+    def getPublicPhotos(self, **_: object) -> object:
+        return self.reply
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {},
+        {"photos": None},
+        {"photos": {"pages": "many"}},
+        {"photos": {"photo": [{"license": "4"}]}},
+        {"photos": {"photo": ["x"]}},
+    ],
+)
+def test_an_odd_reply_or_a_missing_id_never_reads_as_a_deletion(reply: object) -> None:
+    photos = [ReleasedPhoto("a", "1", "A@N01", "cc-by"), ReleasedPhoto("b", "2", "", "cc-by")]
+    found = recheck_owners(photos, ["cc-by"], OddClient(reply), RateLimiter(1e9), backoff_s=0, now=lambda: "T")  # type: ignore[arg-type]
+    assert [(a.image_id, a.reason) for a in found] == [("b", "unreachable"), ("a", "unreachable")]
+    listed = OddClient({"photos": {"pages": 1, "photo": [{"id": "1", "license": "4"}]}})
+    no_id = recheck_owners([ReleasedPhoto("c", "", "A@N01", "cc-by")], ["cc-by"], listed, RateLimiter(1e9))  # type: ignore[arg-type]
+    assert no_id[0].reason == "unreachable"

@@ -11,6 +11,7 @@ them is the release's job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from curate.schema import OK, REJECTED
 
@@ -34,3 +35,8 @@ class Answer:
     @property
     def status(self) -> str:
         return REJECTED if self.reason in REMOVING else OK
+
+
+def utc_now() -> str:
+    """When an answer came, as every answer records it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

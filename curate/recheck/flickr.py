@@ -16,19 +16,17 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import flickrapi
 import requests
 
 from curate.licenses import normalize
-from curate.recheck import Answer
+from curate.recheck import Answer, utc_now
 from curate.recheck.limiter import RateLimiter
+from curate.sources.flickr import FATAL_CODES
 
 PER_PAGE = 500  # Flickr's largest page for people.getPublicPhotos
-# Flickr error codes no retry cures: invalid key, invalid signature, unknown method.
-FATAL_CODES = frozenset({"100", "96", "112"})
 USER_NOT_FOUND = "1"
 
 log = logging.getLogger(__name__)
@@ -44,10 +42,6 @@ class ReleasedPhoto:
 
 class ListingFailed(RuntimeError):
     pass
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _code(error: flickrapi.FlickrError) -> str:
@@ -74,7 +68,7 @@ def _page(
             last = err
             if _code(err) in FATAL_CODES:
                 break
-        except requests.RequestException as err:
+        except (requests.RequestException, ValueError) as err:  # network trouble, or a reply that is not JSON
             last = err
         log.warning("recheck: owner %s page %d failed (attempt %d): %s", owner, page, attempt + 1, last)
     raise ListingFailed(f"people.getPublicPhotos {owner} page {page}: {last}")
@@ -90,10 +84,14 @@ def owner_licences(
         reply = _page(client, owner, page, limiter, attempts, backoff_s)
         if reply is None:
             return {}
-        photos = reply["photos"]
-        pages = int(photos.get("pages") or 1)
-        for photo in photos.get("photo", []):
-            listed[str(photo.get("id", ""))] = normalize(license_id=photo.get("license"))
+        try:
+            photos = reply["photos"]
+            pages = int(photos.get("pages") or 1)
+            for photo in photos.get("photo", []):
+                listed[str(photo["id"])] = normalize(license_id=photo.get("license"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            # A reply of another shape: the listing is not known whole, so nothing is concluded from it.
+            raise ListingFailed(f"people.getPublicPhotos {owner} page {page}: unexpected reply ({err!r})") from err
         page += 1
     return listed
 
@@ -116,6 +114,10 @@ def recheck_owners(
     answers: list[Answer] = []
     for owner in sorted(by_owner):
         mine = by_owner[owner]
+        if not owner:  # no owner id to ask by: Flickr's "User not found" must not read as a deletion
+            answers += [Answer(p.image_id, "unreachable", now(), "no owner id to ask Flickr by", p.license_code)
+                        for p in mine]  # fmt: skip
+            continue
         try:
             listed = owner_licences(client, owner, limiter, attempts, backoff_s)
         except ListingFailed as err:
@@ -124,7 +126,9 @@ def recheck_owners(
             continue
         asked = now()
         for p in mine:
-            if p.photo_id not in listed:
+            if not p.photo_id:
+                answers.append(Answer(p.image_id, "unreachable", asked, "no photo id to look for", p.license_code))
+            elif p.photo_id not in listed:
                 answers.append(Answer(p.image_id, "gone_at_source", asked, f"not among {owner}'s public photos",
                                       p.license_code))  # fmt: skip
             elif listed[p.photo_id] not in allow:

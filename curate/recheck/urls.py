@@ -24,8 +24,7 @@ from urllib.parse import urlsplit
 
 from curate.config import FetchConfig
 from curate.fetching.download import Download, HostLimiter, download, make_pool
-from curate.recheck import Answer
-from curate.recheck.flickr import utc_now
+from curate.recheck import Answer, utc_now
 
 PLACEHOLDER_NAMES = ("photo_unavailable",)
 
