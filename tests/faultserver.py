@@ -303,7 +303,7 @@ def torture_routes(server: FaultServer) -> dict[str, tuple[str, str, str]]:
     """Register every HTTP fault on `server`: id → (url, expected fetch_status, expected fetch_reason).
 
     The expectations hold with these FetchConfig settings (others at their defaults):
-        total_timeout_s=2, read_timeout_s=0.5, retries=1, backoff_s=0.01, max_retry_after_s=3, max_bytes=300000
+        total_timeout_s=2, read_timeout_s=1.0, retries=1, backoff_s=0.01, max_retry_after_s=3, max_bytes=300000
     (connect_timeout_s, max_redirects=5 and file_root play no part). Drips pause 0.2 s per byte, under the
     read timeout, so only the total deadline ends them; each such route costs about 2 s per attempt, ~4 s with
     the retry, and "retry-after" waits 1 s. Works on a server with or without keep-alive.

@@ -22,7 +22,7 @@ from curate.schema import REASONS
 # deadline can end them.
 FAST = FetchConfig(
     connect_timeout_s=1.0,
-    read_timeout_s=0.5,
+    read_timeout_s=1.0,
     total_timeout_s=2.0,
     retries=0,
     backoff_s=0.01,

@@ -21,7 +21,7 @@ from curate.schema import REASONS, TRANSIENT_FETCH_REASONS
 from curate.stages.fetch import FetchStage
 
 FAST = FetchConfig(
-    connect_timeout_s=1.0, read_timeout_s=0.5, total_timeout_s=2.0, retries=2, backoff_s=0.01, max_bytes=300_000
+    connect_timeout_s=1.0, read_timeout_s=1.0, total_timeout_s=2.0, retries=2, backoff_s=0.01, max_bytes=300_000
 )
 IMAGE = sample_jpeg(seed=31)
 

@@ -31,7 +31,7 @@ MAX_BYTES = 300_000
 FETCH = [
     # The fault server's expectations (faultserver.torture_routes) hold with these.
     "fetch.total_timeout_s=2",
-    "fetch.read_timeout_s=0.5",
+    "fetch.read_timeout_s=1.0",
     "fetch.retries=1",
     "fetch.backoff_s=0.01",
     "fetch.max_retry_after_s=3",
