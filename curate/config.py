@@ -9,6 +9,7 @@ and models a config names are there is `curate.preflight`'s question; loading a 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
@@ -62,6 +63,7 @@ class Stage(str, Enum):
     detect = "detect"
     dedup = "dedup"
     review = "review"
+    recheck = "recheck"
     release = "release"
     all = "all"
     # Not part of `all`: run by hand when wanted.
@@ -509,6 +511,40 @@ class AuditConfig:
 
 
 @dataclass
+class RecheckConfig:
+    # With release.previous set, ask the sources again about every image that version released: still there,
+    # same licence, not opted out? false releases without asking (the data card then says they were not asked).
+    enabled: bool = True
+    # Flickr API calls per hour for Flickr and YFCC images, asked per owner (people.getPublicPhotos, 500 a page);
+    # a Flickr key allows about 3,600. The key comes from the environment, as for ingest.source=flickr.
+    flickr_calls_per_hour: float = field(default=3600.0, metadata=RUNTIME)
+    # Owners asked per cached step: a killed recheck resumes after the last finished batch.
+    owners_per_batch: int = field(default=100, metadata=RUNTIME)
+    # Tries of one Flickr page before the owner's images are left unreachable (asked again next time).
+    attempts: int = 3
+    # Back-off base in seconds between two tries of a Flickr page (doubles each try).
+    backoff_s: float = field(default=5.0, metadata=RUNTIME)
+    # A URL whose final file name (after redirects) starts with one of these is a placeholder: gone_at_source
+    # (Flickr redirects a deleted photo to s.yimg.com/.../photo_unavailable*.png).
+    placeholder_names: list[str] = field(default_factory=lambda: ["photo_unavailable"])
+    # SHA-256 of placeholder images served under the image's own URL (lower-case hex): gone_at_source.
+    placeholder_sha256: list[str] = field(default_factory=list)
+    # Reuse the previous release's "ok" answers younger than this many days instead of asking again (0 = ask
+    # every image again).
+    max_age_days: float = 0.0
+
+    def problems(self) -> list[str]:
+        bad_hashes = [h for h in self.placeholder_sha256 if not re.fullmatch(r"[0-9a-f]{64}", h)]
+        return failed(
+            (self.flickr_calls_per_hour > 0, "recheck.flickr_calls_per_hour must be > 0"),
+            (self.owners_per_batch >= 1, "recheck.owners_per_batch must be >= 1"),
+            (self.attempts >= 1, "recheck.attempts must be >= 1"),
+            (self.max_age_days >= 0, "recheck.max_age_days must be >= 0"),
+            (not bad_hashes, f"recheck.placeholder_sha256 has {bad_hashes}: give 64 lower-case hex digits"),
+        )
+
+
+@dataclass
 class ReleaseConfig:
     # The release's name under release/ (e.g. v1); a published version never changes, make the next one.
     version: str = "v1"
@@ -566,6 +602,7 @@ class CurateConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    recheck: RecheckConfig = field(default_factory=RecheckConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
 
     def __post_init__(self) -> None:

@@ -49,8 +49,10 @@ STAGE_DOCS: dict[str, str] = {
     "dedup": "group exact (sha256), near (pHash) and semantic (CLIP) duplicates over the whole run, and drop "
     "those of dedup.references",
     "review": "apply people's keep/remove/unsure decisions from the ledger review/decisions.parquet",
-    "release": "decide keep/reject/review from the stored scores, cap per owner, sample, apply takedowns; write "
-    "the PASS-layout tars, WebDataset shards, manifest.parquet and the data card",
+    "recheck": "with release.previous: ask the sources again whether each image it released is still there, under "
+    "an allowed licence, not opted out (Flickr per owner, other URLs by a request)",
+    "release": "decide keep/reject/review from the stored scores, cap per owner, sample, apply takedowns and the "
+    "recheck; write the PASS-layout tars, WebDataset shards, manifest.parquet and the data card",
     "all": "every stage above, in order; finished shards are skipped, so a killed run resumes",
     "audit": "draw a seeded sample of released images (audit.size) for people to check",
     "report": "write the static HTML report, run.dir/report/index.html",

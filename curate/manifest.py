@@ -150,6 +150,25 @@ REVIEW = [
     Column("review_error", STRING, "the shard task's failure (set only for a shard whose task failed)"),
 ]
 
+# Written by curate/stages/recheck.py (answers of curate.recheck); declared here as it writes them.
+RECHECK = [
+    Column(
+        "recheck_status",
+        STRING,
+        "ok, or rejected (gone at its source, licence changed, opted out: removed at release); null: not reached",
+    ),
+    Column("recheck_reason", STRING, "why, from the closed set of recheck's reasons (below); null: not reached"),
+    Column(
+        "recheck_error",
+        STRING,
+        "free text: what the source answered (the HTTP error, the header, the licence change); a carried answer "
+        "names the release it came from",
+    ),
+    Column("recheck_at", STRING, "when the source was asked (UTC, ISO 8601); null when it was not asked"),
+    Column("recheck_old_license", STRING, "Flickr: the licence code as released before"),
+    Column("recheck_new_license", STRING, "Flickr: the licence code the source states now (null: not listed)"),
+]
+
 # Written by curate/stages/release.py; declared here as it writes them.
 RELEASE = [
     Column(
@@ -175,6 +194,7 @@ _FIXED: dict[str, list[Column]] = {
     "fetch": FETCH,
     "dedup": DEDUP,
     "review": REVIEW,
+    "recheck": RECHECK,
     "release": RELEASE,
 }
 INTERNAL_COLUMNS = frozenset(c.name for columns in _FIXED.values() for c in columns if c.internal)
@@ -361,6 +381,7 @@ _TITLES = {
     "detect": "detect",
     "dedup": "dedup",
     "review": "review (from the ledger `review/decisions.parquet`)",
+    "recheck": "recheck (with `release.previous`: the sources asked again)",
     "release": "release",
 }
 

@@ -38,10 +38,16 @@ PIPELINE: tuple[StageEntry, ...] = (
     ),
     StageEntry("dedup", "curate.stages.dedup:DedupStage", (("dedup", "not a duplicate"),)),
     StageEntry("review", "curate.stages.review:ReviewStage", (("review", "not removed or left unsure by a reviewer"),)),
+    # Its removals are applied by release after the selection (like takedowns: no replacement is drawn), so its
+    # funnel step stands among release's.
+    StageEntry("recheck", "curate.stages.recheck:RecheckStage", ()),
     StageEntry(
         "release",
         "curate.stages.release:ReleaseStage",
-        (("select", "released: within the owner cap and the sample, not taken down"),),
+        (
+            ("select", "within the owner cap and the sample, not taken down"),
+            ("recheck", "released: still at its source, licence allowed, not opted out"),
+        ),
     ),
 )
 # Not part of `stage=all`: run by hand over a finished run.

@@ -77,6 +77,12 @@ REASONS: dict[str, frozenset[str]] = {
     "detect": frozenset({OK, "decode_error"}),
     "dedup": frozenset({OK, "exact_duplicate", "near_duplicate", "semantic_duplicate", "reference_duplicate"}),
     "review": frozenset({"not_reviewed", "kept", "removed", "unsure"}),
+    # The sources asked again about the previous release's images (curate.recheck): ok and unreachable keep an
+    # image, gone_at_source, license_changed and opt_out remove it at release. not_asked: no release.previous (or
+    # recheck.enabled=false); new: not in the previous release; no_source: a folder's file, nothing to ask.
+    "recheck": frozenset(
+        {OK, "unreachable", "gone_at_source", "license_changed", "opt_out", "not_asked", "new", "no_source"}
+    ),
     # Applied at release from the stored scores (curate.detect.decide).
     "decision": frozenset({OK, "face", "person", "hand", "clip_human", "uncertain", "tiles_skipped"}),
     # Applied at release over every shard, after the decision: cap per owner, seeded sample, takedowns.

@@ -82,7 +82,8 @@ def test_sha256sums_and_data_card(sample_run: Path) -> None:
     card = (release / "DATA_CARD.md").read_text()
     assert card == (sample_run / "data_cards" / "v1.md").read_text()
     assert "Released: 31 of 41 candidates." in card
-    assert "| released: within the owner cap and the sample, not taken down | 31 | 0 | - |" in card  # the funnel
+    assert "| within the owner cap and the sample, not taken down | 31 | 0 | - |" in card  # the funnel
+    assert "| released: still at its source, licence allowed, not opted out | 31 | 0 | - |" in card
     assert "| license | rejected | not_allowed | 6 |" in card
     assert "| scored by the human filter | 31 | 0 | - |" in card
     assert "retinaface_mnet025" in card and "2979b33ffafda5d7" in card  # the model and its pinned weights

@@ -4,7 +4,8 @@ release/<version>/PASS.<n>.tar            PASS_dataset/dummy_folder/<image_id>.<
 release/<version>/webdataset/NNNNN.tar    <image_id>.jpg + <image_id>.json
 release/<version>/pass_metadata.csv       hash, unickname, latitude, longitude, datetaken, licence + URLs, file
 release/<version>/pass_urls.txt
-release/<version>/manifest.parquet        every candidate, kept or not, with each stage's status/reason
+release/<version>/manifest.parquet        every candidate, kept or not, with each stage's status/reason (and,
+                                          with release.previous, what its source said on the recheck)
 release/<version>/diff.parquet            with release.previous: image_id, change (added|removed|kept), reason
 release/<version>/takedowns_unmatched.csv takedown ids this run does not hold (reported, never ignored)
 release/<version>/DATA_CARD.md            also copied to <release.data_card_dir>/<version>.md
@@ -42,6 +43,7 @@ from curate.runner import StageRefused
 from curate.schema import KEPT, OK, REJECTED, REVIEW, is_safe_key
 from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
 from curate.stages.base import ShardStage
+from curate.stages.recheck import recheck_card, stale_refusal
 
 if TYPE_CHECKING:
     from curate.runner import StageContext
@@ -50,6 +52,9 @@ log = logging.getLogger("curate")
 
 # Stages whose columns the release reads, in pipeline order.
 RELEASE_INPUTS = pipeline.upstream("release")
+# Those that decide what the selection draws from. The recheck's removals come after the selection, like
+# takedowns: an image gone from its source pulls in no replacement.
+SELECTION_INPUTS = [stage for stage in RELEASE_INPUTS if stage != "recheck"]
 # A member's extension names its content: PASS's own images were all JPEGs (`.jpeg`); a PNG or WebP kept by
 # fetch (its bytes are never re-encoded) is `<image_id>.png` / `.webp`. pass_metadata.csv's `file` names it.
 PASS_SUFFIX = {"jpeg": "jpeg", "png": "png", "webp": "webp"}
@@ -279,6 +284,8 @@ class ReleaseStage(ShardStage):
                 f"{sorted(self.rule.bars)}: run stage=detect (or stage=all) so that the scores decided on are the "
                 "configured models'"
             )
+        if not is_published(run.root, r.version) and (stale := stale_refusal(self.cfg, run)):
+            raise StageRefused(stale)
         if is_published(run.root, r.version):
             if not ctx.is_current(step, made_from, outputs):
                 raise StageRefused(published_refusal(run.root, r.version))
@@ -293,7 +300,7 @@ class ReleaseStage(ShardStage):
             candidates, known = [], []
             for shard in range(num_shards):
                 rows = with_decision(status_columns(run, shard), self.rule)
-                status, _ = overall_status(rows, RELEASE_INPUTS)
+                status, _ = overall_status(rows, SELECTION_INPUTS)
                 known.append(rows["image_id"])
                 candidates.append(rows.loc[status == KEPT, ["image_id", "owner_nsid"]].assign(shard=shard))
             chosen = pd.concat(candidates, ignore_index=True)
@@ -323,13 +330,16 @@ class ReleaseStage(ShardStage):
 
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame:
         rows = with_decision(rows, self.rule)
-        status, reason = overall_status(rows, RELEASE_INPUTS)
+        status, reason = overall_status(rows, SELECTION_INPUTS)
         by_id = read_parquet(self.selection_path(run, shard)).set_index("image_id")["select_reason"]
         select_reason = pd.Series(by_id.reindex(rows["image_id"]).to_numpy(), index=rows.index, dtype="string")
         select_reason = select_reason.where(status == KEPT)
         dropped = select_reason.notna() & (select_reason != OK)
         status[dropped] = REJECTED
         reason[dropped] = "select:" + select_reason[dropped]
+        gone = rows["recheck_status"].eq(REJECTED).fillna(False).astype(bool) & (status == KEPT)
+        status[gone] = REJECTED
+        reason[gone] = "recheck:" + rows.loc[gone, "recheck_reason"].astype("string")
         takedowns = read_parquet(self.work(run) / "takedowns.parquet").set_index("image_id")
         noted = takedowns.reindex(rows["image_id"]).reset_index(drop=True)
         noted.index = rows.index
@@ -424,6 +434,7 @@ class ReleaseStage(ShardStage):
                       f"(`takedowns_unmatched.csv`): {shown}"]  # fmt: skip
         else:
             (out / "takedowns_unmatched.csv").unlink(missing_ok=True)
+        parts += recheck_card(self.cfg, run, out / "manifest.parquet")
         if self.cfg.release.previous:
             previous = previous_release(self.cfg.release.previous)
             current = pd.read_parquet(out / "manifest.parquet", columns=["image_id", "status", "reason"])
