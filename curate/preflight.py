@@ -29,7 +29,7 @@ def problems(cfg: CurateConfig) -> list[str]:
     detectors the registry does not know."""
     # The registry says which models exist and which family each belongs to; detect's weight files are checked
     # only when detect has work (curate.models.registry.check_available), since a finished run needs none.
-    return [*_ingest(cfg), *_dedup(cfg), *_release(cfg), *_decision(cfg), *check_detectors(cfg)]
+    return [*_ingest(cfg), *_dedup(cfg), *_recheck(cfg), *_release(cfg), *_decision(cfg), *check_detectors(cfg)]
 
 
 def _runs(cfg: CurateConfig, stage: Stage) -> bool:
@@ -73,15 +73,33 @@ def _decision(cfg: CurateConfig) -> list[str]:
     return []
 
 
+def _previous(cfg: CurateConfig) -> list[str]:
+    previous = cfg.release.previous
+    if previous and not any((Path(previous) / name).exists() for name in ("manifest.parquet", "pass_metadata.csv")):
+        return [f"release.previous={previous!r} must be a release folder holding manifest.parquet or pass_metadata.csv"]
+    return []
+
+
+def _recheck(cfg: CurateConfig) -> list[str]:
+    """A recheck of Flickr or YFCC images asks the Flickr API: its key must be there before any work starts."""
+    if not (_runs(cfg, Stage.recheck) and cfg.recheck.enabled and cfg.release.previous):
+        return []
+    found = _previous(cfg) if cfg.stage == Stage.recheck else []  # stage=all: _release says it
+    asks_flickr = cfg.ingest.source in (Source.flickr, Source.yfcc)
+    if asks_flickr and not (os.environ.get(FLICKR_KEY_ENV) and os.environ.get(FLICKR_SECRET_ENV)):
+        found.append(
+            f"the recheck of a {cfg.ingest.source.value} run asks the Flickr API about release.previous's images: "
+            f"set the environment variables {FLICKR_KEY_ENV} and {FLICKR_SECRET_ENV}, or recheck.enabled=false to "
+            "release without asking (the data card then says so)"
+        )
+    return found
+
+
 def _release(cfg: CurateConfig) -> list[str]:
     if not _runs(cfg, Stage.release):  # the files only release reads: a report needs none of them
         return []
     r = cfg.release
-    found = []
-    if r.previous and not any((Path(r.previous) / name).exists() for name in ("manifest.parquet", "pass_metadata.csv")):
-        found.append(
-            f"release.previous={r.previous!r} must be a release folder holding manifest.parquet or pass_metadata.csv"
-        )
+    found = _previous(cfg)
     found += [f"release.takedowns: {path} not found" for path in r.takedowns if not Path(path).is_file()]
     if r.evaluation and not Path(r.evaluation).is_file():
         found.append(f"release.evaluation={r.evaluation!r} not found")

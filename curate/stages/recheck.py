@@ -192,7 +192,8 @@ class RecheckStage(ShardStage):
         keys = ("image_id", "source", "photo_id", "owner_nsid")
         rows = read_columns(run.part("ingest", shard), lambda c: c in keys)
         rows["license_code"] = read_columns(run.part("license", shard), lambda c: c == "license_code")["license_code"]
-        known = previous.set_index("image_id").reindex(rows["image_id"]).reset_index()
+        # (a release made elsewhere may list one hash twice: its first row stands for it)
+        known = previous.drop_duplicates("image_id").set_index("image_id").reindex(rows["image_id"]).reset_index()
         for column in ANSWER_COLUMNS:
             rows[column] = known[column].astype("string") if column in known else pd.Series(pd.NA, dtype="string")
         kept = known["kept"].eq(True).fillna(False).astype(bool)
@@ -281,10 +282,10 @@ class RecheckStage(ShardStage):
         found = plan.reindex(rows["image_id"].astype("string")).reset_index()
         values = {c: found[c].astype("string") for c in ANSWER_COLUMNS}
         kind = found["plan"].astype("string")
-        values["recheck_status"] = values["recheck_status"].mask(kind.isna() | (kind == NO_SOURCE), OK)
-        values["recheck_reason"] = values["recheck_reason"].mask(kind.isna(), "new").mask(kind == NO_SOURCE,
-                                                                                          NO_SOURCE)  # fmt: skip
-        ask = (kind == ASK_URL).fillna(False).to_numpy()
+        new, local = kind.isna().to_numpy(), kind.eq(NO_SOURCE).fillna(False).to_numpy(dtype=bool)
+        values["recheck_status"] = values["recheck_status"].mask(new | local, OK)
+        values["recheck_reason"] = values["recheck_reason"].mask(new, "new").mask(local, NO_SOURCE)
+        ask = kind.eq(ASK_URL).fillna(False).to_numpy(dtype=bool)
         if ask.any():
             r = self.cfg.recheck
             items = zip(rows["image_id"].to_numpy()[ask], rows["image_url"].to_numpy()[ask], strict=True)
@@ -293,6 +294,12 @@ class RecheckStage(ShardStage):
             for column in ANSWER_COLUMNS:
                 values[column] = values[column].copy()
                 values[column][ask] = got[column].astype("string").to_numpy()
+        # An image planned as asked whose answer is missing (a batch file that lost it) was not answered: it stays,
+        # and is asked next time; never a null, which would read as "not reached".
+        lost = values["recheck_reason"].isna()
+        values["recheck_status"] = values["recheck_status"].mask(lost, OK)
+        values["recheck_error"] = values["recheck_error"].mask(lost, "no answer recorded")
+        values["recheck_reason"] = values["recheck_reason"].mask(lost, "unreachable")
         return frame_of(RECHECK, values, n)
 
 
