@@ -117,7 +117,18 @@ def test_flickr_v1_recheck_v2(flickr_world: tuple[FlickrStandIn, Path, list[Any]
     standin.replace_catalogue(now)
     standin.fail_owner_page("44444@N04", 1, RATE_LIMITED)  # rate-limited once, then answered
     v1_dir = run_dir / "release" / "v1"
-    assert run_curate(*flickr_args(standin, run_dir, "release.version=v2", f"release.previous={v1_dir}")) == 0
+    v2_args = flickr_args(standin, run_dir, "release.version=v2", f"release.previous={v1_dir}",
+                          "recheck.owners_per_batch=1")  # fmt: skip
+    # The README's path: ask first (stage=recheck), then release. One owner per batch, each a cached step.
+    assert run_curate(*v2_args, "stage=recheck") == 0
+    first = standin.calls_per_owner()
+    assert first == {"11111@N01": 1, "22222@N02": 1, "33333@N03": 1, "44444@N04": 2}  # one retry after the 429
+    # A recheck killed before its second batch finished: started again, it asks that owner alone again.
+    (run_dir / "work" / "recheck" / "flickr" / "answers-00001.parquet").unlink()
+    assert run_curate(*v2_args, "stage=recheck") == 0
+    assert standin.calls_per_owner() == {**first, "22222@N02": 2}
+    assert run_curate(*v2_args) == 0  # stage=all: the recheck is done, release applies it
+    assert standin.calls_per_owner() == {**first, "22222@N02": 2}
     assert len(standin.searches) == searches  # the candidates are not searched again: only the owners are asked
 
     v2 = manifest(run_dir, "v2")
@@ -128,8 +139,6 @@ def test_flickr_v1_recheck_v2(flickr_world: tuple[FlickrStandIn, Path, list[Any]
     assert v2.loc[a2, "recheck_reason"] == "ok" and v2.loc[a2, "status"] == "kept"  # cc-by 4.0 is cc-by
     assert v2.loc[list(want), "recheck_status"].eq("rejected").all()
     assert v2["recheck_at"].notna().sum() == len(ids)
-    # one call per owner (each has one page of 500) and one retry for the rate-limited one; nothing else
-    assert standin.calls_per_owner() == {"11111@N01": 1, "22222@N02": 1, "33333@N03": 1, "44444@N04": 2}
     for request in standin.people_calls:
         assert request.form["extras"] == "license" and request.form["per_page"] == "500"
         assert request.api_key == KEY and request.signature_ok
@@ -139,7 +148,7 @@ def test_flickr_v1_recheck_v2(flickr_world: tuple[FlickrStandIn, Path, list[Any]
     assert all(after[name] == before[name] for name in after)
     card = (run_dir / "release" / "v2" / "DATA_CARD.md").read_text()
     assert "## Recheck at the sources (images of v1)" in card
-    assert "Flickr API calls: 5 for 4 owner(s)" in card and "| gone_at_source | 4 |" in card
+    assert "Flickr API calls behind these answers: 5 for 4 owner(s)" in card and "| gone_at_source | 4 |" in card
     assert "| license_changed | 1 |" in card
     for path in (run_dir).rglob("*"):  # the key and secret are written nowhere
         if path.is_file() and path.suffix in (".json", ".yaml", ".md", ".txt", ".csv", ".log"):

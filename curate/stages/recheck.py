@@ -330,8 +330,9 @@ def recheck_card(cfg: CurateConfig, run: RunDir, manifest: Path) -> list[str]:
         f"{int(carried.sum())} removal(s) of earlier rechecks carried in force",
     ]
     if batches:
-        lines.append(f"Flickr API calls: {sum(b['calls'] for b in batches)} for {sum(b['owners'] for b in batches)} "
-                     "owner(s), one per page of 500 plus retries")  # fmt: skip
+        calls, owners = sum(b["calls"] for b in batches), sum(b["owners"] for b in batches)
+        lines.append(f"Flickr API calls behind these answers: {calls} for {owners} owner(s), one per page of 500 "
+                     "plus retries")  # fmt: skip
     return [
         *head,
         *(f"- {line}" for line in lines),
