@@ -355,7 +355,7 @@ def test_key_and_secret_are_written_nowhere(
         for value in (KEY, SECRET):
             assert value.encode() not in data, f"{value!r} written to {path}"
     out, err = capsys.readouterr()
-    assert "flickr page 2 failed (attempt 1): Error: 105" in logs.text  # the logs were really captured
+    assert "flickr.photos.search page 2 failed (attempt 1): Error: 105" in logs.text  # the logs were really captured
     for value in (KEY, SECRET):
         for text in (out, err, caplog.text, logs.text):
             assert value not in text

@@ -11,25 +11,20 @@ photo on the missing pages look deleted.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import flickrapi
-import requests
 
 from curate.licenses import normalize
 from curate.recheck import Answer, utc_now
 from curate.recheck.limiter import RateLimiter
-from curate.sources.flickr import FATAL_CODES
+from curate.sources.flickr import FlickrCallFailed, call_flickr
 
 PER_PAGE = 500  # Flickr's largest page for people.getPublicPhotos
 USER_NOT_FOUND = "1"
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,34 +39,23 @@ class ListingFailed(RuntimeError):
     pass
 
 
-def _code(error: flickrapi.FlickrError) -> str:
-    return str(getattr(error, "code", "") or "")
-
-
 def _page(
     client: flickrapi.FlickrAPI, owner: str, page: int, limiter: RateLimiter, attempts: int, backoff_s: float
 ) -> dict[str, Any] | None:
     """One page of an owner's public photos; None when Flickr says the owner does not exist."""
-    last: Exception | None = None
-    for attempt in range(attempts):
-        if attempt:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-        limiter.wait()
-        try:
-            reply: dict[str, Any] = client.people.getPublicPhotos(
-                user_id=owner, extras="license", per_page=PER_PAGE, page=page
-            )
-            return reply
-        except flickrapi.FlickrError as err:
-            if _code(err) == USER_NOT_FOUND:
-                return None
-            last = err
-            if _code(err) in FATAL_CODES:
-                break
-        except (requests.RequestException, ValueError) as err:  # network trouble, or a reply that is not JSON
-            last = err
-        log.warning("recheck: owner %s page %d failed (attempt %d): %s", owner, page, attempt + 1, last)
-    raise ListingFailed(f"people.getPublicPhotos {owner} page {page}: {last}")
+    try:
+        return call_flickr(
+            lambda: client.people.getPublicPhotos(user_id=owner, extras="license", per_page=PER_PAGE, page=page),
+            f"recheck: people.getPublicPhotos {owner} page {page}",
+            attempts,
+            backoff_s,
+            before_each=limiter.wait,
+            answers=frozenset({USER_NOT_FOUND}),
+        )
+    except flickrapi.FlickrError:  # only "User not found" gets here (answers)
+        return None
+    except FlickrCallFailed as err:
+        raise ListingFailed(str(err)) from err
 
 
 def owner_licences(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flickrapi
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 class FlickrIngestError(RuntimeError):
     pass
+
+
+class FlickrCallFailed(RuntimeError):
+    """A Flickr API call that failed after its retries (or at once, for a fatal code)."""
 
 
 def make_client(query: FlickrQuery) -> flickrapi.FlickrAPI:
@@ -100,22 +104,47 @@ def photo_row(photo: dict[str, Any], ref: str) -> dict[str, Any]:
 FATAL_CODES = frozenset({"100", "96", "112"})
 
 
-def _search_page(client: flickrapi.FlickrAPI, query: FlickrQuery, page: int) -> dict[str, Any]:
+def call_flickr(
+    call: Callable[[], dict[str, Any]],
+    what: str,
+    attempts: int,
+    backoff_s: float,
+    *,
+    before_each: Callable[[], None] = lambda: None,
+    answers: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """One Flickr API call with its retries: network trouble, a reply that is not JSON and Flickr errors a retry
+    can cure are tried again (backing off `backoff_s`, doubled each time); a fatal code (a bad key or signature)
+    gives up at once. A FlickrError whose code is in `answers` is an answer for the caller: raised at once.
+    `before_each` runs before every attempt (a rate limiter). Gives up with FlickrCallFailed."""
     last: Exception | None = None
-    for attempt in range(PAGE_ATTEMPTS):
+    for attempt in range(attempts):
         if attempt:
-            time.sleep(0.2 * 2 ** (attempt - 1))
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+        before_each()
         try:
-            reply: dict[str, Any] = client.photos.search(**search_params(query, page))
-            return reply
+            return call()
         except flickrapi.FlickrError as err:
+            code = str(getattr(err, "code", "") or "")
+            if code in answers:
+                raise
             last = err
-            if str(getattr(err, "code", "")) in FATAL_CODES:
+            if code in FATAL_CODES:
                 break
-        except requests.RequestException as err:  # network trouble: worth another try
+        except (requests.RequestException, ValueError) as err:  # network trouble, or a reply that is not JSON
             last = err
-        log.warning("flickr page %d failed (attempt %d): %s", page, attempt + 1, last)
-    raise FlickrIngestError(f"flickr.photos.search page {page} failed: {last}")
+        log.warning("%s failed (attempt %d): %s", what, attempt + 1, last)
+    raise FlickrCallFailed(f"{what} failed: {last}")
+
+
+def _search_page(client: flickrapi.FlickrAPI, query: FlickrQuery, page: int) -> dict[str, Any]:
+    try:
+        return call_flickr(
+            lambda: client.photos.search(**search_params(query, page)), f"flickr.photos.search page {page}",
+            PAGE_ATTEMPTS, 0.2,
+        )  # fmt: skip
+    except FlickrCallFailed as err:
+        raise FlickrIngestError(str(err)) from err
 
 
 def _photo_row_guarded(photo: Any, ref: str) -> dict[str, Any]:
