@@ -98,18 +98,18 @@ def test_flickr_v1_recheck_v2(flickr_world: tuple[FlickrStandIn, Path, list[Any]
     assert standin.people_calls == []
     searches = len(standin.searches)
 
-    # t2: what happened at Flickr since v1
+    # t2: what happened at Flickr since v1 (nothing to the first owner's photos)
     ids = {f"flickr-{p['id']}": p for p in catalogue}
-    a0, a1, a2, b0, c0, c1 = (f"flickr-{catalogue[i]['id']}" for i in (0, 1, 2, 4, 6, 7))
+    b0, c0, c1, d0, d1, d2 = (f"flickr-{catalogue[i]['id']}" for i in (4, 6, 7, 8, 9, 10))
     now = []
     for p in catalogue:
         image_id = f"flickr-{p['id']}"
-        if image_id == a0 or p["owner"] == "33333@N03":  # deleted; the whole account closed
+        if image_id == d0 or p["owner"] == "33333@N03":  # deleted; the whole account closed
             continue
         changed = dict(p)
-        if image_id == a1:
+        if image_id == d1:
             changed["license"] = "0"  # all rights reserved now
-        if image_id == a2:
+        if image_id == d2:
             changed["license"] = "11"  # CC BY 4.0: another version of cc-by, still allowed
         if image_id == b0:
             changed["ispublic"] = 0  # made private
@@ -132,11 +132,11 @@ def test_flickr_v1_recheck_v2(flickr_world: tuple[FlickrStandIn, Path, list[Any]
     assert len(standin.searches) == searches  # the candidates are not searched again: only the owners are asked
 
     v2 = manifest(run_dir, "v2")
-    want = {a0: "gone_at_source", a1: "license_changed", b0: "gone_at_source", c0: "gone_at_source",
+    want = {d0: "gone_at_source", d1: "license_changed", b0: "gone_at_source", c0: "gone_at_source",
             c1: "gone_at_source"}  # fmt: skip
     assert removed(run_dir, "v2") == {i: f"recheck:{r}" for i, r in want.items()}
-    assert v2.loc[a1, ["recheck_old_license", "recheck_new_license"]].tolist() == ["cc-by", "all-rights-reserved"]
-    assert v2.loc[a2, "recheck_reason"] == "ok" and v2.loc[a2, "status"] == "kept"  # cc-by 4.0 is cc-by
+    assert v2.loc[d1, ["recheck_old_license", "recheck_new_license"]].tolist() == ["cc-by", "all-rights-reserved"]
+    assert v2.loc[d2, "recheck_reason"] == "ok" and v2.loc[d2, "status"] == "kept"  # cc-by 4.0 is cc-by
     assert v2.loc[list(want), "recheck_status"].eq("rejected").all()
     assert v2["recheck_at"].notna().sum() == len(ids)
     for request in standin.people_calls:
@@ -150,6 +150,17 @@ def test_flickr_v1_recheck_v2(flickr_world: tuple[FlickrStandIn, Path, list[Any]
     assert "## Recheck at the sources (images of v1)" in card
     assert "Flickr API calls behind these answers: 5 for 4 owner(s)" in card and "| gone_at_source | 4 |" in card
     assert "| license_changed | 1 |" in card
+    # v3 from v2: the owners of v2's images are asked anew, the first one too, whose batch holds the very photos
+    # it held for v2;
+    # the closed account's images are v2's removals, carried in force without asking.
+    asked_v2 = standin.calls_per_owner()
+    v2_dir = run_dir / "release" / "v2"
+    assert run_curate(*flickr_args(standin, run_dir, "release.version=v3", f"release.previous={v2_dir}",
+                                   "recheck.owners_per_batch=1")) == 0  # fmt: skip
+    assert standin.calls_per_owner() == {**asked_v2, **{o: asked_v2[o] + 1 for o in OWNERS if o != "33333@N03"}}
+    v3 = manifest(run_dir, "v3")
+    assert set(v3.index[v3["status"] == "kept"]) == set(v2.index[v2["status"] == "kept"])
+    assert v3.loc[list(want), "reason"].tolist() == [f"recheck:{r}" for r in want.values()]
     for path in run_dir.rglob("*"):  # the key and secret are written nowhere, manifests and answers included
         if path.suffix == ".parquet":
             text = pd.read_parquet(path).astype(str).to_csv()

@@ -131,7 +131,7 @@ class RecheckStage(ShardStage):
 
     @property
     def active(self) -> bool:
-        return asked_about(self.cfg) is not None
+        return self.cfg.recheck.enabled and bool(self.cfg.release.previous)  # as asked_about, without hashing
 
     def output_columns(self) -> dict[str, str]:
         return dtypes(RECHECK)
@@ -161,7 +161,7 @@ class RecheckStage(ShardStage):
         previous = previous_answers(cfg.release.previous)
         targets = [self._targets(run, shard, previous) for shard in range(num_shards)]
         flickr = pd.concat([t[t["plan"] == "flickr"] for t in targets], ignore_index=True)
-        batches = self._ask_flickr(ctx, flickr)
+        batches = self._ask_flickr(ctx, flickr, digest)
         stamp = {"asked_about": digest, "previous": cfg.release.previous}
         inputs = [[(run.read_marker(s, n) or {}).get("output_sha256") for s in ("ingest", "license")]
                   for n in range(num_shards)]  # fmt: skip
@@ -221,7 +221,7 @@ class RecheckStage(ShardStage):
         when = pd.to_datetime(asked_at, utc=True, errors="coerce", format="%Y-%m-%dT%H:%M:%SZ")
         return (when >= cutoff).fillna(False).astype(bool)
 
-    def _ask_flickr(self, ctx: StageContext, photos: pd.DataFrame) -> list[str]:
+    def _ask_flickr(self, ctx: StageContext, photos: pd.DataFrame, digest: str) -> list[str]:
         """One cached step per batch of owners (sorted): → the batches' digests."""
         r = self.cfg.recheck
         photos = photos.assign(owner=photos["owner_nsid"].fillna("").astype(str))
@@ -233,6 +233,8 @@ class RecheckStage(ShardStage):
             listed = released_photos(photos[photos["owner"].isin(group)])
             made_from = {
                 "version": self.version,
+                # a new previous release is asked anew, even about the same photos
+                "asked_about": digest,
                 "allow": sorted(self.cfg.license.allow),
                 "attempts": r.attempts,
                 "photos": [[p.image_id, p.photo_id, p.owner_nsid, p.license_code] for p in listed],
