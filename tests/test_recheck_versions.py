@@ -244,3 +244,25 @@ def test_urls_v1_recheck_v2_v3(url_world: tuple[FaultServer, Path, dict[str, byt
     args = url_args(tmp, "stage=release", "release.version=v4", f"release.previous={v1_dir}")
     assert run_curate(*args) == 1
     assert not (run_dir / "release" / "v4").exists()
+
+
+def test_a_recheck_that_fails_releases_nothing_unasked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with fault_server() as server:
+        table = pd.DataFrame(
+            [{"id": f"w{n}", "url": server.serve(f"/w{n}.jpg", encode(photo(seed=300 + n))), "license": "CC BY 2.0"}
+             for n in range(4)]
+        )  # fmt: skip
+        table.to_csv(tmp_path / "list.csv", index=False)
+        assert run_curate(*url_args(tmp_path)) == 0
+        v1_dir = tmp_path / "run" / "release" / "v1"
+        v2 = url_args(tmp_path, "release.version=v2", f"release.previous={v1_dir}", "dask.retries=0")
+
+        def broken(*_: object, **__: object) -> None:
+            raise RuntimeError("the recheck itself broke")
+
+        monkeypatch.setattr("curate.stages.recheck.recheck_urls", broken)  # the workers are threads here
+        assert run_curate(*v2) == 1  # release refuses while a recheck shard is failed
+        assert not (tmp_path / "run" / "release" / "v2").exists()
+        assert run_curate(*v2, "release.allow_failed_shards=true") == 0
+    rows = manifest(tmp_path / "run", "v2")
+    assert set(rows["status"]) == {"failed"} and set(rows["reason"]) == {"recheck:shard_failed"}

@@ -40,7 +40,7 @@ from curate.io.tars import SortedTarWriter, TarMembers, WebDatasetWriter
 from curate.manifest import conform, manifest_schema
 from curate.rundir import RunDir
 from curate.runner import StageRefused
-from curate.schema import KEPT, OK, REJECTED, REVIEW, is_safe_key
+from curate.schema import FAILED, KEPT, OK, REJECTED, REVIEW, is_safe_key
 from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
 from curate.stages.base import ShardStage
 from curate.stages.recheck import recheck_card, stale_refusal
@@ -337,8 +337,11 @@ class ReleaseStage(ShardStage):
         dropped = select_reason.notna() & (select_reason != OK)
         status[dropped] = REJECTED
         reason[dropped] = "select:" + select_reason[dropped]
-        gone = rows["recheck_status"].eq(REJECTED).fillna(False).astype(bool) & (status == KEPT)
-        status[gone] = REJECTED
+        # After the selection, like a takedown: gone, relicensed or opted out (rejected), or a recheck that itself
+        # failed (release.allow_failed_shards): never released unasked. unreachable is ok: the next one asks again.
+        asked = rows["recheck_status"].astype("string")
+        gone = asked.isin([REJECTED, FAILED]).fillna(False).astype(bool) & (status == KEPT)
+        status[gone] = asked[gone]
         reason[gone] = "recheck:" + rows.loc[gone, "recheck_reason"].astype("string")
         takedowns = read_parquet(self.work(run) / "takedowns.parquet").set_index("image_id")
         noted = takedowns.reindex(rows["image_id"]).reset_index(drop=True)
