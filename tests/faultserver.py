@@ -83,6 +83,7 @@ class Handler(BaseHTTPRequestHandler):
             seen = self.server.hits[path]
             self.server.hits[path] += 1
             self.server.times[path].append(time.monotonic())
+            self.server.agents[path].append(self.headers.get("User-Agent"))
         route = self.server.routes.get(path)
         if route is None:
             self.send_body(b"not here", "text/plain", 404)
@@ -107,6 +108,7 @@ class FaultServer(ThreadingHTTPServer):
         self.routes: dict[str, Route] = {}
         self.hits: Counter[str] = Counter()
         self.times: defaultdict[str, list[float]] = defaultdict(list)  # time.monotonic() of each request, by path
+        self.agents: defaultdict[str, list[str | None]] = defaultdict(list)  # each request's User-Agent, by path
         self.lock = threading.Lock()
 
     def handle_error(self, request: object, client_address: object) -> None:

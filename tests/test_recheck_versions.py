@@ -187,9 +187,13 @@ def url_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultS
         yield server, tmp, images
 
 
+AGENT = "curate-test/1"
+
+
 def url_args(tmp: Path, *extra: str) -> list[str]:
     return ["pipeline=sample", "ingest.source=urls", f"ingest.path={tmp / 'list.csv'}", "ingest.id_column=id",
-            "ingest.num_shards=2", f"run.dir={tmp / 'run'}", *NO_MODELS, *QUICK, *extra]  # fmt: skip
+            "ingest.num_shards=2", f"run.dir={tmp / 'run'}", f"fetch.user_agent={AGENT}", *NO_MODELS, *QUICK,
+            *extra]  # fmt: skip
 
 
 def test_urls_v1_recheck_v2_v3(url_world: tuple[FaultServer, Path, dict[str, bytes]]) -> None:
@@ -216,6 +220,9 @@ def test_urls_v1_recheck_v2_v3(url_world: tuple[FaultServer, Path, dict[str, byt
     assert "noai" in v2.loc[by_key["u4"], "recheck_error"]
     before, after = members(v1_dir), members(run_dir / "release" / "v2")
     assert len(after) == len(before) - len(want) and all(after[n] == before[n] for n in after)
+    # the recheck asks as fetch does: fetch.user_agent on every request, and fetch.retries on a 503
+    assert {a for k in images for a in server.agents[f"/{k}.jpg"]} == {AGENT}
+    assert server.hits["/u5.jpg"] == 1 + 2  # v1's fetch, then the recheck's first try and its one retry
 
     # t3: everything is served again. v3 keeps v2's removals in force (carried, not asked), reuses v2's young
     # "ok" answers (recheck.max_age_days) and asks again only what was unreachable.
