@@ -30,8 +30,8 @@ from curate.review.audit import AuditEstimate, estimate, sample_path
 from curate.rundir import RunDir
 from curate.schema import KEPT
 
-# The stages whose own status/reason every row carries, in pipeline order ("select" is release's selection).
-STAGES = ("ingest", "license", "fetch", "detect", "dedup", "review", "select")
+# The stages whose own status/reason every row carries, in the manifest's order ("select" is release's selection).
+STAGES = ("ingest", "license", "fetch", "detect", "dedup", "review", "recheck", "select")
 # Every library whose code produces the release's scores or bytes (decoding, detectors, hashes, files).
 SOFTWARE = (
     "dask",
