@@ -207,6 +207,7 @@ def card_config(cfg: CurateConfig) -> dict[str, object]:
         "detect": {k: v for k, v in asdict(cfg.detect).items() if k not in runtime_keys(cfg.detect)},
         "decide": _decide_settings(cfg),
         "dedup": {**asdict(cfg.dedup), "references": [r.name for r in cfg.dedup.references]},
+        "recheck": {k: v for k, v in asdict(cfg.recheck).items() if k not in runtime_keys(cfg.recheck)},
         "release": {
             "version": cfg.release.version,
             "name": cfg.release.name,
