@@ -313,8 +313,8 @@ def recheck_card(cfg: CurateConfig, run: RunDir, manifest: Path) -> list[str]:
     name = Path(cfg.release.previous).name
     head = ["", f"## Recheck at the sources (images of {name})"]
     if not cfg.recheck.enabled:
-        return [*head, f"Not asked (recheck.enabled=false): whether images of {name} were deleted, relicensed or "
-                "opted out at their sources since is unknown."]  # fmt: skip
+        return [*head, f"Not asked (recheck.enabled=false): it is unknown whether images of {name} have since been "
+                "deleted, relicensed or opted out at their sources."]  # fmt: skip
     rows = pd.read_parquet(manifest, columns=["recheck_reason", "recheck_error", "recheck_at", "reason"])
     answered = rows[rows["recheck_reason"].notna() & ~rows["recheck_reason"].isin(["new", "not_asked"])]
     note = answered["recheck_error"].fillna("")
