@@ -10,7 +10,7 @@ and models a config names are there is `curate.preflight`'s question; loading a 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -54,6 +54,12 @@ RUNTIME: dict[str, Any] = {"runtime": True}
 def runtime_keys(group: Any) -> frozenset[str]:
     """The keys of a config group (a dataclass or its instance) marked RUNTIME."""
     return frozenset(f.name for f in fields(group) if f.metadata.get("runtime"))
+
+
+def output_settings(group: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A config group's values that shape what it produces: its RUNTIME keys (and `skip`) left out. What a
+    fingerprint holds and what the data card states."""
+    return {k: v for k, v in asdict(group).items() if k not in runtime_keys(group) | skip}
 
 
 class Stage(str, Enum):

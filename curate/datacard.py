@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from curate import __version__
-from curate.config import DETECTOR_FAMILIES, CurateConfig, DetectConfig, runtime_keys
+from curate.config import DETECTOR_FAMILIES, CurateConfig, DetectConfig, output_settings
 from curate.detect.decide import FAMILIES, Rule, family_of, run_rule
 from curate.funnel import FunnelCounter, count_rows, describe_reasons, funnel_rows
 from curate.io.atomic import read_json
@@ -195,7 +195,7 @@ def _decide_settings(cfg: CurateConfig) -> dict[str, Any]:
 
 def card_config(cfg: CurateConfig) -> dict[str, object]:
     """The settings that shaped the data; where it ran (paths, cluster) is left out, files are named only."""
-    fetch = {k: v for k, v in asdict(cfg.fetch).items() if k not in runtime_keys(cfg.fetch) | {"file_root"}}
+    fetch = output_settings(cfg.fetch, frozenset({"file_root"}))
     ingest = asdict(cfg.ingest)
     ingest["source"] = cfg.ingest.source.value
     ingest["path"] = Path(cfg.ingest.path).name if cfg.ingest.path else ""
@@ -204,10 +204,10 @@ def card_config(cfg: CurateConfig) -> dict[str, object]:
         "ingest": ingest,
         "license": asdict(cfg.license),
         "fetch": fetch,
-        "detect": {k: v for k, v in asdict(cfg.detect).items() if k not in runtime_keys(cfg.detect)},
+        "detect": output_settings(cfg.detect),
         "decide": _decide_settings(cfg),
         "dedup": {**asdict(cfg.dedup), "references": [r.name for r in cfg.dedup.references]},
-        "recheck": {k: v for k, v in asdict(cfg.recheck).items() if k not in runtime_keys(cfg.recheck)},
+        "recheck": output_settings(cfg.recheck),
         "release": {
             "version": cfg.release.version,
             "name": cfg.release.name,

@@ -165,6 +165,12 @@ RECHECK = [
         "names the release it came from",
     ),
     Column("recheck_at", STRING, "when the source was asked (UTC, ISO 8601); null when it was not asked"),
+    Column(
+        "recheck_origin",
+        STRING,
+        "asked (this recheck asked the source), reused (the previous release's recent ok answer, "
+        "`recheck.max_age_days`) or carried (an earlier recheck's removal, in force); null when nothing was asked",
+    ),
     Column("recheck_old_license", STRING, "Flickr: the licence code as released before"),
     Column("recheck_new_license", STRING, "Flickr: the licence code the source states now (null: not listed)"),
 ]

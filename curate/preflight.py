@@ -32,6 +32,10 @@ def problems(cfg: CurateConfig) -> list[str]:
     return [*_ingest(cfg), *_dedup(cfg), *_recheck(cfg), *_release(cfg), *_decision(cfg), *check_detectors(cfg)]
 
 
+def _flickr_key_set() -> bool:
+    return bool(os.environ.get(FLICKR_KEY_ENV) and os.environ.get(FLICKR_SECRET_ENV))
+
+
 def _runs(cfg: CurateConfig, stage: Stage) -> bool:
     return cfg.stage in (stage, Stage.all)
 
@@ -41,7 +45,7 @@ def _ingest(cfg: CurateConfig) -> list[str]:
     if not _runs(cfg, Stage.ingest):
         return []
     if ing.source == Source.flickr:
-        if os.environ.get(FLICKR_KEY_ENV) and os.environ.get(FLICKR_SECRET_ENV):
+        if _flickr_key_set():
             return []
         return [f"ingest.source=flickr needs the environment variables {FLICKR_KEY_ENV} and {FLICKR_SECRET_ENV}"]
     if not ing.path:
@@ -85,8 +89,7 @@ def _recheck(cfg: CurateConfig) -> list[str]:
     if not (_runs(cfg, Stage.recheck) and cfg.recheck.enabled and cfg.release.previous):
         return []
     found = _previous(cfg) if cfg.stage == Stage.recheck else []  # stage=all: _release says it
-    asks_flickr = cfg.ingest.source in (Source.flickr, Source.yfcc)
-    if asks_flickr and not (os.environ.get(FLICKR_KEY_ENV) and os.environ.get(FLICKR_SECRET_ENV)):
+    if cfg.ingest.source in (Source.flickr, Source.yfcc) and not _flickr_key_set():
         found.append(
             f"the recheck of a {cfg.ingest.source.value} run asks the Flickr API about release.previous's images: "
             f"set the environment variables {FLICKR_KEY_ENV} and {FLICKR_SECRET_ENV}, or recheck.enabled=false to "

@@ -76,13 +76,23 @@ def previous_takedowns(previous_release: str) -> pd.DataFrame:
     return merged.drop_duplicates("image_id", keep="last").reset_index(drop=True)
 
 
-def previous_release(folder: str) -> pd.DataFrame:
+def previous_file(folder: str) -> Path:
+    """The file a previous release is known by: its manifest, or pass_metadata.csv for one made elsewhere."""
+    manifest = Path(folder) / "manifest.parquet"
+    return manifest if manifest.exists() else Path(folder) / "pass_metadata.csv"
+
+
+def previous_release(folder: str, extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """image_id and status of every row of a previous release: its manifest.parquet, or for a release made
     elsewhere (PASS itself) its pass_metadata.csv, whose rows were all released, keyed as the pass_release source
-    keys them."""
+    keys them. With those of the `extra` manifest columns that the release has (a release made before a column
+    existed, or elsewhere, has not)."""
     manifest = Path(folder) / "manifest.parquet"
     if manifest.exists():
-        return pd.read_parquet(manifest, columns=["image_id", "status"])
+        import pyarrow.parquet as pq
+
+        present = set(pq.read_schema(manifest).names)
+        return pd.read_parquet(manifest, columns=["image_id", "status", *(c for c in extra if c in present)])
     table = pd.read_csv(Path(folder) / "pass_metadata.csv", dtype=str, keep_default_na=False)
     ids = [safe_id(h.strip()) if h.strip() else f"pass-row-{n + 1}" for n, h in enumerate(table["hash"])]
     return pd.DataFrame({"image_id": ids, "status": KEPT})

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from faultserver import fault_server, sample_jpeg
 
-from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV, ConfigError
+from curate.config import FLICKR_KEY_ENV, FLICKR_SECRET_ENV, ConfigError, CurateConfig
 from curate.configload import load_config
 from curate.io.atomic import write_json, write_parquet
 from curate.rundir import RunDir
@@ -86,20 +86,25 @@ def test_without_a_previous_release_nothing_is_asked(tmp_path: Path) -> None:
     assert out["recheck_status"].tolist() == ["ok", "ok"]
 
 
+def refusal(cfg: CurateConfig, run: RunDir) -> str | None:
+    """What release says of the run's recheck answers under `cfg` (as it calls it: the previous digest)."""
+    return stale_refusal(run, asked_about(cfg), cfg.release.previous)
+
+
 def test_release_refuses_answers_made_for_another_previous(tmp_path: Path) -> None:
     v1 = previous_release(tmp_path / "v1", ["a"])
     v2 = previous_release(tmp_path / "v2", ["a", "b"])
     run = RunDir(tmp_path / "run")
     asked_v1 = load_config([*URLS, f"run.dir={run.root}", f"release.previous={v1}", "recheck.enabled=true"])
-    assert "run holds no recheck" in (stale_refusal(asked_v1, run) or "")
+    assert "run holds no recheck" in (refusal(asked_v1, run) or "")
     write_json(stamp_path(run), {"asked_about": asked_about(asked_v1), "previous": str(v1)})
-    assert stale_refusal(asked_v1, run) is None
+    assert refusal(asked_v1, run) is None
     other = load_config([*URLS, f"run.dir={run.root}", f"release.previous={v2}", "recheck.enabled=true"])
-    message = stale_refusal(other, run) or ""
+    message = refusal(other, run) or ""
     assert f"a recheck for {v1}" in message and "stage=recheck" in message
     # not asking at all is its own answer: a release without asking needs the run's recheck to have asked nothing
     unasked = load_config([*URLS, f"run.dir={run.root}", f"release.previous={v1}", "recheck.enabled=false"])
-    assert "without asking the sources" in (stale_refusal(unasked, run) or "")
+    assert "without asking the sources" in (refusal(unasked, run) or "")
 
 
 def test_a_flickr_recheck_without_the_key_fails_before_any_work(

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import flickrapi
@@ -27,10 +28,6 @@ URL_PREFERENCE = ("url_m", "url_z", "url_c", "url_l", "url_o")
 PAGE_ATTEMPTS = 3
 
 log = logging.getLogger(__name__)
-
-
-class FlickrIngestError(RuntimeError):
-    pass
 
 
 class FlickrCallFailed(RuntimeError):
@@ -138,13 +135,8 @@ def call_flickr(
 
 
 def _search_page(client: flickrapi.FlickrAPI, query: FlickrQuery, page: int) -> dict[str, Any]:
-    try:
-        return call_flickr(
-            lambda: client.photos.search(**search_params(query, page)), f"flickr.photos.search page {page}",
-            PAGE_ATTEMPTS, 0.2,
-        )  # fmt: skip
-    except FlickrCallFailed as err:
-        raise FlickrIngestError(str(err)) from err
+    search = partial(client.photos.search, **search_params(query, page))
+    return call_flickr(search, f"flickr.photos.search page {page}", PAGE_ATTEMPTS, 0.2)
 
 
 def _photo_row_guarded(photo: Any, ref: str) -> dict[str, Any]:

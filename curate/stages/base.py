@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
-from curate.config import CurateConfig, runtime_keys
+from curate.config import CurateConfig, output_settings
 from curate.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -49,8 +48,7 @@ class ShardStage(ABC):
 
     def fingerprint_config(self) -> dict[str, Any]:
         config = self.stage_config()
-        skip = self.runtime_keys | runtime_keys(config)  # speed-only keys are marked on their field (config.RUNTIME)
-        return {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
+        return output_settings(config, self.runtime_keys)  # speed-only keys are marked on their field (RUNTIME)
 
     @abstractmethod
     def process(self, rows: pd.DataFrame, shard: int, run: RunDir) -> pd.DataFrame: ...

@@ -41,9 +41,9 @@ from curate.manifest import conform, manifest_schema
 from curate.rundir import RunDir
 from curate.runner import StageRefused
 from curate.schema import FAILED, KEPT, OK, REJECTED, REVIEW, is_safe_key
-from curate.selection import diff, previous_release, previous_takedowns, read_takedowns, select
+from curate.selection import diff, previous_file, previous_release, previous_takedowns, read_takedowns, select
 from curate.stages.base import ShardStage
-from curate.stages.recheck import recheck_card, stale_refusal
+from curate.stages.recheck import RECHECK_CARD_COLUMNS, asks, recheck_card, stale_refusal
 
 if TYPE_CHECKING:
     from curate.runner import StageContext
@@ -241,10 +241,8 @@ class ReleaseStage(ShardStage):
         root, r = Path(self.cfg.run.dir), self.cfg.release
         found = {"audit": root / "audit" / r.version / "sample.parquet"}
         if r.previous:
-            previous = Path(r.previous)
-            found["previous_audit"] = root / "audit" / previous.name / "sample.parquet"
-            manifest = previous / "manifest.parquet"
-            found["previous"] = manifest if manifest.exists() else previous / "pass_metadata.csv"
+            found["previous_audit"] = root / "audit" / Path(r.previous).name / "sample.parquet"
+            found["previous"] = previous_file(r.previous)
         if r.evaluation:
             found["evaluation"] = Path(r.evaluation)
         return found
@@ -284,8 +282,11 @@ class ReleaseStage(ShardStage):
                 f"{sorted(self.rule.bars)}: run stage=detect (or stage=all) so that the scores decided on are the "
                 "configured models'"
             )
-        if not is_published(run.root, r.version) and (stale := stale_refusal(self.cfg, run)):
-            raise StageRefused(stale)
+        if not is_published(run.root, r.version):
+            # the previous release's digest, as the fingerprint took it (hashed once)
+            wanted = self.fingerprint_config()["card_inputs"].get("previous") if asks(self.cfg) else None
+            if stale := stale_refusal(run, wanted, r.previous):
+                raise StageRefused(stale)
         if is_published(run.root, r.version):
             if not ctx.is_current(step, made_from, outputs):
                 raise StageRefused(published_refusal(run.root, r.version))
@@ -437,11 +438,12 @@ class ReleaseStage(ShardStage):
                       f"(`takedowns_unmatched.csv`): {shown}"]  # fmt: skip
         else:
             (out / "takedowns_unmatched.csv").unlink(missing_ok=True)
-        parts += recheck_card(self.cfg, run, out / "manifest.parquet")
         if self.cfg.release.previous:
+            # one read of the manifest for both sections
+            current = pd.read_parquet(out / "manifest.parquet", columns=["image_id", "status", *RECHECK_CARD_COLUMNS])
+            parts += recheck_card(self.cfg, run, current)
             previous = previous_release(self.cfg.release.previous)
-            current = pd.read_parquet(out / "manifest.parquet", columns=["image_id", "status", "reason"])
-            changes = diff(previous, current)
+            changes = diff(previous, current[["image_id", "status", "reason"]])
             write_parquet(out / "diff.parquet", changes)
             counts = changes["change"].value_counts()
             removed = changes[changes["change"] == "removed"]["reason"].value_counts().sort_index()
